@@ -1,0 +1,15 @@
+"""fastrnn: Numba-accelerated recurrent networks over NumPy arrays.
+
+Layers (``RNN``, ``LSTM``, ``GRU``) and cells (``RNNCell``, ``LSTMCell``,
+``GRUCell``) with torch.nn's arguments, parameter names and semantics.
+The core depends on NumPy and Numba only; it never imports torch.
+"""
+
+from .cells import GRUCell, LSTMCell, RNNCell
+from .io import load, save
+from .layers import GRU, LSTM, RNN
+
+__version__ = "0.1.0"
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "save", "load",
+           "__version__"]

@@ -1,0 +1,60 @@
+"""Parameter handling shared by layers and cells: torch names, init, state_dict I/O."""
+
+import numpy as np
+
+from . import _validation as check
+
+
+class ParameterMixin:
+    """Needs ``_param_shapes()`` (torch's names and shapes, in torch's order),
+    ``hidden_size`` and ``dtype``; provides init, ``state_dict`` and ``load_state_dict``."""
+
+    def _init_params(self, seed):
+        """torch's init: every parameter uniform in ±1/sqrt(hidden_size)."""
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        return {name: rng.uniform(-bound, bound, size=shp).astype(self.dtype)
+                for name, shp in self._param_shapes().items()}
+
+    def state_dict(self):
+        """The parameters under torch's names, in torch's order.
+
+        Returns
+        -------
+        dict of str to ndarray
+            The model's own arrays (like torch, not copies): updating them in
+            place updates the model.
+        """
+        return dict(self._params)
+
+    named_parameters = state_dict
+
+    def load_state_dict(self, state_dict):
+        """Copy parameters from ``state_dict`` (NumPy arrays or torch tensors).
+
+        Values are converted to the model's dtype. Nothing is changed unless
+        every entry is valid.
+
+        Raises
+        ------
+        ValueError
+            On missing or unexpected keys, a wrong shape, or non-finite values.
+        """
+        expected = self._param_shapes()
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not match {self!r}: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        arrays = {}
+        for name, shp in expected.items():
+            value = check.to_numpy(state_dict[name])
+            if value.shape != shp:
+                raise ValueError(f"state_dict[{name!r}] must have shape {shp}; got {value.shape}")
+            if value.dtype.kind not in "fiu":
+                raise TypeError(f"state_dict[{name!r}] must be a real array; got {value.dtype}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"state_dict[{name!r}] contains non-finite values (NaN or inf)")
+            arrays[name] = value
+        for name, value in arrays.items():
+            np.copyto(self._params[name], value, casting="unsafe")

@@ -1,0 +1,67 @@
+"""Argument checks shared by the models. Every message names the argument,
+the expected shape or dtype, and what was received."""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_dtype(dtype):
+    """Normalise a model ``dtype`` argument to float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be 'float32' or 'float64'; got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be 'float32' or 'float64'; got {dt}")
+    return dt
+
+
+def positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def to_numpy(value):
+    """``np.asarray`` that also accepts torch tensors without importing torch."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def array(name, value, dtype, shape_text):
+    """Check that ``value`` is an array of ``dtype`` (no silent casts)."""
+    if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+        raise TypeError(f"{name} must be a numpy array of shape {shape_text} and dtype {dtype}; "
+                        f"got {type(value).__name__}")
+    value = to_numpy(value)
+    if value.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the model's dtype); got {value.dtype}. "
+                        f"Cast it with .astype(np.{dtype}) or build the model with dtype='{value.dtype}'.")
+    return value
+
+
+def shape(name, value, expected, shape_text=None):
+    """Check an exact shape; ``expected`` is a tuple of ints."""
+    if value.shape != tuple(expected):
+        text = shape_text or str(tuple(expected))
+        raise ValueError(f"{name} must have shape {text}; got {value.shape}")
+
+
+def lengths(value, batch, seq_len):
+    """Validate per-sequence lengths: integers in [1, seq_len], one per batch row."""
+    arr = to_numpy(value)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1 or arr.shape[0] != batch:
+        raise ValueError(f"lengths must have shape ({batch},) (one per batch row); got {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"lengths must be integers; got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 1 or arr.max() > seq_len):
+        raise ValueError(f"lengths must lie in [1, seq_len={seq_len}]; got min {arr.min()}, "
+                         f"max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)

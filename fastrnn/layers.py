@@ -1,0 +1,444 @@
+"""Multi-layer recurrent models: ``RNN``, ``LSTM``, ``GRU``.
+
+A model holds torch-named parameters, validates input once, allocates the
+workspaces, and calls the kernels of ``lstm.py``/``gru.py``/``rnn.py``:
+
+* the input projection of every time step is one matrix product per layer
+  and direction (NumPy's BLAS);
+* only the recurrence is sequential. For small batches it runs entirely
+  inside one Numba kernel; from ``BLAS_MIN_BATCH`` rows up the per-step
+  recurrent product is large enough that BLAS wins, so a Python loop calls
+  ``np.dot`` and the fused Numba cell step.
+"""
+
+import numpy as np
+
+from . import _validation as check
+from . import gru, lstm, rnn
+from ._params import ParameterMixin
+from .linalg import matmul_nt
+
+__all__ = ["RNN", "LSTM", "GRU", "BLAS_MIN_BATCH"]
+
+#: Batch size from which the per-step recurrent product goes through BLAS.
+BLAS_MIN_BATCH = 16
+
+_KERNELS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
+
+
+def _empty_tapes(dtype):
+    """Tapes meaning 'inference': nothing is recorded."""
+    return np.empty((1, 0, 0), dtype), np.empty((0, 0, 0), dtype), np.empty((0, 0, 0), dtype)
+
+
+def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
+                   tapes=None):
+    """Drive one layer-direction's recurrence with the best product for the batch size.
+
+    ``h`` and ``c`` are updated in place to the final state; ``y`` (T, B, P) is
+    filled. ``tapes`` is ``(gates, h_prev, c_prev)`` for training, else None.
+    """
+    T, B, GH = gx.shape
+    H = b_ih.shape[0] // kern.GATES
+    P = h.shape[1]
+    dtype = gx.dtype
+    gh = np.empty((B, GH), dtype)
+    m = np.empty((B, H), dtype)
+    hp = np.empty((B, max(P, H)), dtype)
+    tape_gates, tape_h, tape_c = tapes if tapes is not None else _empty_tapes(dtype)
+    if B < BLAS_MIN_BATCH:
+        kern.sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
+                      gh, m, hp, tape_gates, tape_h, tape_c)
+        return
+    w_hh_t = w_hh.T
+    train = tapes is not None
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if train:
+            tape_h[t] = h
+            if tape_c.shape[0]:
+                tape_c[t] = c
+        np.dot(h, w_hh_t, out=gh)
+        kern.cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
+                       tape_gates[t if train else 0])
+
+
+class _RNNBase(ParameterMixin):
+    """Shared machinery of RNN, LSTM and GRU; see those classes for the API."""
+
+    mode = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, nonlinearity="tanh",
+                 dtype="float32", seed=None):
+        self.input_size = check.positive_int("input_size", input_size)
+        self.hidden_size = check.positive_int("hidden_size", hidden_size)
+        self.num_layers = check.positive_int("num_layers", num_layers)
+        self.proj_size = check.positive_int("proj_size", proj_size, minimum=0)
+        if self.proj_size and self.mode != "LSTM":
+            raise ValueError(f"proj_size is only supported by LSTM; got proj_size={proj_size}")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size={hidden_size}; "
+                             f"got {proj_size}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a number in [0, 1]; got {dropout!r}")
+        if nonlinearity not in rnn.MODES:
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.nonlinearity = nonlinearity
+        self.dtype = check.as_dtype(dtype)
+        self._kern = _KERNELS[self.mode]
+        self._mode_code = rnn.MODES[nonlinearity]
+        self._params = self._init_params(seed)
+        self._step_ws = {}
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self):
+        """Feature size of ``h``: ``proj_size`` if set, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
+    def _param_shapes(self):
+        """torch's parameter names and shapes, in torch's order."""
+        G, H, P = self._kern.GATES, self.hidden_size, self.output_size
+        shapes = {}
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else self.num_directions * P
+            for d in range(self.num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                shapes[f"weight_ih{sfx}"] = (G * H, in_size)
+                shapes[f"weight_hh{sfx}"] = (G * H, P)
+                if self.bias:
+                    shapes[f"bias_ih{sfx}"] = (G * H,)
+                    shapes[f"bias_hh{sfx}"] = (G * H,)
+                if self.proj_size:
+                    shapes[f"weight_hr{sfx}"] = (P, H)
+        return shapes
+
+    def _cell_params(self, layer, direction):
+        """``(w_ih, w_hh, b_ih, b_hh, w_hr)`` of one layer-direction, zeros for absent ones."""
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        p = self._params
+        if self.bias:
+            b_ih, b_hh = p[f"bias_ih{sfx}"], p[f"bias_hh{sfx}"]
+        else:
+            b_ih = b_hh = self._zero_bias
+        w_hr = p[f"weight_hr{sfx}"] if self.proj_size else self._no_proj
+        return p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], b_ih, b_hh, w_hr
+
+    @property
+    def _zero_bias(self):
+        return np.zeros(self._kern.GATES * self.hidden_size, self.dtype)
+
+    @property
+    def _no_proj(self):
+        return np.empty((0, self.hidden_size), self.dtype)
+
+    def config(self):
+        """Constructor arguments, enough to rebuild the model (used by ``fastrnn.save``)."""
+        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                   num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                   dropout=self.dropout, bidirectional=self.bidirectional,
+                   dtype=self.dtype.name)
+        if self.mode == "LSTM":
+            cfg["proj_size"] = self.proj_size
+        if self.mode == "RNN":
+            cfg["nonlinearity"] = self.nonlinearity
+        return cfg
+
+    def __repr__(self):
+        defaults = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                        bidirectional=False, proj_size=0, nonlinearity="tanh")
+        cfg = self.config()
+        args = [str(cfg.pop("input_size")), str(cfg.pop("hidden_size"))]
+        args += [f"{k}={v!r}" for k, v in cfg.items() if defaults.get(k, object()) != v]
+        return f"{type(self).__name__}({', '.join(args)})"
+
+    # ------------------------------------------------------------------ states
+    def _state_shapes(self, batch):
+        lead = (self.num_layers * self.num_directions,)
+        b = () if batch is None else (batch,)
+        return lead + b + (self.output_size,), lead + b + (self.hidden_size,)
+
+    def initial_state(self, batch_size=None):
+        """Zero state in torch's shapes; ``batch_size=None`` gives the unbatched shapes.
+
+        Returns
+        -------
+        h0 : ndarray, shape (num_layers * num_directions, batch, H_out)
+            For LSTM a tuple ``(h0, c0)``, ``c0`` of shape
+            (num_layers * num_directions, batch, hidden_size).
+        """
+        h_shape, c_shape = self._state_shapes(batch_size)
+        h = np.zeros(h_shape, self.dtype)
+        return (h, np.zeros(c_shape, self.dtype)) if self.mode == "LSTM" else h
+
+    def _check_state(self, hx, batch, unbatched):
+        """Validate ``hx`` and return contiguous copies ``(h, c)`` with a batch axis."""
+        h_shape, c_shape = self._state_shapes(None if unbatched else batch)
+        if hx is None:
+            h_shape, c_shape = self._state_shapes(batch)
+            return np.zeros(h_shape, self.dtype), np.zeros(c_shape, self.dtype)
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx for LSTM must be a tuple (h0, c0); got {type(hx).__name__}")
+            h0, c0 = hx
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError(f"hx for {self.mode} must be a single array h0; got a "
+                                f"{type(hx).__name__}")
+            h0, c0 = hx, None
+        h0 = check.array("h0" if c0 is not None else "hx", h0, self.dtype, h_shape)
+        check.shape("h0" if c0 is not None else "hx", h0, h_shape)
+        if c0 is not None:
+            c0 = check.array("c0", c0, self.dtype, c_shape)
+            check.shape("c0", c0, c_shape)
+        if unbatched:
+            h0 = h0[:, None]
+            c0 = None if c0 is None else c0[:, None]
+        h = np.array(h0, order="C", copy=True)
+        c = np.zeros(h.shape[:2] + (self.hidden_size,), self.dtype) if c0 is None \
+            else np.array(c0, order="C", copy=True)
+        return h, c
+
+    def _pack_state(self, h, c, unbatched):
+        if unbatched:
+            h, c = h[:, 0], c[:, 0]
+        return (h, c) if self.mode == "LSTM" else h
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x):
+        """Validate ``x``; return ``(x as (T, B, I) contiguous, unbatched)``."""
+        shape_text = ("(batch, seq_len, {0})" if self.batch_first
+                      else "(seq_len, batch, {0})").format(self.input_size)
+        x = check.array("input", x, self.dtype, shape_text)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"input must have shape {shape_text} or (seq_len, {self.input_size}) "
+                             f"unbatched; got {x.ndim}-D shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"input must have shape {shape_text}; got {x.shape[-1]} features "
+                             f"(input_size={self.input_size})")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"input must have seq_len >= 1 and batch >= 1; got shape {x.shape}")
+        return np.ascontiguousarray(x), unbatched
+
+    def __call__(self, x, hx=None, lengths=None):
+        """Run the model over a sequence.
+
+        Parameters
+        ----------
+        x : ndarray, shape (seq_len, batch, input_size)
+            ``(batch, seq_len, input_size)`` with ``batch_first``;
+            ``(seq_len, input_size)`` for one unbatched sequence.
+        hx : ndarray or tuple of ndarray, optional
+            Initial state, torch's shapes (see :meth:`initial_state`). Zeros if omitted.
+        lengths : array_like of int, shape (batch,), optional
+            Valid length of each sequence, any order. Outputs past a sequence's
+            end are zero and its final state is the one after its last valid
+            step; the reverse direction starts at each sequence's own end.
+
+        Returns
+        -------
+        y : ndarray, shape (seq_len, batch, num_directions * H_out)
+        h_n : ndarray, shape (num_layers * num_directions, batch, H_out)
+            For LSTM ``(h_n, c_n)``.
+        """
+        x, unbatched = self._check_input(x)
+        T, B, _ = x.shape
+        h, c = self._check_state(hx, B, unbatched)
+        lens = np.full(B, T, np.int64) if lengths is None else check.lengths(lengths, B, T)
+        y = self._forward(x, h, c, lens)
+        return self._pack_output(y, unbatched), self._pack_state(h, c, unbatched)
+
+    forward = __call__
+
+    def _pack_output(self, y, unbatched):
+        if unbatched:
+            return y[:, 0]
+        return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
+
+    def _forward(self, x, h, c, lens, tapes=None):
+        """All layers over contiguous ``x`` (T, B, I); ``h``/``c`` become the final state."""
+        T, B, _ = x.shape
+        D, P = self.num_directions, self.output_size
+        layer_input = x
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._cell_params(layer, d)
+                gx = np.matmul(layer_input.reshape(T * B, -1), w_ih.T).reshape(T, B, -1)
+                y = np.empty((T, B, P), self.dtype)
+                k = layer * D + d
+                run_recurrence(self._kern, gx, w_hh, b_ih, b_hh, w_hr, h[k], c[k], y, lens,
+                               bool(d), self._mode_code,
+                               None if tapes is None else tapes[k])
+                outs.append(y)
+            layer_input = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+        return layer_input
+
+    # ------------------------------------------------------------------ streaming
+    def step(self, x_t, state=None):
+        """Advance every layer by one time step (streaming inference).
+
+        Parameters
+        ----------
+        x_t : ndarray, shape (batch, input_size), or (input_size,) unbatched
+        state : ndarray or tuple of ndarray, optional
+            As returned by :meth:`initial_state` or a previous ``step``; zeros if None.
+
+        Returns
+        -------
+        y_t : ndarray, shape (batch, H_out)
+        state : same structure as ``state``
+
+        Notes
+        -----
+        After the first call for a batch size nothing is allocated: results go
+        to two alternating internal buffers, so the ``state`` passed in is never
+        modified, while the arrays returned stay valid until the next-but-one call.
+        Copy them to keep them longer.
+        """
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional model: the reverse direction of a "
+                             "bidirectional model depends on future inputs")
+        x_t = check.array("x_t", x_t, self.dtype, f"(batch, {self.input_size})")
+        if x_t.ndim not in (1, 2) or x_t.shape[-1] != self.input_size:
+            raise ValueError(f"x_t must have shape (batch, {self.input_size}) or "
+                             f"({self.input_size},); got {x_t.shape}")
+        unbatched = x_t.ndim == 1
+        B = 1 if unbatched else x_t.shape[0]
+        ws = self._step_ws.get(B) or self._make_step_ws(B)
+        h_in, c_in = self._state_in(state, B, unbatched)
+        latest, older = ws["buffers"]
+        # Write where the caller's state is not, sparing the latest result when possible.
+        target = latest if h_in is not None and np.may_share_memory(h_in, older[0]) else older
+        ws["buffers"] = (target, older if target is latest else latest)
+        h, c = target
+        if h_in is None:
+            h.fill(0)
+            c.fill(0)
+        else:
+            h[...] = h_in.reshape(h.shape)
+            c[...] = c_in.reshape(c.shape)
+        inp = x_t.reshape(B, self.input_size)
+        if not inp.flags.c_contiguous:
+            inp = np.ascontiguousarray(inp)
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh, w_hr = ws["params"][layer]
+            matmul_nt(inp, w_ih, ws["gx"][0])
+            self._kern.sequence(ws["gx"], w_hh, b_ih, b_hh, w_hr, h[layer], c[layer],
+                                h[layer:layer + 1], ws["ones"], False, self._mode_code,
+                                ws["gh"], ws["m"], ws["hp"], *ws["tapes"])
+            inp = h[layer]
+        out_h, out_c = (h[:, 0], c[:, 0]) if unbatched else (h, c)
+        y_t = out_h[-1]
+        return y_t, ((out_h, out_c) if self.mode == "LSTM" else out_h)
+
+    def _state_in(self, state, B, unbatched):
+        """Validate a streaming state without copying it."""
+        if state is None:
+            return None, None
+        h_shape, c_shape = self._state_shapes(None if unbatched else B)
+        if self.mode == "LSTM":
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"state for LSTM must be a tuple (h, c); got "
+                                f"{type(state).__name__}")
+            h_in, c_in = state
+            c_in = check.array("state[1] (c)", c_in, self.dtype, c_shape)
+            check.shape("state[1] (c)", c_in, c_shape)
+        else:
+            h_in, c_in = state, None
+        name = "state[0] (h)" if self.mode == "LSTM" else "state"
+        h_in = check.array(name, h_in, self.dtype, h_shape)
+        check.shape(name, h_in, h_shape)
+        return h_in, (h_in[..., :0] if c_in is None else c_in)
+
+    def _make_step_ws(self, B):
+        L, P, H = self.num_layers, self.output_size, self.hidden_size
+        GH = self._kern.GATES * H
+        dt = self.dtype
+        h_shape, c_shape = self._state_shapes(B)
+        if self.mode != "LSTM":
+            c_shape = (L, B, 0)
+        ws = {
+            "params": [self._cell_params(layer, 0) for layer in range(L)],
+            "gx": np.empty((1, B, GH), dt),
+            "gh": np.empty((B, GH), dt),
+            "m": np.empty((B, H), dt),
+            "hp": np.empty((B, max(P, H)), dt),
+            "ones": np.ones(B, np.int64),
+            "tapes": _empty_tapes(dt),
+            "buffers": tuple((np.zeros(h_shape, dt), np.zeros(c_shape, dt)) for _ in range(2)),
+        }
+        self._step_ws[B] = ws
+        return ws
+
+
+class RNN(_RNNBase):
+    """Elman RNN with tanh or ReLU, torch.nn.RNN's arguments and parameter layout.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, default 1
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    bias : bool, default True
+    batch_first : bool, default False
+    dropout : float, default 0.0
+        Dropout between layers; used only by training (``forward_train``).
+    bidirectional : bool, default False
+    dtype : {"float32", "float64"}, default "float32"
+    seed : int or None
+        Seed of the NumPy generator for torch-like uniform(±1/sqrt(hidden_size)) init.
+    """
+
+    mode = "RNN"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, dtype="float32",
+                 seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, nonlinearity, dtype, seed)
+
+
+class LSTM(_RNNBase):
+    """Long short-term memory, torch.nn.LSTM's arguments and parameter layout.
+
+    Parameters are those of :class:`RNN` without ``nonlinearity``, plus
+    ``proj_size`` (int, default 0): project ``h`` to this size with ``weight_hr_l{k}``.
+    Calls return ``y, (h_n, c_n)``.
+    """
+
+    mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, dtype="float32", seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, "tanh", dtype, seed)
+
+
+class GRU(_RNNBase):
+    """Gated recurrent unit, torch.nn.GRU's arguments and parameter layout.
+
+    Parameters are those of :class:`RNN` without ``nonlinearity``.
+    """
+
+    mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype="float32", seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, "tanh", dtype, seed)

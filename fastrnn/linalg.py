@@ -1,0 +1,40 @@
+"""Small dense products for the recurrence, written to vectorise without BLAS.
+
+Numba's ``np.dot`` needs SciPy, which the core does not depend on. For the
+per-step recurrent product at small batch, a loop over contiguous rows of
+the weight matrix is as fast as BLAS (the cost is reading the weights); large
+batches go through NumPy's BLAS from the Python-level driver instead.
+"""
+
+from ._jit import kernel
+
+
+@kernel
+def matmul_nt(a, w, out):
+    """``out[:] = a @ w.T`` for ``a`` (B, K), ``w`` (N, K), ``out`` (B, N), all C-contiguous."""
+    B, K = a.shape
+    N = w.shape[0]
+    for b in range(B):
+        for n in range(N):
+            acc = a[b, 0] * 0
+            for k in range(K):
+                acc += a[b, k] * w[n, k]
+            out[b, n] = acc
+
+
+@kernel
+def commit_rows(h, h_new, y_t, t, lengths):
+    """Take ``h_new`` into ``h`` and ``y_t`` for rows still running at step ``t``.
+
+    Rows whose sequence has ended (``t >= lengths[n]``) keep their state and get
+    a zero output, which is torch's packed-sequence behaviour.
+    """
+    B, P = h.shape
+    for n in range(B):
+        if t < lengths[n]:
+            for j in range(P):
+                h[n, j] = h_new[n, j]
+                y_t[n, j] = h_new[n, j]
+        else:
+            for j in range(P):
+                y_t[n, j] = 0

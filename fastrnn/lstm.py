@@ -1,0 +1,85 @@
+"""LSTM kernels: the fused cell step and the sequence recurrence.
+
+Gate layout is torch's: the 4H pre-activation rows are ``i, f, g, o``::
+
+    i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)
+    f = sigmoid(W_if x + b_if + W_hf h + b_hf)
+    g = tanh   (W_ig x + b_ig + W_hg h + b_hg)
+    o = sigmoid(W_io x + b_io + W_ho h + b_ho)
+    c' = f * c + i * g
+    m  = o * tanh(c')
+    h' = m              (or W_hr m with proj_size > 0)
+
+All recurrent kernels in fastrnn share one argument list (see ``rnn.py`` and
+``gru.py``) so the layer driver can treat them alike; arguments a cell type
+does not use are ignored.
+"""
+
+from ._jit import kernel
+from .activations import sigmoid, tanh
+from .linalg import commit_rows, matmul_nt
+
+GATES = 4
+TAPE_GATES = 4  # i, f, g, o after their nonlinearities
+I, F, G, O = range(4)
+
+
+@kernel
+def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, gates_t):
+    """One LSTM time step for every row still running at step ``t``.
+
+    ``gx_t`` (B, 4H) holds ``x W_ih^T`` and ``gh`` (B, 4H) holds ``h W_hh^T``;
+    the biases are added here. ``c`` is updated in place, ``h`` and ``y_t`` are
+    written through :func:`commit_rows`. With a non-empty ``gates_t`` the
+    activated gates are stored there for the backward pass.
+    """
+    B, H4 = gx_t.shape
+    H = H4 // 4
+    store = gates_t.shape[0] > 0
+    for n in range(B):
+        if t >= lengths[n]:
+            continue
+        for j in range(H):
+            gi = sigmoid(gx_t[n, j] + b_ih[j] + gh[n, j] + b_hh[j])
+            gf = sigmoid(gx_t[n, H + j] + b_ih[H + j] + gh[n, H + j] + b_hh[H + j])
+            gg = tanh(gx_t[n, 2 * H + j] + b_ih[2 * H + j] + gh[n, 2 * H + j] + b_hh[2 * H + j])
+            go = sigmoid(gx_t[n, 3 * H + j] + b_ih[3 * H + j] + gh[n, 3 * H + j] + b_hh[3 * H + j])
+            cn = gf * c[n, j] + gi * gg
+            c[n, j] = cn
+            m[n, j] = go * tanh(cn)
+            gh[n, j] = gi
+            gh[n, H + j] = gf
+            gh[n, 2 * H + j] = gg
+            gh[n, 3 * H + j] = go
+        if store:
+            for j in range(H4):
+                gates_t[n, j] = gh[n, j]
+    if w_hr.shape[0] > 0:
+        matmul_nt(m, w_hr, hp)
+        commit_rows(h, hp, y_t, t, lengths)
+    else:
+        commit_rows(h, m, y_t, t, lengths)
+
+
+@kernel
+def sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
+             gh, m, hp, tape_gates, tape_h, tape_c):
+    """Run the recurrence over ``gx`` (T, B, 4H), writing ``y`` (T, B, P).
+
+    ``h``/``c`` hold the initial state on entry and the final state on exit.
+    ``reverse`` walks time backwards; each row then starts at its own last
+    valid step because rows are frozen while ``t >= lengths[n]``.
+    With a training tape (``tape_h.shape[0] == T``) the activated gates and
+    the state entering each step are recorded; for inference the tapes are
+    empty (``tape_gates`` of shape (1, 0, 0)).
+    """
+    T = gx.shape[0]
+    train = tape_h.shape[0] > 0
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if train:
+            tape_h[t, :, :] = h
+            tape_c[t, :, :] = c
+        matmul_nt(h, w_hh, gh)
+        cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
+                  tape_gates[t if train else 0])
