@@ -61,6 +61,9 @@ def _tanh_rational(x):
     return p / q
 
 
+_tanh_f32 = numba.njit(_tanh_rational, error_model="numpy", nogil=True)
+
+
 def tanh(x):
     """Hyperbolic tangent: rational approximation for float32, exact otherwise."""
     return math.tanh(x)
@@ -80,19 +83,14 @@ def _is_f32(x):
     return isinstance(x, types.Float) and x.bitwidth == 32
 
 
-@overload(tanh, inline="always")
+@overload(tanh)
 def _tanh_overload(x):
     if _is_f32(x):
-        rational = numba.njit(_tanh_rational, inline="always")
-
-        def impl(x):
-            return rational(x)
-
-        return impl
+        return lambda x: _tanh_f32(x)
     return lambda x: math.tanh(x)
 
 
-@overload(sigmoid, inline="always")
+@overload(sigmoid)
 def _sigmoid_overload(x):
     if _is_f32(x):
 
@@ -103,6 +101,6 @@ def _sigmoid_overload(x):
     return lambda x: 0.5 + 0.5 * math.tanh(0.5 * x)
 
 
-@overload(relu, inline="always")
+@overload(relu)
 def _relu_overload(x):
     return lambda x: x if x > 0 else x * 0

@@ -146,12 +146,12 @@ class _RNNBase(ParameterMixin):
         """Constructor arguments, enough to rebuild the model (used by ``fastrnn.save``)."""
         cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                   dropout=self.dropout, bidirectional=self.bidirectional,
-                   dtype=self.dtype.name)
+                   dropout=self.dropout, bidirectional=self.bidirectional)
         if self.mode == "LSTM":
             cfg["proj_size"] = self.proj_size
         if self.mode == "RNN":
             cfg["nonlinearity"] = self.nonlinearity
+        cfg["dtype"] = self.dtype.name
         return cfg
 
     def __repr__(self):
@@ -357,13 +357,14 @@ class _RNNBase(ParameterMixin):
                 raise TypeError(f"state for LSTM must be a tuple (h, c); got "
                                 f"{type(state).__name__}")
             h_in, c_in = state
-            c_in = check.array("state[1] (c)", c_in, self.dtype, c_shape)
-            check.shape("state[1] (c)", c_in, c_shape)
         else:
             h_in, c_in = state, None
         name = "state[0] (h)" if self.mode == "LSTM" else "state"
         h_in = check.array(name, h_in, self.dtype, h_shape)
         check.shape(name, h_in, h_shape)
+        if c_in is not None:
+            c_in = check.array("state[1] (c)", c_in, self.dtype, c_shape)
+            check.shape("state[1] (c)", c_in, c_shape)
         return h_in, (h_in[..., :0] if c_in is None else c_in)
 
     def _make_step_ws(self, B):

@@ -1,0 +1,52 @@
+"""Shared helpers: build a fastrnn model and a torch.nn twin with the same weights."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastrnn
+
+torch.set_num_threads(1)
+
+TOL = {"float32": 1e-5, "float64": 1e-10}
+
+# (fastrnn class, torch class, extra constructor arguments), keyed by a test id.
+KINDS = {
+    "rnn_tanh": (fastrnn.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (fastrnn.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (fastrnn.LSTM, torch.nn.LSTM, {}),
+    "lstm_proj": (fastrnn.LSTM, torch.nn.LSTM, {"proj_size": 3}),
+    "gru": (fastrnn.GRU, torch.nn.GRU, {}),
+}
+CELLS = {
+    "rnn_tanh": (fastrnn.RNNCell, torch.nn.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_relu": (fastrnn.RNNCell, torch.nn.RNNCell, {"nonlinearity": "relu"}),
+    "lstm": (fastrnn.LSTMCell, torch.nn.LSTMCell, {}),
+    "gru": (fastrnn.GRUCell, torch.nn.GRUCell, {}),
+}
+TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
+
+
+def make_pair(kind, input_size, hidden_size, dtype, table=KINDS, **kwargs):
+    """A torch module and the fastrnn model loaded from its state_dict."""
+    ours, theirs, extra = table[kind]
+    args = {**extra, **kwargs}
+    tm = theirs(input_size, hidden_size, **args).to(TORCH_DTYPE[dtype])
+    m = ours(input_size, hidden_size, dtype=dtype, **args)
+    m.load_state_dict(tm.state_dict())
+    return m, tm
+
+
+def assert_close(actual, expected, dtype, what=""):
+    """Max-abs comparison at the dtype's parity tolerance."""
+    if isinstance(expected, torch.Tensor):
+        expected = expected.detach().numpy()
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype} != {dtype}"
+    err = np.max(np.abs(actual - expected)) if actual.size else 0.0
+    assert err <= TOL[dtype], f"{what}: max abs error {err:.3g} > {TOL[dtype]:g}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,91 @@
+"""Bad input gives a clear error naming the argument, expected and received."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+
+
+@pytest.fixture
+def lstm():
+    return fastrnn.LSTM(4, 6, num_layers=2, dtype="float64", seed=0)
+
+
+def test_wrong_dtype_is_not_cast(lstm):
+    with pytest.raises(TypeError, match=r"input must have dtype float64.*got float32"):
+        lstm(np.zeros((3, 2, 4), np.float32))
+    with pytest.raises(TypeError, match="input must be a numpy array"):
+        lstm([[0.0] * 4])
+
+
+@pytest.mark.parametrize("shape", [(4,), (1, 2, 3, 4), (3, 2, 5), (3, 5)])
+def test_wrong_input_shape(lstm, shape):
+    with pytest.raises(ValueError, match=r"input must have shape .*got"):
+        lstm(np.zeros(shape))
+
+
+def test_wrong_hx(lstm):
+    x = np.zeros((3, 2, 4))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 2, 6\); got \(1, 2, 6\)"):
+        lstm(x, (np.zeros((1, 2, 6)), np.zeros((2, 2, 6))))
+    with pytest.raises(ValueError, match=r"c0 must have shape \(2, 2, 6\); got \(2, 3, 6\)"):
+        lstm(x, (np.zeros((2, 2, 6)), np.zeros((2, 3, 6))))
+    with pytest.raises(TypeError, match="tuple"):
+        lstm(x, np.zeros((2, 2, 6)))
+    gru = fastrnn.GRU(4, 6, dtype="float64")
+    with pytest.raises(ValueError, match=r"hx must have shape \(1, 2, 6\)"):
+        gru(x, np.zeros((1, 3, 6)))
+    with pytest.raises(TypeError, match="hx must have dtype float64"):
+        gru(x, np.zeros((1, 2, 6), np.float32))
+
+
+@pytest.mark.parametrize("lengths, match", [
+    ([1, 2, 3], r"lengths must have shape \(2,\)"),
+    ([0, 2], r"lengths must lie in \[1, seq_len=3\]"),
+    ([4, 2], r"lengths must lie in \[1, seq_len=3\]"),
+    ([1.5, 2], "lengths must be integers"),
+])
+def test_bad_lengths(lstm, lengths, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        lstm(np.zeros((3, 2, 4)), lengths=lengths)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="hidden_size must be an integer >= 1; got 0"):
+        fastrnn.LSTM(3, 0)
+    with pytest.raises(ValueError, match="proj_size must be smaller"):
+        fastrnn.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="dropout"):
+        fastrnn.GRU(3, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="nonlinearity"):
+        fastrnn.RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(TypeError, match="dtype must be 'float32' or 'float64'; got float16"):
+        fastrnn.GRU(3, 4, dtype="float16")
+
+
+def test_state_dict_keys_and_shapes(lstm):
+    sd = dict(lstm.state_dict())
+    sd["weight_xx_l0"] = sd.pop("weight_ih_l0")
+    with pytest.raises(ValueError, match=r"missing keys \['weight_ih_l0'\].*unexpected keys "
+                                         r"\['weight_xx_l0'\]"):
+        lstm.load_state_dict(sd)
+    sd = dict(lstm.state_dict())
+    sd["bias_hh_l1"] = np.zeros(5)
+    with pytest.raises(ValueError, match=r"bias_hh_l1.*\(24,\); got \(5,\)"):
+        lstm.load_state_dict(sd)
+    sd = {k: v.copy() for k, v in lstm.state_dict().items()}
+    sd["weight_hh_l0"][0, 0] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        lstm.load_state_dict(sd)
+
+
+def test_step_and_cell_validation(lstm):
+    with pytest.raises(ValueError, match=r"x_t must have shape \(batch, 4\)"):
+        lstm.step(np.zeros((2, 5)), lstm.initial_state(2))
+    with pytest.raises(ValueError, match=r"state\[0\] \(h\) must have shape \(2, 2, 6\)"):
+        lstm.step(np.zeros((2, 4)), lstm.initial_state(3))
+    cell = fastrnn.GRUCell(4, 6)
+    with pytest.raises(ValueError, match=r"input must have shape \(batch, 4\)"):
+        cell(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"hx must have shape \(2, 6\); got \(2, 5\)"):
+        cell(np.zeros((2, 4), np.float32), np.zeros((2, 5), np.float32))
