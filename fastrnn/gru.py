@@ -25,6 +25,7 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
     ``gx_t`` (B, 3H) holds ``x W_ih^T``, ``gh`` (B, 3H) holds ``h W_hh^T``; the new
     state goes to ``m`` and through :func:`commit_rows` into ``h`` and ``y_t``.
     A non-empty ``gates_t`` (B, 4H) receives ``r, z, n, W_hn h + b_hn``.
+    Short passes over few arrays keep every loop vectorisable (see ``lstm.py``).
     """
     B, H3 = gx_t.shape
     H = H3 // 3
@@ -32,21 +33,23 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
     for n in range(B):
         if t >= lengths[n]:
             continue
+        a = gh[n]
+        x = gx_t[n]
+        for k in range(H3):
+            a[k] += b_hh[k]
+        for k in range(2 * H):
+            a[k] = sigmoid(a[k] + x[k] + b_ih[k])
+        nn = hp[n]
         for j in range(H):
-            r = sigmoid(gx_t[n, j] + b_ih[j] + gh[n, j] + b_hh[j])
-            z = sigmoid(gx_t[n, H + j] + b_ih[H + j] + gh[n, H + j] + b_hh[H + j])
-            hn = gh[n, 2 * H + j] + b_hh[2 * H + j]
-            nn = tanh(gx_t[n, 2 * H + j] + b_ih[2 * H + j] + r * hn)
-            m[n, j] = nn + z * (h[n, j] - nn)
-            gh[n, j] = r
-            gh[n, H + j] = z
-            gh[n, 2 * H + j] = nn
-            hp[n, j] = hn
+            nn[j] = tanh(x[2 * H + j] + b_ih[2 * H + j] + a[j] * a[2 * H + j])
+        hn, mn = h[n], m[n]
+        for j in range(H):
+            mn[j] = nn[j] + a[H + j] * (hn[j] - nn[j])
         if store:
-            for j in range(H3):
-                gates_t[n, j] = gh[n, j]
-            for j in range(H):
-                gates_t[n, H3 + j] = hp[n, j]
+            g = gates_t[n]
+            g[:2 * H] = a[:2 * H]
+            g[2 * H:H3] = nn[:H]
+            g[H3:] = a[2 * H:]
     commit_rows(h, m, y_t, t, lengths)
 
 

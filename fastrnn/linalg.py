@@ -14,8 +14,8 @@ def matmul_nt(a, w, out):
     """``out[:] = a @ w.T`` for ``a`` (B, K), ``w`` (N, K), ``out`` (B, N), all C-contiguous."""
     B, K = a.shape
     N = w.shape[0]
-    for b in range(B):
-        for n in range(N):
+    for n in range(N):  # each weight row is read from memory once, for every batch row
+        for b in range(B):
             acc = a[b, 0] * 0
             for k in range(K):
                 acc += a[b, k] * w[n, k]

@@ -29,9 +29,13 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
     """One LSTM time step for every row still running at step ``t``.
 
     ``gx_t`` (B, 4H) holds ``x W_ih^T`` and ``gh`` (B, 4H) holds ``h W_hh^T``;
-    the biases are added here. ``c`` is updated in place, ``h`` and ``y_t`` are
-    written through :func:`commit_rows`. With a non-empty ``gates_t`` the
-    activated gates are stored there for the backward pass.
+    the biases are added here and ``gh`` is left holding the activated gates.
+    ``c`` is updated in place, ``h`` and ``y_t`` are written through
+    :func:`commit_rows`. With a non-empty ``gates_t`` the activated gates are
+    stored there for the backward pass.
+
+    Each row is done in short passes that read and write few arrays, so LLVM's
+    runtime alias checks stay cheap and every pass vectorises.
     """
     B, H4 = gx_t.shape
     H = H4 // 4
@@ -39,21 +43,24 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
     for n in range(B):
         if t >= lengths[n]:
             continue
+        a = gh[n]
+        x = gx_t[n]
+        for k in range(H4):
+            a[k] += x[k] + b_ih[k] + b_hh[k]
+        for k in range(2 * H):
+            a[k] = sigmoid(a[k])
+        for k in range(2 * H, 3 * H):
+            a[k] = tanh(a[k])
+        for k in range(3 * H, H4):
+            a[k] = sigmoid(a[k])
+        cn = c[n]
         for j in range(H):
-            gi = sigmoid(gx_t[n, j] + b_ih[j] + gh[n, j] + b_hh[j])
-            gf = sigmoid(gx_t[n, H + j] + b_ih[H + j] + gh[n, H + j] + b_hh[H + j])
-            gg = tanh(gx_t[n, 2 * H + j] + b_ih[2 * H + j] + gh[n, 2 * H + j] + b_hh[2 * H + j])
-            go = sigmoid(gx_t[n, 3 * H + j] + b_ih[3 * H + j] + gh[n, 3 * H + j] + b_hh[3 * H + j])
-            cn = gf * c[n, j] + gi * gg
-            c[n, j] = cn
-            m[n, j] = go * tanh(cn)
-            gh[n, j] = gi
-            gh[n, H + j] = gf
-            gh[n, 2 * H + j] = gg
-            gh[n, 3 * H + j] = go
+            cn[j] = a[H + j] * cn[j] + a[j] * a[2 * H + j]
+        mn = m[n]
+        for j in range(H):
+            mn[j] = a[3 * H + j] * tanh(cn[j])
         if store:
-            for j in range(H4):
-                gates_t[n, j] = gh[n, j]
+            gates_t[n, :] = a
     if w_hr.shape[0] > 0:
         matmul_nt(m, w_hr, hp)
         commit_rows(h, hp, y_t, t, lengths)

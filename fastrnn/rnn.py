@@ -24,15 +24,18 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
     for n in range(B):
         if t >= lengths[n]:
             continue
+        a, mn = gh[n], m[n]
+        x = gx_t[n]
+        for j in range(H):
+            a[j] += x[j] + b_ih[j] + b_hh[j]
         if mode == 0:
             for j in range(H):
-                m[n, j] = tanh(gx_t[n, j] + b_ih[j] + gh[n, j] + b_hh[j])
+                mn[j] = tanh(a[j])
         else:
             for j in range(H):
-                m[n, j] = relu(gx_t[n, j] + b_ih[j] + gh[n, j] + b_hh[j])
+                mn[j] = relu(a[j])
         if store:
-            for j in range(H):
-                gates_t[n, j] = m[n, j]
+            gates_t[n, :] = mn
     commit_rows(h, m, y_t, t, lengths)
 
 

@@ -1,0 +1,29 @@
+"""Model pairs for the benchmarks: a fastrnn model and its torch.nn twin, same weights."""
+
+import numpy as np
+import torch
+
+import fastrnn
+
+torch.set_num_threads(1)
+
+ENGINES = ["fastrnn", "torch"]
+FASTRNN = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
+TORCH = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
+TORCH_CELL = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell, "RNN": torch.nn.RNNCell}
+
+
+def model_pair(mode, size, cell=False):
+    """``(fastrnn model, torch module)`` with identical float32 weights."""
+    torch.manual_seed(0)
+    tm = (TORCH_CELL if cell else TORCH)[mode](size, size).eval()
+    sd = tm.state_dict()
+    if cell:
+        sd = {k + "_l0": v for k, v in sd.items()}
+    m = FASTRNN[mode](size, size)
+    m.load_state_dict(sd)
+    return m, tm
+
+
+def inputs(T, B, size):
+    return np.random.default_rng(0).standard_normal((T, B, size)).astype(np.float32)
