@@ -8,8 +8,9 @@ The core depends on NumPy and Numba only; it never imports torch.
 from .cells import GRUCell, LSTMCell, RNNCell
 from .io import load, save
 from .layers import GRU, LSTM, RNN
+from .training import Gradients, Tape, clip_grad_norm
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "save", "load",
-           "__version__"]
+           "clip_grad_norm", "Gradients", "Tape", "__version__"]

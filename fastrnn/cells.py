@@ -1,105 +1,79 @@
 """Single-step cells: ``RNNCell``, ``LSTMCell``, ``GRUCell`` (torch.nn's ``*Cell``).
 
-A cell owns ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` and runs the
-same fused kernels as the layers, with one time step.
+A cell is a one-layer, one-step view of the matching layer: it owns
+``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` and shares these arrays
+with an internal single-layer model, so the same fused kernels (and the same
+backward) run for cells and layers.
 """
 
 import numpy as np
 
 from . import _validation as check
-from . import gru, lstm, rnn
+from . import rnn
 from ._params import ParameterMixin
-from .layers import _empty_tapes
-from .linalg import matmul_nt
+from .layers import GRU, LSTM, RNN
+from .training import Tape
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell"]
 
 
 class _CellBase(ParameterMixin):
     mode = None
-    _kern = None
+    _layer_class = None
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
                  dtype="float32", seed=None):
-        self.input_size = check.positive_int("input_size", input_size)
-        self.hidden_size = check.positive_int("hidden_size", hidden_size)
         if nonlinearity not in rnn.MODES:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
-        self.bias = bool(bias)
+        extra = {"nonlinearity": nonlinearity} if self.mode == "RNN" else {}
+        self._layer = self._layer_class(input_size, hidden_size, bias=bias, dtype=dtype,
+                                        seed=seed, **extra)
+        self.input_size = self._layer.input_size
+        self.hidden_size = self._layer.hidden_size
+        self.bias = self._layer.bias
         self.nonlinearity = nonlinearity
-        self.dtype = check.as_dtype(dtype)
-        self._mode_code = rnn.MODES[nonlinearity]
-        self._params = self._init_params(seed)
+        self.dtype = self._layer.dtype
+        # The cell's parameters are the layer's arrays under torch's cell names.
+        self._params = {name[:-3]: p for name, p in self._layer.state_dict().items()}
 
     def _param_shapes(self):
-        GH = self._kern.GATES * self.hidden_size
-        shapes = {"weight_ih": (GH, self.input_size), "weight_hh": (GH, self.hidden_size)}
-        if self.bias:
-            shapes.update(bias_ih=(GH,), bias_hh=(GH,))
-        return shapes
+        return {name[:-3]: shp for name, shp in self._layer._param_shapes().items()}
 
     def config(self):
-        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
-                   dtype=self.dtype.name)
+        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias)
         if self.mode == "RNN":
             cfg["nonlinearity"] = self.nonlinearity
+        cfg["dtype"] = self.dtype.name
         return cfg
 
     def __repr__(self):
-        cfg = self.config()
-        extra = "" if cfg["bias"] else ", bias=False"
-        if cfg.get("nonlinearity", "tanh") != "tanh":
+        extra = "" if self.bias else ", bias=False"
+        if self.nonlinearity != "tanh":
             extra += ", nonlinearity='relu'"
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
 
-    def _biases(self):
-        if self.bias:
-            return self._params["bias_ih"], self._params["bias_hh"]
-        zero = np.zeros(self._kern.GATES * self.hidden_size, self.dtype)
-        return zero, zero
-
     def _check(self, x, hx):
-        """Validate ``x`` and ``hx``; return ``(x (B, I), h (B, H), c (B, H) or None, unbatched)``."""
+        """Validate; return ``(x, hx)`` as a length-1 sequence and state for the layer."""
         x = check.array("input", x, self.dtype, f"(batch, {self.input_size})")
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"input must have shape (batch, {self.input_size}) or "
                              f"({self.input_size},); got {x.shape}")
-        unbatched = x.ndim == 1
-        x2 = np.ascontiguousarray(x.reshape(-1, self.input_size))
-        B = x2.shape[0]
-        shape = (self.hidden_size,) if unbatched else (B, self.hidden_size)
-        names = ("h", "c") if self.mode == "LSTM" else ("hx",)
+        shape = x.shape[:-1] + (self.hidden_size,)
         if hx is None:
-            states = [np.zeros((B, self.hidden_size), self.dtype) for _ in names]
+            return x[None], None
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx for LSTMCell must be a tuple (h, c); got "
+                                f"{type(hx).__name__}")
+            parts = list(zip(("h", "c"), hx))
         else:
-            if self.mode == "LSTM":
-                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                    raise TypeError(f"hx for LSTMCell must be a tuple (h, c); got "
-                                    f"{type(hx).__name__}")
-                parts = hx
-            else:
-                parts = (hx,)
-            states = []
-            for name, value in zip(names, parts):
-                value = check.array(name, value, self.dtype, str(shape))
-                check.shape(name, value, shape)
-                states.append(np.array(value.reshape(B, self.hidden_size), order="C"))
-        h = states[0]
-        c = states[1] if self.mode == "LSTM" else h[:, :0]
-        return x2, h, c, unbatched
-
-    def _run(self, x, h, c):
-        """One fused step; ``h``/``c`` are updated in place."""
-        B = x.shape[0]
-        H, GH = self.hidden_size, self._kern.GATES * self.hidden_size
-        gx = np.empty((1, B, GH), self.dtype)
-        matmul_nt(x, self._params["weight_ih"], gx[0])
-        b_ih, b_hh = self._biases()
-        self._kern.sequence(gx, self._params["weight_hh"], b_ih, b_hh,
-                            np.empty((0, H), self.dtype), h, c, h[None],
-                            np.ones(B, np.int64), False, self._mode_code,
-                            np.empty((B, GH), self.dtype), np.empty((B, H), self.dtype),
-                            np.empty((B, H), self.dtype), *_empty_tapes(self.dtype))
+            parts = [("hx", hx)]
+        states = []
+        for name, value in parts:
+            value = check.array(name, value, self.dtype, str(shape))
+            check.shape(name, value, shape)
+            states.append(value[None])
+        return x[None], (tuple(states) if self.mode == "LSTM" else states[0])
 
     def __call__(self, x, hx=None):
         """Advance one step.
@@ -115,41 +89,86 @@ class _CellBase(ParameterMixin):
         h' : ndarray, shape (batch, hidden_size)
             For LSTMCell ``(h', c')``. New arrays; the inputs are not modified.
         """
-        x, h, c, unbatched = self._check(x, hx)
-        self._run(x, h, c)
-        if unbatched:
-            h, c = h[0], c[0]
-        return (h, c) if self.mode == "LSTM" else h
+        x, hx = self._check(x, hx)
+        _, state = self._layer(x, hx)
+        return (state[0][0], state[1][0]) if self.mode == "LSTM" else state[0]
 
     forward = __call__
+
+    def forward_train(self, x, hx=None):
+        """One step recording a tape for :meth:`backward`.
+
+        Returns
+        -------
+        ``h, c, tape`` for LSTMCell; ``h, tape`` for GRUCell and RNNCell.
+        """
+        x, hx = self._check(x, hx)
+        _, state, tape = self._layer.forward_train(x, hx)
+        if self.mode == "LSTM":
+            return state[0][0], state[1][0], tape
+        return state[0], tape
+
+    def _backward(self, tape, named_grads):
+        """Run the layer's backward with the state gradients ``named_grads``
+        (pairs of argument name and array or None)."""
+        if not isinstance(tape, Tape) or tape.model_id != id(self._layer):
+            raise ValueError("tape must come from this cell's forward_train")
+        shape = tape.y_shape[1:]
+        state = None
+        if any(g is not None for _, g in named_grads):
+            state = []
+            for name, g in named_grads:
+                if g is None:
+                    g = np.zeros(shape, self.dtype)
+                g = check.array(name, g, self.dtype, str(shape))
+                check.shape(name, g, shape)
+                state.append(g[None])
+            state = tuple(state) if self.mode == "LSTM" else state[0]
+        grads = self._layer.backward(tape, None, state)
+        params = {name[:-3]: g for name, g in grads.params.items()}
+        return grads.input[0], grads.hx, params
 
 
 class RNNCell(_CellBase):
     """Elman RNN cell, torch.nn.RNNCell's arguments: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``."""
 
     mode = "RNN"
-    _kern = rnn
+    _layer_class = RNN
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
                  dtype="float32", seed=None):
         super().__init__(input_size, hidden_size, bias, nonlinearity, dtype, seed)
+
+    def backward(self, tape, grad_h):
+        """Gradients of one step: ``(grad_x, grad_h_prev, grad_params)``; ``grad_h`` may be None."""
+        gx, gh, params = self._backward(tape, [("grad_h", grad_h)])
+        return gx, gh[0], params
+
+
+class GRUCell(RNNCell):
+    """GRU cell, torch.nn.GRUCell's arguments; ``h = cell(x, h)``."""
+
+    mode = "GRU"
+    _layer_class = GRU
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None):
+        _CellBase.__init__(self, input_size, hidden_size, bias, "tanh", dtype, seed)
 
 
 class LSTMCell(_CellBase):
     """LSTM cell, torch.nn.LSTMCell's arguments; ``h, c = cell(x, (h, c))``."""
 
     mode = "LSTM"
-    _kern = lstm
+    _layer_class = LSTM
 
     def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None):
         super().__init__(input_size, hidden_size, bias, "tanh", dtype, seed)
 
+    def backward(self, tape, grad_h, grad_c=None):
+        """Gradients of one step: ``(grad_x, (grad_h_prev, grad_c_prev), grad_params)``.
 
-class GRUCell(_CellBase):
-    """GRU cell, torch.nn.GRUCell's arguments; ``h = cell(x, h)``."""
-
-    mode = "GRU"
-    _kern = gru
-
-    def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None):
-        super().__init__(input_size, hidden_size, bias, "tanh", dtype, seed)
+        ``grad_h``/``grad_c`` are the gradients w.r.t. the returned ``h``/``c``;
+        None means zeros.
+        """
+        gx, (gh, gc), params = self._backward(tape, [("grad_h", grad_h), ("grad_c", grad_c)])
+        return gx, (gh[0], gc[0]), params

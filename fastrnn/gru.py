@@ -12,7 +12,7 @@ The argument list is shared with ``lstm.py`` (``c``, ``w_hr``, ``hp`` unused).
 
 from ._jit import kernel
 from .activations import sigmoid, tanh
-from .linalg import commit_rows, matmul_nt
+from .linalg import commit_rows, matmul_nn_acc, matmul_nt
 
 GATES = 3
 TAPE_GATES = 4  # r, z, n and the recurrent part of n, W_hn h + b_hn
@@ -66,3 +66,61 @@ def sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
         matmul_nt(h, w_hh, gh)
         cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
                   tape_gates[t if train else 0])
+
+
+# ----------------------------------------------------------------------------- backward
+#
+# With ``dh`` the gradient reaching h' and the taped r, z, n, hn = W_hn h + b_hn:
+#
+#     dn = dh (1 - z);   dz = dh (h - n);   da_n = dn (1 - n^2)
+#     dr = da_n * hn;    da_r = dr r (1 - r);   da_z = dz z (1 - z)
+#     input side  (W_ih, b_ih): [da_r, da_z, da_n]
+#     hidden side (W_hh, b_hh): [da_r, da_z, da_n * r]
+#     dh_prev = dh * z + (hidden side) W_hh
+
+SEPARATE_DGH = True  # the n gate's pre-activation gradient differs for W_ih and W_hh
+
+
+@kernel
+def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
+                  dgx_t, dgh_t, dhp_t, m_t, dm, mode):
+    """Input- and hidden-side gate gradients of step ``t``; leaves ``dh * z`` in ``dh``
+    for running rows (the caller adds ``dgh_t W_hh``). See ``lstm.backward_step``."""
+    B, H = dh.shape
+    for n in range(B):
+        gx = dgx_t[n]
+        gh = dgh_t[n]
+        if t >= lengths[n]:
+            gx[:] = 0
+            gh[:] = 0
+            continue
+        dhn = dh[n]
+        for j in range(H):
+            dhn[j] += dy_t[n, j]
+        a = gates_t[n]
+        hp = h_prev_t[n]
+        for j in range(H):
+            r, z, nn, hn = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
+            d = dhn[j]
+            dan = d * (1 - z) * (1 - nn * nn)
+            dar = dan * hn * r * (1 - r)
+            daz = d * (hp[j] - nn) * z * (1 - z)
+            gx[j] = dar
+            gx[H + j] = daz
+            gx[2 * H + j] = dan
+            gh[j] = dar
+            gh[H + j] = daz
+            gh[2 * H + j] = dan * r
+            dhn[j] = d * z
+
+
+@kernel
+def backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy, dh, dc,
+                      dgx, dgh, dhp, mt, dm):
+    """Walk the GRU recurrence backwards; see ``lstm.backward_sequence``."""
+    T = gates.shape[0]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        backward_step(t, lengths, gates[t], h_prev[t], c_prev[0], w_hr, dy[t], dh, dc,
+                      dgx[t], dgh[t], dhp[0], mt[0], dm, mode)
+        matmul_nn_acc(dgh[t], w_hh, dh)

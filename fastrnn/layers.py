@@ -17,6 +17,7 @@ from . import _validation as check
 from . import gru, lstm, rnn
 from ._params import ParameterMixin
 from .linalg import matmul_nt
+from .training import Gradients, Tape, backward_recurrence
 
 __all__ = ["RNN", "LSTM", "GRU", "BLAS_MIN_BATCH"]
 
@@ -181,26 +182,33 @@ class _RNNBase(ParameterMixin):
         h = np.zeros(h_shape, self.dtype)
         return (h, np.zeros(c_shape, self.dtype)) if self.mode == "LSTM" else h
 
-    def _check_state(self, hx, batch, unbatched):
-        """Validate ``hx`` and return contiguous copies ``(h, c)`` with a batch axis."""
+    def _check_state(self, hx, batch, unbatched, names=("h0", "c0", "hx")):
+        """Validate ``hx`` and return contiguous copies ``(h, c)`` with a batch axis.
+
+        ``names`` are the argument names used in messages: LSTM's two parts and
+        the single array of GRU/RNN.
+        """
         h_shape, c_shape = self._state_shapes(None if unbatched else batch)
         if hx is None:
             h_shape, c_shape = self._state_shapes(batch)
             return np.zeros(h_shape, self.dtype), np.zeros(c_shape, self.dtype)
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx for LSTM must be a tuple (h0, c0); got {type(hx).__name__}")
+                raise TypeError(f"{names[0].split('[')[0]} for LSTM must be a tuple (h, c); "
+                                f"got {type(hx).__name__}")
             h0, c0 = hx
+            h_name = names[0]
         else:
             if isinstance(hx, (tuple, list)):
-                raise TypeError(f"hx for {self.mode} must be a single array h0; got a "
+                raise TypeError(f"{names[2]} for {self.mode} must be a single array; got a "
                                 f"{type(hx).__name__}")
             h0, c0 = hx, None
-        h0 = check.array("h0" if c0 is not None else "hx", h0, self.dtype, h_shape)
-        check.shape("h0" if c0 is not None else "hx", h0, h_shape)
+            h_name = names[2]
+        h0 = check.array(h_name, h0, self.dtype, h_shape)
+        check.shape(h_name, h0, h_shape)
         if c0 is not None:
-            c0 = check.array("c0", c0, self.dtype, c_shape)
-            check.shape("c0", c0, c_shape)
+            c0 = check.array(names[1], c0, self.dtype, c_shape)
+            check.shape(names[1], c0, c_shape)
         if unbatched:
             h0 = h0[:, None]
             c0 = None if c0 is None else c0[:, None]
@@ -270,24 +278,173 @@ class _RNNBase(ParameterMixin):
             return y[:, 0]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
 
-    def _forward(self, x, h, c, lens, tapes=None):
-        """All layers over contiguous ``x`` (T, B, I); ``h``/``c`` become the final state."""
+    def _forward(self, x, h, c, lens, tape=None):
+        """All layers over contiguous ``x`` (T, B, I); ``h``/``c`` become the final state.
+
+        With a :class:`~fastrnn.training.Tape`, records what ``backward`` needs and
+        applies its inter-layer dropout masks.
+        """
         T, B, _ = x.shape
-        D, P = self.num_directions, self.output_size
+        D, P, H = self.num_directions, self.output_size, self.hidden_size
         layer_input = x
         for layer in range(self.num_layers):
+            if tape is not None:
+                tape.layer_inputs.append(layer_input)
             outs = []
             for d in range(D):
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._cell_params(layer, d)
                 gx = np.matmul(layer_input.reshape(T * B, -1), w_ih.T).reshape(T, B, -1)
                 y = np.empty((T, B, P), self.dtype)
                 k = layer * D + d
+                steps = None
+                if tape is not None:
+                    steps = (np.empty((T, B, self._kern.TAPE_GATES * H), self.dtype),
+                             np.empty((T, B, P), self.dtype),
+                             np.empty((T if self.mode == "LSTM" else 0, B, H), self.dtype))
+                    tape.steps.append(steps)
                 run_recurrence(self._kern, gx, w_hh, b_ih, b_hh, w_hr, h[k], c[k], y, lens,
-                               bool(d), self._mode_code,
-                               None if tapes is None else tapes[k])
+                               bool(d), self._mode_code, steps)
                 outs.append(y)
             layer_input = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+            if tape is not None and layer < len(tape.masks):
+                layer_input = layer_input * tape.masks[layer]
         return layer_input
+
+    # ------------------------------------------------------------------ training
+    def _signature(self):
+        return tuple(self._param_shapes().items())
+
+    def _dropout_masks(self, masks, rng, T, B, unbatched):
+        """Scaled inter-layer dropout masks in (T, B, features) layout, or []."""
+        if self.dropout == 0 or self.num_layers == 1:
+            if masks is not None and len(masks):
+                raise ValueError("dropout_masks given, but the model applies no inter-layer "
+                                 f"dropout (dropout={self.dropout}, num_layers={self.num_layers})")
+            return []
+        F = self.num_directions * self.output_size
+        n = self.num_layers - 1
+        scale = 0.0 if self.dropout == 1 else 1.0 / (1.0 - self.dropout)
+        if masks is None:
+            rng = np.random.default_rng() if rng is None else rng
+            return [(rng.random((T, B, F)) >= self.dropout).astype(self.dtype) * scale
+                    for _ in range(n)]
+        if len(masks) != n:
+            raise ValueError(f"dropout_masks must hold num_layers - 1 = {n} arrays; "
+                             f"got {len(masks)}")
+        if unbatched:
+            expected = (T, F)
+        else:
+            expected = (B, T, F) if self.batch_first else (T, B, F)
+        out = []
+        for i, mask in enumerate(masks):
+            mask = check.to_numpy(mask)
+            if mask.shape != expected:
+                raise ValueError(f"dropout_masks[{i}] must have shape {expected} (like the "
+                                 f"layer output); got {mask.shape}")
+            mask = mask.reshape(T, 1, F) if unbatched else \
+                (mask.transpose(1, 0, 2) if self.batch_first else mask)
+            out.append(np.ascontiguousarray((mask != 0).astype(self.dtype) * scale))
+        return out
+
+    def forward_train(self, x, hx=None, lengths=None, dropout_masks=None, rng=None):
+        """Forward pass that records a tape for :meth:`backward`.
+
+        Parameters
+        ----------
+        x, hx, lengths
+            As for calling the model.
+        dropout_masks : sequence of ndarray, optional
+            With ``dropout > 0`` and more than one layer: one keep-mask per
+            inter-layer gap (``num_layers - 1`` of them), shaped like the
+            layer output (``(seq_len, batch, num_directions * H_out)``, batch
+            first with ``batch_first``), nonzero meaning keep. Kept values are
+            scaled by ``1 / (1 - dropout)`` (inverted dropout, as torch.nn).
+        rng : numpy.random.Generator, optional
+            Draws the masks when ``dropout_masks`` is not given.
+
+        Returns
+        -------
+        y, state
+            As for calling the model.
+        tape : Tape
+        """
+        x, unbatched = self._check_input(x)
+        T, B, _ = x.shape
+        h, c = self._check_state(hx, B, unbatched)
+        lens = np.full(B, T, np.int64) if lengths is None else check.lengths(lengths, B, T)
+        tape = Tape(id(self), self._signature(), None, unbatched, lens)
+        tape.masks = self._dropout_masks(dropout_masks, rng, T, B, unbatched)
+        y = self._forward(x, h, c, lens, tape)
+        y = self._pack_output(y, unbatched)
+        tape.y_shape = y.shape
+        return y, self._pack_state(h, c, unbatched), tape
+
+    def backward(self, tape, grad_y, grad_state=None):
+        """Backpropagation through time from a tape of :meth:`forward_train`.
+
+        Parameters
+        ----------
+        tape : Tape
+        grad_y : ndarray or None
+            Gradient w.r.t. ``y``, same shape; None means zeros.
+        grad_state : ndarray or tuple of ndarray, optional
+            Gradient w.r.t. the final state (``(h_n, c_n)`` for LSTM); None means zeros.
+
+        Returns
+        -------
+        Gradients
+            ``input`` (shape of ``x``), ``hx`` (structure of ``hx``) and ``params``
+            (torch names to arrays of the parameters' shapes).
+        """
+        if not isinstance(tape, Tape):
+            raise TypeError(f"tape must be the Tape returned by forward_train; got "
+                            f"{type(tape).__name__}")
+        if tape.model_id != id(self) or tape.signature != self._signature():
+            raise ValueError("tape was recorded by another model (or before this model's "
+                             "parameters changed shape); run forward_train on this model again")
+        unbatched = tape.unbatched
+        T, B = tape.layer_inputs[0].shape[:2]
+        D, P, H = self.num_directions, self.output_size, self.hidden_size
+        if grad_y is None:
+            dy_all = np.zeros((T, B, D * P), self.dtype)
+        else:
+            grad_y = check.array("grad_y", grad_y, self.dtype, str(tape.y_shape))
+            check.shape("grad_y", grad_y, tape.y_shape)
+            dy_all = grad_y[:, None] if unbatched else                 (grad_y.transpose(1, 0, 2) if self.batch_first else grad_y)
+        names = ("grad_state[0] (h_n)", "grad_state[1] (c_n)", "grad_state")
+        dh_all, dc_all = self._check_state(grad_state, B, unbatched, names)
+        params = {name: np.zeros_like(p) for name, p in self._params.items()}
+        lens = tape.lengths
+        for layer in reversed(range(self.num_layers)):
+            X = tape.layer_inputs[layer].reshape(T * B, -1)
+            d_input = np.zeros((T * B, X.shape[1]), self.dtype)
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih, w_hh, _, _, w_hr = self._cell_params(layer, d)
+                gates, h_prev, c_prev = tape.steps[k]
+                dy = np.ascontiguousarray(dy_all[:, :, d * P:(d + 1) * P])
+                dgx, dgh, dhp, mt = backward_recurrence(
+                    self._kern, gates, h_prev, c_prev, w_hh, w_hr, lens, bool(d),
+                    self._mode_code, dy, dh_all[k], dc_all[k], BLAS_MIN_BATCH)
+                dgx2 = dgx.reshape(T * B, -1)
+                dgh2 = dgh.reshape(T * B, -1)
+                np.matmul(dgx2.T, X, out=params[f"weight_ih{sfx}"])
+                np.matmul(dgh2.T, h_prev.reshape(T * B, -1), out=params[f"weight_hh{sfx}"])
+                if self.bias:
+                    np.sum(dgx2, axis=0, out=params[f"bias_ih{sfx}"])
+                    np.sum(dgh2, axis=0, out=params[f"bias_hh{sfx}"])
+                if self.proj_size:
+                    np.matmul(dhp.reshape(T * B, -1).T, mt.reshape(T * B, -1),
+                              out=params[f"weight_hr{sfx}"])
+                d_input += dgx2 @ w_ih
+            d_input = d_input.reshape(T, B, -1)
+            if layer > 0 and layer - 1 < len(tape.masks):
+                d_input *= tape.masks[layer - 1]
+            dy_all = d_input
+        grad_x = dy_all[:, 0] if unbatched else \
+            (np.ascontiguousarray(dy_all.transpose(1, 0, 2)) if self.batch_first else dy_all)
+        return Gradients(grad_x, self._pack_state(dh_all, dc_all, unbatched), params)
 
     # ------------------------------------------------------------------ streaming
     def step(self, x_t, state=None):

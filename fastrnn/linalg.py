@@ -38,3 +38,22 @@ def commit_rows(h, h_new, y_t, t, lengths):
         else:
             for j in range(P):
                 y_t[n, j] = 0
+
+
+@kernel
+def matmul_nn_acc(a, w, out):
+    """``out[:] += a @ w`` for ``a`` (B, N), ``w`` (N, K), ``out`` (B, K), all C-contiguous.
+
+    Written as one scaled row addition per (row, n): the inner loop runs over
+    contiguous ``w[n]`` and ``out[b]`` and vectorises without reassociation.
+    Zero entries of ``a`` (rows past their sequence's end) are skipped.
+    """
+    B, N = a.shape
+    for b in range(B):
+        ob = out[b]
+        for n in range(N):
+            s = a[b, n]
+            if s != 0:
+                wn = w[n]
+                for k in range(ob.shape[0]):
+                    ob[k] += s * wn[k]

@@ -17,7 +17,7 @@ does not use are ignored.
 
 from ._jit import kernel
 from .activations import sigmoid, tanh
-from .linalg import commit_rows, matmul_nt
+from .linalg import commit_rows, matmul_nn_acc, matmul_nt
 
 GATES = 4
 TAPE_GATES = 4  # i, f, g, o after their nonlinearities
@@ -90,3 +90,86 @@ def sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
         matmul_nt(h, w_hh, gh)
         cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
                   tape_gates[t if train else 0])
+
+
+# ----------------------------------------------------------------------------- backward
+#
+# With ``dh`` the gradient reaching h' (from the output and the next step),
+# ``dm = W_hr^T dh`` (or ``dh`` without projection), and ``dc`` from the next step:
+#
+#     tc = tanh(c');  do = dm * tc;  dc += dm * o * (1 - tc^2)
+#     da_i = dc * g * i (1 - i);   da_f = dc * c * f (1 - f)
+#     da_g = dc * i * (1 - g^2);   da_o = do * o (1 - o)
+#     dc_prev = dc * f;            dh_prev = da W_hh
+#
+# ``da`` (B, 4H) is the gradient of the pre-activations for both W_ih and W_hh.
+# c' is recomputed from the taped gates and c (cheaper than taping it).
+
+SEPARATE_DGH = False  # the pre-activation gradient is the same for W_ih and W_hh
+
+
+@kernel
+def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
+                  dgx_t, dgh_t, dhp_t, m_t, dm, mode):
+    """Gate gradients of step ``t`` into ``dgx_t``; turns ``dh``/``dc`` into the
+    gradients entering step ``t``, except the recurrent product ``dgx_t W_hh``
+    that the caller adds to ``dh``. Rows past their length get zero gradients and
+    pass ``dh``/``dc`` through unchanged.
+
+    With projection, ``dhp_t`` receives ``dh`` and ``m_t`` the recomputed
+    ``o * tanh(c')`` for the ``W_hr`` gradient.
+    """
+    B, P = dh.shape
+    H = dm.shape[1]
+    proj = w_hr.shape[0] > 0
+    for n in range(B):
+        g = dgx_t[n]
+        if t >= lengths[n]:
+            g[:] = 0
+            if proj:
+                dhp_t[n, :] = 0
+            continue
+        dhn = dh[n]
+        for j in range(P):
+            dhn[j] += dy_t[n, j]
+        if proj:
+            dhp_t[n, :] = dhn
+            dmn = dm[n]
+            dmn[:] = 0
+            for p in range(P):
+                s = dhn[p]
+                for j in range(H):
+                    dmn[j] += s * w_hr[p, j]
+        else:
+            dmn = dhn
+        a = gates_t[n]
+        cp = c_prev_t[n]
+        dcn = dc[n]
+        for j in range(H):
+            gi, gf, gg, go = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
+            tc = tanh(gf * cp[j] + gi * gg)
+            if proj:
+                m_t[n, j] = go * tc
+            dcj = dcn[j] + dmn[j] * go * (1 - tc * tc)
+            g[j] = dcj * gg * gi * (1 - gi)
+            g[H + j] = dcj * cp[j] * gf * (1 - gf)
+            g[2 * H + j] = dcj * gi * (1 - gg * gg)
+            g[3 * H + j] = dmn[j] * tc * go * (1 - go)
+            dcn[j] = dcj * gf
+        dhn[:] = 0
+
+
+@kernel
+def backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy, dh, dc,
+                      dgx, dgh, dhp, mt, dm):
+    """Walk the recurrence backwards: fills ``dgx`` (T, B, 4H) (and, with
+    projection, ``dhp`` (T, B, P) and ``mt`` (T, B, H)); ``dh``/``dc`` enter as
+    the final-state gradients and leave as the initial-state gradients."""
+    T = gates.shape[0]
+    proj = w_hr.shape[0] > 0
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp = t if proj else 0
+        backward_step(t, lengths, gates[t], h_prev[t], c_prev[t], w_hr, dy[t], dh, dc,
+                      dgx[t], dgh[t], dhp[tp], mt[tp], dm, mode)
+        matmul_nn_acc(dgx[t], w_hh, dh)

@@ -9,7 +9,7 @@ The argument list is shared with ``lstm.py`` (``c``, ``w_hr``, ``hp`` unused).
 
 from ._jit import kernel
 from .activations import relu, tanh
-from .linalg import commit_rows, matmul_nt
+from .linalg import commit_rows, matmul_nn_acc, matmul_nt
 
 GATES = 1
 TAPE_GATES = 1  # h' itself: both derivatives are functions of the output
@@ -52,3 +52,43 @@ def sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
         matmul_nt(h, w_hh, gh)
         cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
                   tape_gates[t if train else 0])
+
+
+# ----------------------------------------------------------------------------- backward
+#
+#     da = dh * (1 - h'^2)  (tanh)   or   dh * [h' > 0]  (relu);   dh_prev = da W_hh
+
+SEPARATE_DGH = False
+
+
+@kernel
+def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
+                  dgx_t, dgh_t, dhp_t, m_t, dm, mode):
+    """Pre-activation gradient of step ``t``; see ``lstm.backward_step``."""
+    B, H = dh.shape
+    for n in range(B):
+        g = dgx_t[n]
+        if t >= lengths[n]:
+            g[:] = 0
+            continue
+        dhn = dh[n]
+        a = gates_t[n]
+        if mode == 0:
+            for j in range(H):
+                g[j] = (dhn[j] + dy_t[n, j]) * (1 - a[j] * a[j])
+        else:
+            for j in range(H):
+                g[j] = (dhn[j] + dy_t[n, j]) if a[j] > 0 else 0 * a[j]
+        dhn[:] = 0
+
+
+@kernel
+def backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy, dh, dc,
+                      dgx, dgh, dhp, mt, dm):
+    """Walk the RNN recurrence backwards; see ``lstm.backward_sequence``."""
+    T = gates.shape[0]
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        backward_step(t, lengths, gates[t], h_prev[t], c_prev[0], w_hr, dy[t], dh, dc,
+                      dgx[t], dgh[t], dhp[0], mt[0], dm, mode)
+        matmul_nn_acc(dgx[t], w_hh, dh)

@@ -1,0 +1,139 @@
+"""Training support: the tape, gradients, the backward driver and gradient clipping.
+
+The backward pass of a layer-direction (``backward_recurrence``) is sequential
+only in the recurrent gradient ``dh_{t-1} = da_t W_hh``; every weight gradient
+and the input gradient are single matrix products over the whole sequence,
+done by the model (``layers._RNNBase.backward``).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Tape", "Gradients", "clip_grad_norm"]
+
+
+@dataclass
+class Tape:
+    """What ``backward`` needs from ``forward_train``.
+
+    Per layer and direction (index ``layer * num_directions + direction``):
+    the activated gates (T, B, k·H), the hidden state entering each step
+    (T, B, H_out) and, for LSTM, the cell state entering each step (T, B, H).
+    Per layer: its input (after inter-layer dropout). Cell states at step t
+    and LSTM's ``o * tanh(c)`` are recomputed in the backward pass rather than
+    stored.
+    """
+
+    model_id: int
+    signature: tuple
+    y_shape: tuple
+    unbatched: bool
+    lengths: np.ndarray
+    layer_inputs: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+
+    def __repr__(self):
+        nbytes = sum(a.nbytes for s in self.steps for a in s) + \
+            sum(a.nbytes for a in self.layer_inputs)
+        return f"Tape(y_shape={self.y_shape}, {len(self.steps)} recurrences, {nbytes} bytes)"
+
+
+@dataclass
+class Gradients:
+    """Result of ``backward``.
+
+    Attributes
+    ----------
+    input : ndarray
+        Gradient w.r.t. ``x``, same shape as ``x``.
+    hx : ndarray or tuple of ndarray
+        Gradient w.r.t. the initial state, shaped like ``hx`` (``(h0, c0)`` for
+        LSTM); when ``hx`` was omitted, the gradient w.r.t. the implicit zeros.
+    params : dict of str to ndarray
+        Gradient of every parameter, under torch's names and shapes.
+    """
+
+    input: np.ndarray
+    hx: object
+    params: dict
+
+
+def empty3(dtype):
+    """A (1, 0, 0) placeholder for an absent tape or workspace."""
+    return np.empty((1, 0, 0), dtype)
+
+
+def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
+                        dh, dc, blas_min_batch):
+    """Backward through one layer-direction's recurrence.
+
+    ``dh``/``dc`` enter as the final-state gradients and leave as the
+    initial-state gradients. Returns ``(dgx, dgh, dhp, mt)``: the
+    pre-activation gradients for ``W_ih`` and ``W_hh`` (the same array unless the
+    cell type distinguishes them), and with projection the ``dh`` and
+    ``o * tanh(c)`` sequences whose product is ``W_hr``'s gradient.
+    """
+    T, B, _ = gates.shape
+    GH = w_hh.shape[0]
+    H = c_prev.shape[2] if c_prev.shape[0] else GH // kern.GATES
+    dtype = gates.dtype
+    dgx = np.empty((T, B, GH), dtype)
+    dgh = np.empty_like(dgx) if kern.SEPARATE_DGH else dgx
+    proj = w_hr.shape[0] > 0
+    dhp = np.empty((T, B, dh.shape[1]), dtype) if proj else empty3(dtype)
+    mt = np.empty((T, B, H), dtype) if proj else empty3(dtype)
+    dm = np.empty((B, H), dtype)
+    if c_prev.shape[0] == 0:
+        c_prev = empty3(dtype)
+    if B < blas_min_batch:
+        kern.backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
+                               dh, dc, dgx, dgh, dhp, mt, dm)
+        return dgx, dgh, dhp, mt
+    tmp = np.empty_like(dh)
+    last_c = c_prev.shape[0] - 1
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp = t if proj else 0
+        kern.backward_step(t, lengths, gates[t], h_prev[t], c_prev[min(t, last_c)], w_hr, dy[t],
+                           dh, dc, dgx[t], dgh[t], dhp[tp], mt[tp], dm, mode)
+        np.dot(dgh[t], w_hh, out=tmp)
+        dh += tmp
+    return dgx, dgh, dhp, mt
+
+
+def clip_grad_norm(grads, max_norm, norm_type=2.0):
+    """Scale gradients in place so their joint norm is at most ``max_norm``.
+
+    Same rule as ``torch.nn.utils.clip_grad_norm_``: the total norm is taken
+    over all arrays together, and they are multiplied by
+    ``min(1, max_norm / (total_norm + 1e-6))``.
+
+    Parameters
+    ----------
+    grads : dict of str to ndarray, or iterable of ndarray
+        E.g. ``Gradients.params``; modified in place.
+    max_norm : float
+    norm_type : float, default 2.0
+        ``inf`` for the max-abs norm.
+
+    Returns
+    -------
+    total_norm : float
+        The norm before clipping.
+    """
+    arrays = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    if not arrays:
+        return 0.0
+    norm_type = float(norm_type)
+    if norm_type == np.inf:
+        total = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays)
+    else:
+        total = float(sum(np.sum(np.abs(a.astype(np.float64)) ** norm_type)
+                          for a in arrays) ** (1.0 / norm_type))
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for a in arrays:
+            a *= coef
+    return total
