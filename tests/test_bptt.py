@@ -107,3 +107,218 @@ def test_gradients_match_torch_options(kind, variant, rng):
             "blas": dict(B=layers.BLAS_MIN_BATCH + 1, num_layers=2, bidirectional=True,
                          with_lengths=True)}[variant]
     check_grads(kind, "float64", rng, **opts)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_reference_bptt_matches_torch_and_kernels(kind, rng):
+    """The plain-NumPy BPTT agrees with torch (via the kernels, checked above) and the kernels."""
+    m, tm = make_pair(kind, 3, 4, "float64", num_layers=2, bidirectional=True)
+    x = rng.standard_normal((5, 3, 3))
+    st = m.initial_state(3)
+    hx = tuple(rng.standard_normal(a.shape) for a in _flat(st))
+    hx = hx if isinstance(st, tuple) else hx[0]
+    lengths = np.array([5, 2, 4])
+    y, state, tape = m.forward_train(x, hx, lengths=lengths)
+    gy = rng.standard_normal(y.shape)
+    gstate = tuple(rng.standard_normal(a.shape) for a in _flat(state))
+    gstate = gstate if isinstance(state, tuple) else gstate[0]
+    grads = m.backward(tape, gy, gstate)
+    rx, rhx, rparams = fastrnn.reference.backward(
+        m.mode, m.state_dict(), x, hx, gy, gstate, hidden_size=4, num_layers=2,
+        bidirectional=True, proj_size=m.proj_size, nonlinearity=m.nonlinearity,
+        lengths=lengths)
+    assert_grad(grads.input, rx, "float64", "input vs reference")
+    for a, b in zip(_flat(grads.hx), _flat(rhx)):
+        assert_grad(a, b, "float64", "hx vs reference")
+    for name, g in rparams.items():
+        assert_grad(grads.params[name], g, "float64", f"{name} vs reference")
+    tgx, _ = torch_grads(tm, x, hx, lengths, False, gy, _flat(gstate))
+    assert_grad(rx, tgx, "float64", "reference input vs torch")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_cell_gradients_match_torch(kind, dtype, rng):
+    cell, tcell = make_pair(kind, 4, 5, dtype, table=CELLS)
+    x = rng.standard_normal((3, 4)).astype(dtype)
+    h = rng.standard_normal((3, 5)).astype(dtype)
+    gh_out = rng.standard_normal((3, 5)).astype(dtype)
+    xt, ht = _tensors(x), _tensors(h)
+    if kind == "lstm":
+        c = rng.standard_normal((3, 5)).astype(dtype)
+        gc_out = rng.standard_normal((3, 5)).astype(dtype)
+        h1, c1, tape = cell.forward_train(x, (h, c))
+        gx, (gh, gc), gp = cell.backward(tape, gh_out, gc_out)
+        ct = _tensors(c)
+        th, tc = tcell(xt, (ht, ct))
+        ((th * torch.from_numpy(gh_out)).sum() + (tc * torch.from_numpy(gc_out)).sum()).backward()
+        assert_grad(h1, th, dtype, "h'")
+        assert_grad(c1, tc, dtype, "c'")
+        assert_grad(gc, ct.grad, dtype, "c")
+    else:
+        h1, tape = cell.forward_train(x, h)
+        gx, gh, gp = cell.backward(tape, gh_out)
+        th = tcell(xt, ht)
+        (th * torch.from_numpy(gh_out)).sum().backward()
+        assert_grad(h1, th, dtype, "h'")
+    assert_grad(gx, xt.grad, dtype, "x")
+    assert_grad(gh, ht.grad, dtype, "h")
+    for name, p in tcell.named_parameters():
+        assert_grad(gp[name], p.grad, dtype, name)
+
+
+def test_unbatched_cell_backward(rng):
+    cell, tcell = make_pair("gru", 4, 5, "float64", table=CELLS)
+    x, h = rng.standard_normal(4), rng.standard_normal(5)
+    h1, tape = cell.forward_train(x, h)
+    gx, gh, _ = cell.backward(tape, np.ones(5))
+    xt, ht = _tensors(x), _tensors(h)
+    tcell(xt, ht).sum().backward()
+    assert_grad(gx, xt.grad, "float64", "x")
+    assert_grad(gh, ht.grad, "float64", "h")
+
+
+class _TorchStack(torch.nn.Module):
+    """torch.nn layers run one at a time with given masks between them."""
+
+    def __init__(self, tm, kind, masks):
+        super().__init__()
+        self.layers = torch.nn.ModuleList()
+        for layer in range(tm.num_layers):
+            below = (2 if tm.bidirectional else 1) * (tm.proj_size or tm.hidden_size)
+            one = type(tm)(tm.input_size if layer == 0 else below, tm.hidden_size,
+                           bidirectional=tm.bidirectional, bias=tm.bias,
+                           **({"proj_size": tm.proj_size} if kind.startswith("lstm") else {}),
+                           **({"nonlinearity": tm.nonlinearity} if kind.startswith("rnn")
+                              else {})).double()
+            for name, p in one.named_parameters():
+                p.data.copy_(getattr(tm, name.replace("_l0", f"_l{layer}")))
+            self.layers.append(one)
+        self.masks = [torch.from_numpy(mk) for mk in masks]
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x)
+            if i < len(self.masks):
+                x = x * self.masks[i]
+        return x
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_dropout_with_supplied_masks_equals_torch(kind, rng):
+    m, tm = make_pair(kind, 3, 4, "float64", num_layers=3, bidirectional=True, dropout=0.4)
+    x = rng.standard_normal((5, 2, 3))
+    F = 2 * m.output_size
+    keep = [rng.random((5, 2, F)) >= 0.4 for _ in range(2)]
+    y, _, tape = m.forward_train(x, dropout_masks=keep)
+    gy = rng.standard_normal(y.shape)
+    grads = m.backward(tape, gy)
+    stack = _TorchStack(tm, kind, [k / 0.6 for k in keep])
+    xt = _tensors(x)
+    ty = stack(xt)
+    (ty * torch.from_numpy(gy)).sum().backward()
+    assert_grad(y, ty, "float64", "output")
+    assert_grad(grads.input, xt.grad, "float64", "input")
+    for layer, one in enumerate(stack.layers):
+        for name, p in one.named_parameters():
+            full = name.replace("_l0", f"_l{layer}")
+            assert_grad(grads.params[full], p.grad, "float64", full)
+    # Inference ignores dropout; masks drawn from an rng are 0 or 1/(1-p).
+    np.testing.assert_allclose(m(x)[0], tm.eval()(torch.from_numpy(x))[0].detach().numpy(),
+                               atol=1e-12)
+    _, _, tape = m.forward_train(x, rng=np.random.default_rng(0))
+    assert set(np.unique(tape.masks[0])) <= {0.0, 1 / 0.6}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_finite_differences(kind):
+    """Central differences in float64 on a tiny model: input, state and every parameter."""
+    rng = np.random.default_rng(5)
+    m, _ = make_pair(kind, 2, 4, "float64", num_layers=2, bidirectional=True)
+    x = rng.standard_normal((3, 2, 2))
+    st = m.initial_state(2)
+    hx = tuple(rng.standard_normal(a.shape) for a in _flat(st))
+    hx = hx if isinstance(st, tuple) else hx[0]
+    lengths = [3, 2]
+    y, state, tape = m.forward_train(x, hx, lengths=lengths)
+    wy = rng.standard_normal(y.shape)
+    ws = tuple(rng.standard_normal(a.shape) for a in _flat(state))
+
+    def loss():
+        y, state = m(x, hx, lengths=lengths)
+        return float(np.sum(y * wy) + sum(np.sum(a * w) for a, w in zip(_flat(state), ws)))
+
+    grads = m.backward(tape, wy, ws if isinstance(state, tuple) else ws[0])
+    targets = [("input", x, grads.input)]
+    targets += [(f"hx{i}", a, g) for i, (a, g) in enumerate(zip(_flat(hx), _flat(grads.hx)))]
+    targets += [(n, p, grads.params[n]) for n, p in m.state_dict().items()]
+    eps = 1e-6
+    for name, arr, grad in targets:
+        numeric = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            up = loss()
+            arr[idx] = old - eps
+            down = loss()
+            arr[idx] = old
+            numeric[idx] = (up - down) / (2 * eps)
+        np.testing.assert_allclose(grad, numeric, atol=1e-7, rtol=1e-6, err_msg=name)
+
+
+def test_clip_grad_norm_matches_torch(rng):
+    grads = {k: rng.standard_normal(s) for k, s in [("a", (3, 4)), ("b", (5,))]}
+    params = [torch.nn.Parameter(torch.zeros(v.shape, dtype=torch.float64)) for v in grads.values()]
+    for p, g in zip(params, grads.values()):
+        p.grad = torch.from_numpy(g.copy())
+    for max_norm, norm_type in [(1.0, 2.0), (100.0, 2.0), (0.5, float("inf"))]:
+        g = {k: v.copy() for k, v in grads.items()}
+        for p, v in zip(params, grads.values()):
+            p.grad = torch.from_numpy(v.copy())
+        total = fastrnn.clip_grad_norm(g, max_norm, norm_type)
+        ttotal = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+        assert abs(total - float(ttotal)) < 1e-12
+        for p, v in zip(params, g.values()):
+            np.testing.assert_allclose(v, p.grad.numpy(), rtol=1e-12)
+
+
+def test_backward_rejects_bad_input(rng):
+    m = fastrnn.LSTM(3, 4, num_layers=2, dtype="float64", seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    y, state, tape = m.forward_train(x)
+    with pytest.raises(ValueError, match=r"grad_y must have shape \(5, 2, 4\); got \(5, 2, 3\)"):
+        m.backward(tape, np.zeros((5, 2, 3)))
+    with pytest.raises(TypeError, match="grad_y must have dtype float64"):
+        m.backward(tape, np.zeros((5, 2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"grad_state\[1\] \(c_n\) must have shape \(2, 2, 4\)"):
+        m.backward(tape, None, (np.zeros((2, 2, 4)), np.zeros((2, 3, 4))))
+    other = fastrnn.LSTM(3, 4, num_layers=2, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match="tape was recorded by another model"):
+        other.backward(tape, None)
+    with pytest.raises(TypeError, match="tape must be the Tape"):
+        m.backward({"not": "a tape"}, None)
+    d = fastrnn.GRU(3, 4, num_layers=2, dropout=0.5, dtype="float64")
+    with pytest.raises(ValueError, match=r"dropout_masks\[0\] must have shape \(5, 2, 4\)"):
+        d.forward_train(x, dropout_masks=[np.ones((5, 2, 5))])
+    with pytest.raises(ValueError, match="dropout_masks must hold num_layers - 1 = 1"):
+        d.forward_train(x, dropout_masks=[])
+    grads = m.backward(tape, None)  # None means zeros: every gradient is zero
+    assert not np.any(grads.input) and not any(np.any(g) for g in grads.params.values())
+
+
+def test_truncated_bptt_chunks_equal_full_sequence(rng):
+    """Two chunks, the second's grads.hx fed back as the first's grad_state, equal one pass."""
+    m = fastrnn.LSTM(3, 4, num_layers=2, dtype="float64", seed=1)
+    x = rng.standard_normal((8, 2, 3))
+    gy = rng.standard_normal((8, 2, 4))
+    y, state, tape = m.forward_train(x)
+    full = m.backward(tape, gy)
+    y1, s1, t1 = m.forward_train(x[:5])
+    y2, s2, t2 = m.forward_train(x[5:], s1)
+    np.testing.assert_allclose(np.concatenate([y1, y2]), y, atol=1e-14)
+    g2 = m.backward(t2, gy[5:])
+    g1 = m.backward(t1, gy[:5], g2.hx)
+    np.testing.assert_allclose(np.concatenate([g1.input, g2.input]), full.input, atol=1e-12)
+    for k in full.params:
+        np.testing.assert_allclose(g1.params[k] + g2.params[k], full.params[k], atol=1e-12)
+    assert TOL
