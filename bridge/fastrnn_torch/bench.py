@@ -96,3 +96,37 @@ def main(quick=False, cores=0):
             torch_label = f"{name}Cell" if kind == "step" else name
             print(f"{name:5} {label:22} {diff:10.2e} {_fmt(a):>12} {_fmt(b):>12} "
                   f"{b / a:8.2f}x   (torch: nn.{torch_label})")
+    print()
+    print("training: forward + backward through time, T=50, H=256; max|diff| of d(input)")
+    print(header)
+    print("-" * len(header))
+    for name, ours, theirs, cell in MODELS:
+        for B in (1, 32):
+            diff, a, b = run_training(ours, theirs, B, repeats)
+            print(f"{name:5} {f'train T=50 B={B} H=256':22} {diff:10.2e} {_fmt(a):>12} "
+                  f"{_fmt(b):>12} {b / a:8.2f}x   (torch: nn.{name} + autograd)")
+
+
+def run_training(ours, theirs, B, repeats, T=50, size=256):
+    """forward_train + backward vs torch forward + backward, same weights and data."""
+    torch.manual_seed(0)
+    tm = theirs(size, size)
+    m = ours(size, size)
+    m.load_state_dict(tm.state_dict())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, size)).astype(np.float32)
+    gy = rng.standard_normal((T, B, size)).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gyt = torch.from_numpy(gy)
+
+    def ours_fn():
+        y, _, tape = m.forward_train(x)
+        return m.backward(tape, gy)
+
+    def theirs_fn():
+        xt.grad = None
+        y, _ = tm(xt)
+        y.backward(gyt)
+
+    diff = float(np.max(np.abs(ours_fn().input - (theirs_fn() or xt.grad).numpy())))
+    return diff, best_time(ours_fn, repeats), best_time(theirs_fn, repeats)
