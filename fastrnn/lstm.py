@@ -126,8 +126,9 @@ def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
         g = dgx_t[n]
         if t >= lengths[n]:
             g[:] = 0
-            if proj:
+            if proj:  # both factors of W_hr's gradient: 0 * uninitialised could be NaN
                 dhp_t[n, :] = 0
+                m_t[n, :] = 0
             continue
         dhn = dh[n]
         for j in range(P):
