@@ -11,6 +11,8 @@ workspaces, and calls the kernels of ``lstm.py``/``gru.py``/``rnn.py``:
   ``np.dot`` and the fused Numba cell step.
 """
 
+import copy
+
 import numpy as np
 
 from . import _validation as check
@@ -278,12 +280,15 @@ class _RNNBase(ParameterMixin):
             return y[:, 0]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
 
-    def _forward(self, x, h, c, lens, tape=None):
+    def _forward(self, x, h, c, lens, tape=None, masks=()):
         """All layers over contiguous ``x`` (T, B, I); ``h``/``c`` become the final state.
 
-        With a :class:`~fastrnn.training.Tape`, records what ``backward`` needs and
-        applies its inter-layer dropout masks.
+        ``masks`` are scaled inter-layer dropout masks (T, B, features), taken
+        from the tape when there is one. With a :class:`~fastrnn.training.Tape`,
+        records what ``backward`` needs.
         """
+        if tape is not None:
+            masks = tape.masks
         T, B, _ = x.shape
         D, P, H = self.num_directions, self.output_size, self.hidden_size
         layer_input = x
@@ -306,8 +311,8 @@ class _RNNBase(ParameterMixin):
                                bool(d), self._mode_code, steps)
                 outs.append(y)
             layer_input = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-            if tape is not None and layer < len(tape.masks):
-                layer_input = layer_input * tape.masks[layer]
+            if layer < len(masks):
+                layer_input = layer_input * masks[layer]
         return layer_input
 
     # ------------------------------------------------------------------ training
@@ -404,20 +409,42 @@ class _RNNBase(ParameterMixin):
                              "parameters changed shape); run forward_train on this model again")
         unbatched = tape.unbatched
         T, B = tape.layer_inputs[0].shape[:2]
-        D, P, H = self.num_directions, self.output_size, self.hidden_size
+        D, P = self.num_directions, self.output_size
         if grad_y is None:
             dy_all = np.zeros((T, B, D * P), self.dtype)
         else:
             grad_y = check.array("grad_y", grad_y, self.dtype, str(tape.y_shape))
             check.shape("grad_y", grad_y, tape.y_shape)
-            dy_all = grad_y[:, None] if unbatched else                 (grad_y.transpose(1, 0, 2) if self.batch_first else grad_y)
+            if unbatched:
+                dy_all = grad_y[:, None]
+            else:
+                dy_all = grad_y.transpose(1, 0, 2) if self.batch_first else grad_y
         names = ("grad_state[0] (h_n)", "grad_state[1] (c_n)", "grad_state")
         dh_all, dc_all = self._check_state(grad_state, B, unbatched, names)
-        params = {name: np.zeros_like(p) for name, p in self._params.items()}
+        grad_x, params = self._backward(tape, dy_all, dh_all, dc_all)
+        if unbatched:
+            grad_x = grad_x[:, 0]
+        elif self.batch_first:
+            grad_x = np.ascontiguousarray(grad_x.transpose(1, 0, 2))
+        return Gradients(grad_x, self._pack_state(dh_all, dc_all, unbatched), params)
+
+    def _backward(self, tape, dy_all, dh_all, dc_all, input_grad=True, param_grads=True):
+        """BPTT in the internal layout.
+
+        ``dy_all`` (T, B, D*P) is the output gradient; ``dh_all``/``dc_all``
+        (contiguous, modified in place) enter as final-state gradients and
+        leave as initial-state gradients. Returns ``(grad_x or None, params or
+        None)``; the flags skip the products nobody asked for.
+        """
+        T, B = tape.layer_inputs[0].shape[:2]
+        D, P = self.num_directions, self.output_size
+        params = {name: np.zeros_like(p) for name, p in self._params.items()} \
+            if param_grads else None
         lens = tape.lengths
         for layer in reversed(range(self.num_layers)):
             X = tape.layer_inputs[layer].reshape(T * B, -1)
-            d_input = np.zeros((T * B, X.shape[1]), self.dtype)
+            need_dx = layer > 0 or input_grad
+            d_input = np.zeros((T * B, X.shape[1]), self.dtype) if need_dx else None
             for d in range(D):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
@@ -429,22 +456,34 @@ class _RNNBase(ParameterMixin):
                     self._mode_code, dy, dh_all[k], dc_all[k], BLAS_MIN_BATCH)
                 dgx2 = dgx.reshape(T * B, -1)
                 dgh2 = dgh.reshape(T * B, -1)
-                np.matmul(dgx2.T, X, out=params[f"weight_ih{sfx}"])
-                np.matmul(dgh2.T, h_prev.reshape(T * B, -1), out=params[f"weight_hh{sfx}"])
-                if self.bias:
-                    np.sum(dgx2, axis=0, out=params[f"bias_ih{sfx}"])
-                    np.sum(dgh2, axis=0, out=params[f"bias_hh{sfx}"])
-                if self.proj_size:
-                    np.matmul(dhp.reshape(T * B, -1).T, mt.reshape(T * B, -1),
-                              out=params[f"weight_hr{sfx}"])
-                d_input += dgx2 @ w_ih
+                if param_grads:
+                    np.matmul(dgx2.T, X, out=params[f"weight_ih{sfx}"])
+                    np.matmul(dgh2.T, h_prev.reshape(T * B, -1), out=params[f"weight_hh{sfx}"])
+                    if self.bias:
+                        np.sum(dgx2, axis=0, out=params[f"bias_ih{sfx}"])
+                        np.sum(dgh2, axis=0, out=params[f"bias_hh{sfx}"])
+                    if self.proj_size:
+                        np.matmul(dhp.reshape(T * B, -1).T, mt.reshape(T * B, -1),
+                                  out=params[f"weight_hr{sfx}"])
+                if need_dx:
+                    d_input += dgx2 @ w_ih
+            if not need_dx:
+                return None, params
             d_input = d_input.reshape(T, B, -1)
             if layer > 0 and layer - 1 < len(tape.masks):
                 d_input *= tape.masks[layer - 1]
             dy_all = d_input
-        grad_x = dy_all[:, 0] if unbatched else \
-            (np.ascontiguousarray(dy_all.transpose(1, 0, 2)) if self.batch_first else dy_all)
-        return Gradients(grad_x, self._pack_state(dh_all, dc_all, unbatched), params)
+        return dy_all, params
+
+    def _bind(self, params):
+        """A view of this model computing with ``params`` (arrays used as they are).
+
+        Used by the PyTorch bridge to run on the memory of torch's parameters.
+        """
+        bound = copy.copy(self)
+        bound._params = params
+        bound._step_ws = {}
+        return bound
 
     # ------------------------------------------------------------------ streaming
     def step(self, x_t, state=None):

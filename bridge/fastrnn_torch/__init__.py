@@ -1,7 +1,12 @@
-"""fastrnn_torch: the PyTorch bridge of fastrnn (drop-in torch.nn recurrent modules).
+"""fastrnn_torch: torch.nn recurrent modules computed by fastrnn's kernels.
 
-The autograd-backed modules arrive with the bridge issue; for now the package
-holds the benchmark that compares fastrnn with torch.nn (``fastrnn bench``).
+``RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell``, ``GRUCell`` are drop-in
+subclasses of their torch.nn namesakes; ``convert(model)`` swaps them in place
+inside any model, and ``export(module, path)`` writes weights that the core
+``fastrnn.load`` reads without torch.
 """
 
-__all__ = []
+from .convert import convert, export
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "export"]

@@ -1,0 +1,189 @@
+"""fastrnn's recurrent kernels as PyTorch custom operators with autograd.
+
+Two operators, registered with ``torch.library.custom_op`` so that
+``torch.compile`` sees them as single graph nodes (fake implementations give
+it the output shapes):
+
+* ``fastrnn::rnn(x, weights, h0, c0, lengths, masks, config, train)``
+  -> ``(y, h_n, c_n, tape)``: the forward of a whole multi-layer model in
+  time-major layout. With ``train`` it also returns the tape (activated gates,
+  incoming states, layer inputs) as tensors, which autograd saves.
+* ``fastrnn::rnn_backward(...)``: BPTT from that tape.
+
+Tensors are handed to the NumPy kernels with ``Tensor.numpy()`` and the
+results come back with ``torch.from_numpy``: no copies of the inputs, the
+weights or the outputs. ``config`` is a JSON string with the model's
+constructor arguments; it selects a cached core model that is re-bound to the
+tensors' memory on each call.
+"""
+
+import functools
+import json
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import fastrnn
+from fastrnn import gru, lstm, rnn
+from fastrnn.training import Tape
+
+_CORE = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
+_KERNELS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
+
+
+@functools.lru_cache(maxsize=None)
+def _config(config):
+    return json.loads(config)
+
+
+@functools.lru_cache(maxsize=64)
+def core_model(config):
+    """The core model for a configuration (its own weights are never used)."""
+    cfg = dict(_config(config))
+    return _CORE[cfg.pop("mode")](**cfg)
+
+
+def _bound(config, weights):
+    core = core_model(config)
+    names = list(core._params)
+    return core._bind({n: w.detach().numpy() for n, w in zip(names, weights)})
+
+
+def _sizes(config):
+    cfg = _config(config)
+    D = 2 if cfg["bidirectional"] else 1
+    H = cfg["hidden_size"]
+    P = cfg.get("proj_size", 0) or H
+    return cfg["mode"], cfg["num_layers"], D, H, P
+
+
+def _tape_shapes(config, T, B):
+    """Shapes of the tape tensors, in the order ``rnn`` returns them."""
+    mode, L, D, H, P = _sizes(config)
+    width = _KERNELS[mode].TAPE_GATES * H
+    shapes = []
+    for _ in range(L * D):
+        shapes += [(T, B, width), (T, B, P), (T if mode == "LSTM" else 0, B, H)]
+    shapes += [(T, B, D * P)] * (L - 1)
+    return shapes
+
+
+@torch.library.custom_op("fastrnn::rnn", mutates_args=())
+def rnn_op(x: Tensor, weights: list[Tensor], h0: Tensor, c0: Tensor, lengths: Tensor,
+           masks: list[Tensor], config: str, train: bool
+           ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    mode, L, D, H, P = _sizes(config)
+    m = _bound(config, weights)
+    xa = x.detach().numpy()
+    T, B, _ = xa.shape
+    h = h0.detach().numpy().copy()
+    c = c0.detach().numpy().copy() if mode == "LSTM" else np.empty((L * D, B, 0), xa.dtype)
+    lens = lengths.numpy()
+    scaled = m._dropout_masks([k.detach().numpy() for k in masks], None, T, B, False) \
+        if masks else []
+    tape = None
+    if train:
+        tape = Tape(id(m), None, None, False, lens)
+        tape.masks = scaled
+    y = m._forward(xa, h, c, lens, tape, scaled)
+    flat = []
+    if train:
+        flat = [torch.from_numpy(a) for step in tape.steps for a in step]
+        flat += [torch.from_numpy(a) for a in tape.layer_inputs[1:]]
+    cn = torch.from_numpy(c) if mode == "LSTM" else x.new_empty((0,))
+    return torch.from_numpy(y), torch.from_numpy(h), cn, flat
+
+
+@rnn_op.register_fake
+def _rnn_fake(x, weights, h0, c0, lengths, masks, config, train):
+    mode, L, D, H, P = _sizes(config)
+    T, B, _ = x.shape
+    tape = [x.new_empty(s) for s in _tape_shapes(config, T, B)] if train else []
+    cn = x.new_empty((L * D, B, H)) if mode == "LSTM" else x.new_empty((0,))
+    return x.new_empty((T, B, D * P)), x.new_empty((L * D, B, P)), cn, tape
+
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
+def rnn_backward_op(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, x: Tensor,
+                    weights: list[Tensor], lengths: Tensor, masks: list[Tensor],
+                    tape: list[Tensor], config: str, input_grad: bool, param_grads: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    mode, L, D, H, P = _sizes(config)
+    m = _bound(config, weights)
+    xa = x.detach().numpy()
+    T, B, _ = xa.shape
+    arrays = [t.detach().numpy() for t in tape]
+    t = Tape(id(m), None, None, False, lengths.numpy())
+    t.steps = [tuple(arrays[3 * k:3 * k + 3]) for k in range(L * D)]
+    t.layer_inputs = [xa] + arrays[3 * L * D:]
+    t.masks = m._dropout_masks([k.numpy() for k in masks], None, T, B, False) if masks else []
+    dh = grad_hn.detach().numpy().copy()
+    dc = grad_cn.detach().numpy().copy() if mode == "LSTM" else np.empty((L * D, B, 0), xa.dtype)
+    gx, params = m._backward(t, grad_y.detach().numpy(), dh, dc, input_grad, param_grads)
+    gx = torch.from_numpy(gx) if input_grad else x.new_empty((0,))
+    gc = torch.from_numpy(dc) if mode == "LSTM" else x.new_empty((0,))
+    gw = [torch.from_numpy(params[n]) for n in m._params] if param_grads else []
+    return gx, torch.from_numpy(dh), gc, gw
+
+
+@rnn_backward_op.register_fake
+def _rnn_backward_fake(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
+                       input_grad, param_grads):
+    gx = torch.empty_like(x) if input_grad else x.new_empty((0,))
+    gw = [torch.empty_like(w) for w in weights] if param_grads else []
+    return gx, torch.empty_like(grad_hn), torch.empty_like(grad_cn), gw
+
+
+def _setup_context(ctx, inputs, output):
+    x, weights, h0, c0, lengths, masks, config, train = inputs
+    y, hn, cn, tape = output
+    ctx.mark_non_differentiable(*tape)
+    ctx.save_for_backward(x, lengths, *weights, *masks, *tape)
+    ctx.counts = (len(weights), len(masks))
+    ctx.config = config
+    ctx.shapes = (tuple(hn.shape), tuple(cn.shape))
+    ctx.train = train
+
+
+def _backward(ctx, grad_y, grad_hn, grad_cn, grad_tape):
+    if not ctx.train:
+        raise RuntimeError("fastrnn_torch: this forward ran without a tape (no input "
+                           "required grad when it ran); cannot backpropagate through it")
+    saved = ctx.saved_tensors
+    nw, nm = ctx.counts
+    x, lengths = saved[0], saved[1]
+    weights = list(saved[2:2 + nw])
+    masks = list(saved[2 + nw:2 + nw + nm])
+    tape = list(saved[2 + nw + nm:])
+    needs = ctx.needs_input_grad  # (x, [each weight], h0, c0, lengths, [masks], ...)
+    input_grad, param_grads = bool(needs[0]), any(needs[1])
+    if grad_y is None:
+        grad_y = x.new_zeros(tape[1].shape[:2] + (_y_width(ctx.config),))
+    grad_hn = x.new_zeros(ctx.shapes[0]) if grad_hn is None else grad_hn
+    grad_cn = x.new_zeros(ctx.shapes[1]) if grad_cn is None else grad_cn
+    gx, gh, gc, gw = rnn_backward_op(grad_y.contiguous(), grad_hn.contiguous(),
+                                     grad_cn.contiguous(), x, weights, lengths, masks, tape,
+                                     ctx.config, input_grad, param_grads)
+    mode = _sizes(ctx.config)[0]
+    gw = [g if need else None for g, need in zip(gw, needs[1])] if param_grads else [None] * nw
+    return (gx if input_grad else None, gw, gh, gc if mode == "LSTM" else None, None,
+            [None] * nm, None, None)
+
+
+def _y_width(config):
+    _, _, D, _, P = _sizes(config)
+    return D * P
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("fastrnn_torch: double backward (gradients of gradients through a "
+                       "recurrent layer) is not supported")
+
+
+def _setup_nothing(ctx, inputs, output):
+    pass
+
+
+rnn_op.register_autograd(_backward, setup_context=_setup_context)
+rnn_backward_op.register_autograd(_no_double_backward, setup_context=_setup_nothing)

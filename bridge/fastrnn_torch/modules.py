@@ -1,0 +1,214 @@
+"""Drop-in replacements for torch.nn.RNN/LSTM/GRU and their cells.
+
+Each class subclasses its torch.nn counterpart, so constructor arguments,
+defaults, parameters, initialisation, ``state_dict`` and ``repr`` are
+torch's own; only ``forward`` changes, to call fastrnn's kernels through the
+``fastrnn::rnn`` operator. Inputs the kernels do not handle (tensors not on
+the CPU, or not float32/float64) fall back to torch.nn's implementation.
+"""
+
+import json
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from ._ops import rnn_op
+
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _supported(x, weights):
+    """Whether the kernels can run on these tensors (else torch.nn runs)."""
+    return (x.device.type == "cpu" and x.dtype in _DTYPES and not x.is_sparse
+            and all(w.device.type == "cpu" and w.dtype == x.dtype for w in weights))
+
+
+def _needs_grad(tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _config(module, mode, num_layers, dtype):
+    """JSON configuration of the core model, cached on the module per dtype."""
+    key = (dtype, module.hidden_size, module.input_size, num_layers, module.bias,
+           getattr(module, "dropout", 0.0), getattr(module, "bidirectional", False),
+           getattr(module, "proj_size", 0), getattr(module, "nonlinearity", "tanh"))
+    cache = module.__dict__.setdefault("_fastrnn_config", {})
+    if key not in cache:
+        cfg = dict(mode=mode, input_size=module.input_size, hidden_size=module.hidden_size,
+                   num_layers=num_layers, bias=module.bias,
+                   dropout=float(getattr(module, "dropout", 0.0)),
+                   bidirectional=bool(getattr(module, "bidirectional", False)),
+                   dtype=_DTYPES[dtype])
+        if mode == "LSTM":
+            cfg["proj_size"] = getattr(module, "proj_size", 0)
+        if mode == "RNN":
+            cfg["nonlinearity"] = module.nonlinearity
+        cache.clear()
+        cache[key] = json.dumps(cfg, sort_keys=True)
+    return cache[key]
+
+
+def _packed_order(batch_sizes, sorted_indices):
+    """(time, batch) indices of a PackedSequence's rows, in packed order."""
+    T = len(batch_sizes)
+    B = int(batch_sizes[0])
+    order = torch.arange(B) if sorted_indices is None else sorted_indices.cpu()
+    t_idx = torch.repeat_interleave(torch.arange(T), batch_sizes)
+    b_idx = torch.cat([order[:int(n)] for n in batch_sizes])
+    return t_idx, b_idx
+
+
+class _RNNMixin:
+    """forward() shared by RNN, LSTM and GRU."""
+
+    _mode = None
+
+    def forward(self, input, hx=None):
+        weights = self._flat_weights
+        data = input.data if isinstance(input, PackedSequence) else input
+        if not _supported(data, weights):
+            return super().forward(input, hx)
+        lstm = self._mode == "LSTM"
+        D = 2 if self.bidirectional else 1
+        P = self.proj_size if lstm and self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        unbatched = False
+        if packed:
+            x, lengths = pad_packed_sequence(input)  # time-major, caller's batch order
+            if hx is None:
+                hx = self._zeros(x, D, P, lstm)
+            self.check_forward_args(input.data, hx, input.batch_sizes)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{self._mode}: Expected input to be 2D or 3D, got "
+                                 f"{input.dim()}D instead")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else \
+                (input.transpose(0, 1) if self.batch_first else input)
+            lengths = torch.full((x.shape[1],), x.shape[0], dtype=torch.int64)
+            if hx is not None:
+                parts = hx if lstm else (hx,)
+                want = 2 if unbatched else 3
+                if any(h.dim() != want for h in parts):
+                    raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} "
+                                       f"input, hx should also be {want}-D but got "
+                                       f"{tuple(h.dim() for h in parts)}-D tensors")
+                if unbatched:
+                    hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
+            else:
+                hx = self._zeros(x, D, P, lstm)
+            batched = input.unsqueeze(1 - int(self.batch_first)) if unbatched else input
+            self.check_forward_args(batched, hx, None)
+        B = x.shape[1]
+        h0, c0 = hx if lstm else (hx, x.new_empty((0,)))
+        masks = []
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            masks = [torch.empty((x.shape[0], B, D * P), dtype=x.dtype).bernoulli_(
+                1 - self.dropout) for _ in range(self.num_layers - 1)]
+        train = _needs_grad([x, h0, c0] + list(weights))
+        config = _config(self, self._mode, self.num_layers, x.dtype)
+        y, hn, cn, _ = rnn_op(x.contiguous(), list(weights), h0.contiguous(), c0.contiguous(),
+                              lengths.to(torch.int64).contiguous(), masks, config, train)
+        state = (hn, cn) if lstm else hn
+        if packed:
+            t_idx, b_idx = _packed_order(input.batch_sizes, input.sorted_indices)
+            out = PackedSequence(y[t_idx, b_idx], input.batch_sizes, input.sorted_indices,
+                                 input.unsorted_indices)
+            return out, state
+        if unbatched:
+            return y.squeeze(1), ((hn.squeeze(1), cn.squeeze(1)) if lstm else hn.squeeze(1))
+        return (y.transpose(0, 1) if self.batch_first else y), state
+
+    def _zeros(self, x, D, P, lstm):
+        h = torch.zeros(self.num_layers * D, x.shape[1], P, dtype=x.dtype)
+        if lstm:
+            return h, torch.zeros(self.num_layers * D, x.shape[1], self.hidden_size,
+                                  dtype=x.dtype)
+        return h
+
+
+class RNN(_RNNMixin, torch.nn.RNN):
+    """torch.nn.RNN computed by fastrnn's kernels."""
+
+    _mode = "RNN"
+
+
+class LSTM(_RNNMixin, torch.nn.LSTM):
+    """torch.nn.LSTM computed by fastrnn's kernels."""
+
+    _mode = "LSTM"
+
+
+class GRU(_RNNMixin, torch.nn.GRU):
+    """torch.nn.GRU computed by fastrnn's kernels."""
+
+    _mode = "GRU"
+
+
+class _CellMixin:
+    """forward() shared by the cells: one step of a one-layer model."""
+
+    _mode = None
+
+    def forward(self, input, hx=None):
+        weights = [self.weight_ih, self.weight_hh]
+        if self.bias:
+            weights += [self.bias_ih, self.bias_hh]
+        if not _supported(input, weights):
+            return super().forward(input, hx)
+        lstm = self._mode == "LSTM"
+        name = type(self).__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D "
+                             "instead")
+        parts = () if hx is None else (hx if lstm else (hx,))
+        if any(h.dim() not in (1, 2) for h in parts):
+            raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got "
+                             f"{tuple(h.dim() for h in parts)}D instead")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        B = x.shape[0]
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} "
+                               f"expected {self.input_size}")
+        if hx is None:
+            z = torch.zeros(B, self.hidden_size, dtype=x.dtype)
+            parts = (z, z) if lstm else (z,)
+        else:
+            parts = tuple(h.unsqueeze(0) if unbatched else h for h in parts)
+            for h in parts:
+                if tuple(h.shape) != (B, self.hidden_size):
+                    raise RuntimeError(f"hidden has shape {tuple(h.shape)}, expected "
+                                       f"{(B, self.hidden_size)}")
+        h0 = parts[0].unsqueeze(0)
+        c0 = parts[1].unsqueeze(0) if lstm else x.new_empty((0,))
+        train = _needs_grad([x, h0, c0] + weights)
+        config = _config(self, self._mode, 1, x.dtype)
+        lengths = torch.ones(B, dtype=torch.int64)
+        _, hn, cn, _ = rnn_op(x.unsqueeze(0).contiguous(), weights, h0.contiguous(),
+                              c0.contiguous(), lengths, [], config, train)
+        h1 = hn[0]
+        if lstm:
+            c1 = cn[0]
+            return (h1[0], c1[0]) if unbatched else (h1, c1)
+        return h1[0] if unbatched else h1
+
+
+class RNNCell(_CellMixin, torch.nn.RNNCell):
+    """torch.nn.RNNCell computed by fastrnn's kernels."""
+
+    _mode = "RNN"
+
+
+class LSTMCell(_CellMixin, torch.nn.LSTMCell):
+    """torch.nn.LSTMCell computed by fastrnn's kernels."""
+
+    _mode = "LSTM"
+
+
+class GRUCell(_CellMixin, torch.nn.GRUCell):
+    """torch.nn.GRUCell computed by fastrnn's kernels."""
+
+    _mode = "GRU"
