@@ -21,8 +21,9 @@ def convert(model):
     """Make every torch.nn RNN/LSTM/GRU(+Cell) inside ``model`` (itself included) run on fastrnn.
 
     The swap happens in place by changing each module's class to its fastrnn_torch
-    subclass: the Parameter objects stay the same, so an optimizer built before
-    the call keeps working, and ``state_dict`` is unchanged.
+    twin (same attributes, see ``fastrnn_torch.modules``): the Parameter objects
+    stay the same, so an optimizer built before the call keeps working, and
+    ``state_dict`` is unchanged.
 
     Returns
     -------
@@ -38,6 +39,7 @@ def convert(model):
 def _core_description(module):
     """(class name, constructor config) of the fastrnn core model matching ``module``."""
     for base, name in ((torch.nn.LSTM, "LSTM"), (torch.nn.GRU, "GRU"), (torch.nn.RNN, "RNN"),
+                       (modules.LSTM, "LSTM"), (modules.GRU, "GRU"), (modules.RNN, "RNN"),
                        (torch.nn.LSTMCell, "LSTMCell"), (torch.nn.GRUCell, "GRUCell"),
                        (torch.nn.RNNCell, "RNNCell")):
         if isinstance(module, base):

@@ -1,10 +1,18 @@
 """Drop-in replacements for torch.nn.RNN/LSTM/GRU and their cells.
 
-Each class subclasses its torch.nn counterpart, so constructor arguments,
-defaults, parameters, initialisation, ``state_dict`` and ``repr`` are
-torch's own; only ``forward`` changes, to call fastrnn's kernels through the
-``fastrnn::rnn`` operator. Inputs the kernels do not handle (tensors not on
-the CPU, or not float32/float64) fall back to torch.nn's implementation.
+The layers derive from ``torch.nn.RNNBase`` and the cells from their torch.nn
+class, so constructor arguments, defaults, parameters, initialisation,
+``state_dict`` and ``repr`` are torch's own; only ``forward`` changes, to call
+fastrnn's kernels through the ``fastrnn::rnn`` operator. Inputs the kernels do
+not handle (tensors not on the CPU, or not float32/float64) fall back to
+torch.nn's implementation.
+
+Why ``RNNBase`` and not ``torch.nn.LSTM`` itself: TorchDynamo refuses to trace
+any instance of ``torch.nn.RNN/GRU/LSTM`` (unless a global experimental flag is
+set), which would make ``torch.compile`` break the graph at every layer. So
+``isinstance(frt.LSTM(...), torch.nn.LSTM)`` is False, while
+``isinstance(..., torch.nn.RNNBase)`` is True; torch.nn.LSTM's own helper
+methods are reused as they are.
 """
 
 import json
@@ -29,8 +37,12 @@ def _needs_grad(tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+@torch.compiler.assume_constant_result
 def _config(module, mode, num_layers, dtype):
-    """JSON configuration of the core model, cached on the module per dtype."""
+    """JSON configuration of the core model, cached on the module per dtype.
+
+    A constant for ``torch.compile``: it depends on the module's settings only.
+    """
     key = (dtype, module.hidden_size, module.input_size, num_layers, module.bias,
            getattr(module, "dropout", 0.0), getattr(module, "bidirectional", False),
            getattr(module, "proj_size", 0), getattr(module, "nonlinearity", "tanh"))
@@ -69,7 +81,7 @@ class _RNNMixin:
         weights = self._flat_weights
         data = input.data if isinstance(input, PackedSequence) else input
         if not _supported(data, weights):
-            return super().forward(input, hx)
+            return self._torch_class.forward(self, input, hx)
         lstm = self._mode == "LSTM"
         D = 2 if self.bidirectional else 1
         P = self.proj_size if lstm and self.proj_size > 0 else self.hidden_size
@@ -129,22 +141,52 @@ class _RNNMixin:
         return h
 
 
-class RNN(_RNNMixin, torch.nn.RNN):
-    """torch.nn.RNN computed by fastrnn's kernels."""
+class RNN(_RNNMixin, torch.nn.RNNBase):
+    """torch.nn.RNN computed by fastrnn's kernels; same arguments as torch.nn.RNN."""
 
     _mode = "RNN"
+    _torch_class = torch.nn.RNN
+
+    def __init__(self, *args, **kwargs):
+        # torch.nn.RNN's argument handling: nonlinearity is the 4th positional argument.
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+                             "'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(modes[nonlinearity], *args, **kwargs)
 
 
-class LSTM(_RNNMixin, torch.nn.LSTM):
-    """torch.nn.LSTM computed by fastrnn's kernels."""
+class LSTM(_RNNMixin, torch.nn.RNNBase):
+    """torch.nn.LSTM computed by fastrnn's kernels; same arguments as torch.nn.LSTM."""
 
     _mode = "LSTM"
+    _torch_class = torch.nn.LSTM
+    get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
+    check_forward_args = torch.nn.LSTM.check_forward_args
+    permute_hidden = torch.nn.LSTM.permute_hidden
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
 
 
-class GRU(_RNNMixin, torch.nn.GRU):
-    """torch.nn.GRU computed by fastrnn's kernels."""
+class GRU(_RNNMixin, torch.nn.RNNBase):
+    """torch.nn.GRU computed by fastrnn's kernels; same arguments as torch.nn.GRU."""
 
     _mode = "GRU"
+    _torch_class = torch.nn.GRU
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
 
 
 class _CellMixin:

@@ -1,0 +1,357 @@
+"""fastrnn_torch against torch.nn: outputs, states and every .grad, on a grid."""
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import TORCH_DTYPE
+from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
+
+import fastrnn
+import fastrnn_torch as frt
+
+TOL = {"float32": 2e-5, "float64": 1e-10}
+LAYERS = {"rnn_tanh": (frt.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
+          "rnn_relu": (frt.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
+          "lstm": (frt.LSTM, torch.nn.LSTM, {}),
+          "lstm_proj": (frt.LSTM, torch.nn.LSTM, {"proj_size": 3}),
+          "gru": (frt.GRU, torch.nn.GRU, {})}
+CELLS = {"rnn_tanh": (frt.RNNCell, torch.nn.RNNCell, {"nonlinearity": "tanh"}),
+         "rnn_relu": (frt.RNNCell, torch.nn.RNNCell, {"nonlinearity": "relu"}),
+         "lstm": (frt.LSTMCell, torch.nn.LSTMCell, {}),
+         "gru": (frt.GRUCell, torch.nn.GRUCell, {})}
+
+
+def twins(table, kind, dtype, *args, **kwargs):
+    ours, theirs, extra = table[kind]
+    torch.manual_seed(0)
+    tm = theirs(*args, **extra, **kwargs).to(TORCH_DTYPE[dtype])
+    m = ours(*args, **extra, **kwargs).to(TORCH_DTYPE[dtype])
+    m.load_state_dict(tm.state_dict())
+    return m, tm
+
+
+def flat(x):
+    if isinstance(x, torch.nn.utils.rnn.PackedSequence):
+        return [x.data]
+    if isinstance(x, (tuple, list)):
+        return [t for item in x for t in flat(item)]
+    return [x]
+
+
+def run_both(m, tm, inputs, dtype, seed=0):
+    """Same forward on both, a random linear loss of every output, compare all grads."""
+    ours_in = [t.detach().clone().requires_grad_(True) if t is not None else None
+               for t in inputs]
+    theirs_in = [t.detach().clone().requires_grad_(True) if t is not None else None
+                 for t in inputs]
+    out = m(*_rebuild(ours_in, inputs))
+    tout = tm(*_rebuild(theirs_in, inputs))
+    gen = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in flat(tout)]
+    for a, b in zip(flat(out), flat(tout)):
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() <= TOL[dtype], "output"
+    sum((a * w).sum() for a, w in zip(flat(out), weights)).backward()
+    sum((b * w).sum() for b, w in zip(flat(tout), weights)).backward()
+    for a, b in zip(ours_in, theirs_in):
+        if a is not None and a.grad is not None:
+            assert (a.grad - b.grad).abs().max().item() <= TOL[dtype], "input/state grad"
+    for (name, p), q in zip(m.named_parameters(), tm.parameters()):
+        assert (p.grad - q.grad).abs().max().item() <= TOL[dtype] * max(1, q.grad.abs().max()), name
+
+
+def _rebuild(leaves, template):
+    """Inputs are (x, h) or (x, (h, c)) flattened as x, h[, c]."""
+    x = leaves[0]
+    if len(template) == 1 or template[1] is None:
+        return (x,)
+    return (x, tuple(leaves[1:])) if len(template) == 3 else (x, leaves[1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("layout", ["seq_first", "batch_first", "unbatched"])
+def test_layers_match_torch(kind, num_layers, bidirectional, dtype, layout):
+    batch_first = layout == "batch_first"
+    m, tm = twins(LAYERS, kind, dtype, 3, 5, num_layers=num_layers,
+                  bidirectional=bidirectional, batch_first=batch_first)
+    g = torch.Generator().manual_seed(1)
+    shape = {"seq_first": (4, 2, 3), "batch_first": (2, 4, 3), "unbatched": (4, 3)}[layout]
+    x = torch.randn(shape, generator=g, dtype=TORCH_DTYPE[dtype])
+    D = 2 if bidirectional else 1
+    P = m.proj_size or 5 if kind == "lstm_proj" else 5
+    lead = (num_layers * D,) if layout == "unbatched" else (num_layers * D, 2)
+    h = torch.randn(lead + (P,), generator=g, dtype=x.dtype)
+    if kind.startswith("lstm"):
+        c = torch.randn(lead + (5,), generator=g, dtype=x.dtype)
+        run_both(m, tm, [x, h, c], dtype)
+    else:
+        run_both(m, tm, [x, h], dtype)
+    run_both(m, tm, [x], dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("batched", [True, False])
+def test_cells_match_torch(kind, dtype, batched):
+    m, tm = twins(CELLS, kind, dtype, 3, 5)
+    g = torch.Generator().manual_seed(2)
+    lead = (4,) if batched else ()
+    x = torch.randn(lead + (3,), generator=g, dtype=TORCH_DTYPE[dtype])
+    h = torch.randn(lead + (5,), generator=g, dtype=x.dtype)
+    if kind == "lstm":
+        run_both(m, tm, [x, h, torch.randn(lead + (5,), generator=g, dtype=x.dtype)], dtype)
+    else:
+        run_both(m, tm, [x, h], dtype)
+    run_both(m, tm, [x], dtype)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_packed_sequences(kind, enforce_sorted):
+    m, tm = twins(LAYERS, kind, "float64", 3, 5, num_layers=2, bidirectional=True)
+    g = torch.Generator().manual_seed(3)
+    lengths = [5, 4, 2] if enforce_sorted else [2, 5, 4]
+    seqs = [torch.randn(n, 3, generator=g, dtype=torch.float64, requires_grad=True)
+            for n in lengths]
+    seqs2 = [s.detach().clone().requires_grad_(True) for s in seqs]
+    packed = pack_sequence(seqs, enforce_sorted=enforce_sorted)
+    packed2 = pack_sequence(seqs2, enforce_sorted=enforce_sorted)
+    out, state = m(packed)
+    tout, tstate = tm(packed2)
+    assert torch.equal(out.batch_sizes, tout.batch_sizes)
+    assert (out.data - tout.data).abs().max() < 1e-10
+    for a, b in zip(flat(state), flat(tstate)):
+        assert (a - b).abs().max() < 1e-10
+    w = torch.randn(out.data.shape, generator=g, dtype=torch.float64)
+    ((out.data * w).sum() + sum(s.sum() for s in flat(state))).backward()
+    ((tout.data * w).sum() + sum(s.sum() for s in flat(tstate))).backward()
+    for a, b in zip(seqs, seqs2):
+        assert (a.grad - b.grad).abs().max() < 1e-10
+    for p, q in zip(m.parameters(), tm.parameters()):
+        assert (p.grad - q.grad).abs().max() < 1e-10
+    # pack_padded_sequence with an initial state in the caller's batch order
+    x = torch.randn(5, 3, 3, generator=g, dtype=torch.float64)
+    st = tm(x)[1]
+    hx = tuple(torch.randn_like(s) for s in flat(st))
+    hx = hx if kind.startswith("lstm") else hx[0]
+    p1 = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=enforce_sorted)
+    o1, s1 = m(p1, hx)
+    o2, s2 = tm(p1, hx)
+    y1, _ = pad_packed_sequence(o1)
+    y2, _ = pad_packed_sequence(o2)
+    assert (y1 - y2).abs().max() < 1e-10
+    for a, b in zip(flat(s1), flat(s2)):
+        assert (a - b).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_gradcheck_and_no_double_backward(kind):
+    m, _ = twins(LAYERS, kind, "float64", 2, 3, num_layers=2, bidirectional=True)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: m(x)[0], (x,))
+    params = list(m.parameters())
+
+    def f(x, *ps):
+        with torch.nn.utils.stateless._reparametrize_module(
+                m, dict(zip([n for n, _ in m.named_parameters()], ps))):
+            return m(x)[0]
+    assert torch.autograd.gradcheck(f, (x, *[p.detach().clone().requires_grad_(True)
+                                             for p in params[:4]]))
+    y = m(x)[0].sum()
+    (gx,) = torch.autograd.grad(y, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx.sum().backward()
+
+
+def test_state_dict_is_interchangeable():
+    torch.manual_seed(0)
+    ours = frt.LSTM(3, 6, num_layers=2, proj_size=2, bidirectional=True)
+    theirs = torch.nn.LSTM(3, 6, num_layers=2, proj_size=2, bidirectional=True)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    assert repr(ours) == repr(theirs)
+    torch.manual_seed(5)
+    a = frt.GRU(3, 4)
+    torch.manual_seed(5)
+    b = torch.nn.GRU(3, 4)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)  # same initialisation
+
+
+def test_no_grad_inference_mode_and_frozen_parts():
+    m, tm = twins(LAYERS, "lstm", "float32", 3, 5, num_layers=2)
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        y = m(x)[0]
+    with torch.inference_mode():
+        y2 = m(x)[0]
+    assert not y.requires_grad and torch.equal(y, y2)
+    assert (y - tm(x)[0]).abs().max() < 2e-5
+    m.weight_ih_l0.requires_grad_(False)
+    m(x)[0].sum().backward()
+    assert m.weight_ih_l0.grad is None and m.weight_hh_l0.grad is not None
+
+
+def test_dropout_uses_torch_rng_and_eval_disables_it():
+    m = frt.GRU(3, 5, num_layers=3, dropout=0.5).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    torch.manual_seed(7)
+    y1 = m(x)[0]
+    torch.manual_seed(7)
+    y2 = m(x)[0]
+    y3 = m(x)[0]
+    assert torch.equal(y1, y2) and not torch.equal(y2, y3)
+    m.eval()
+    tm = torch.nn.GRU(3, 5, num_layers=3, dropout=0.5).double().eval()
+    tm.load_state_dict(m.state_dict())
+    assert (m(x)[0] - tm(x)[0]).abs().max() < 1e-12
+
+
+def test_dropout_training_matches_torch_with_same_masks(monkeypatch):
+    """Masks drawn by the module from torch's RNG; torch run by hand with those masks."""
+    m = frt.LSTM(3, 4, num_layers=2, dropout=0.3).double()
+    masks = []
+    real = torch.Tensor.bernoulli_
+
+    def spy(self, p):
+        out = real(self, p)
+        masks.append(out.clone())
+        return out
+    monkeypatch.setattr(torch.Tensor, "bernoulli_", spy)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    y = m(x)[0]
+    y.sum().backward()
+    (mask,) = masks
+    l0 = torch.nn.LSTM(3, 4).double()
+    l1 = torch.nn.LSTM(4, 4).double()
+    for one, k in ((l0, 0), (l1, 1)):
+        for name, p in one.named_parameters():
+            p.data.copy_(getattr(m, name.replace("_l0", f"_l{k}")))
+    x2 = x.detach().clone().requires_grad_(True)
+    ty = l1(l0(x2)[0] * mask / 0.7)[0]
+    ty.sum().backward()
+    assert (y - ty).abs().max() < 1e-12 and (x.grad - x2.grad).abs().max() < 1e-12
+
+
+def test_fallback_for_other_dtypes():
+    m = frt.GRU(3, 4).to(torch.bfloat16)
+    y, _ = m(torch.randn(2, 1, 3, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+
+
+def test_convert_and_export(tmp_path):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(3, 4, num_layers=2)
+            self.cell = torch.nn.GRUCell(4, 4)
+            self.head = torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return self.head(self.cell(y[-1]))
+
+    torch.manual_seed(0)
+    net = Net()
+    ref = copy.deepcopy(net)
+    opt_params = list(net.parameters())
+    x = torch.randn(5, 2, 3)
+    assert frt.convert(net) is net
+    assert type(net.rnn) is frt.LSTM and type(net.cell) is frt.GRUCell
+    assert isinstance(net.rnn, torch.nn.RNNBase) and isinstance(net.cell, torch.nn.GRUCell)
+    assert all(a is b for a, b in zip(opt_params, net.parameters()))
+    assert (net(x) - ref(x)).abs().max() < 1e-5
+    frt.export(net.rnn, tmp_path / "rnn.safetensors")
+    core = fastrnn.load(tmp_path / "rnn.safetensors")
+    y_core, _ = core(x.numpy())
+    assert np.abs(y_core - ref.rnn(x)[0].detach().numpy()).max() < 1e-5
+    frt.export(torch.nn.RNNCell(3, 2, nonlinearity="relu"), tmp_path / "cell.safetensors")
+    assert fastrnn.load(tmp_path / "cell.safetensors").nonlinearity == "relu"
+
+
+def test_training_loss_curve_matches_torch():
+    """50 Adam steps of a small model: the same loss curve as torch.nn."""
+    def make(cls):
+        torch.manual_seed(0)
+        rnn = cls(4, 8, num_layers=2).double()
+        head = torch.nn.Linear(8, 1).double()
+        return rnn, head
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 6, 4, generator=g, dtype=torch.float64)
+    target = torch.randn(6, 1, generator=g, dtype=torch.float64)
+    curves = []
+    for cls in (torch.nn.LSTM, frt.LSTM):
+        rnn, head = make(cls)
+        opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-2)
+        losses = []
+        for _ in range(50):
+            opt.zero_grad()
+            loss = ((head(rnn(x)[0][-1]) - target) ** 2).mean()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves.append(losses)
+    assert curves[0][-1] < 0.5 * curves[0][0]
+    np.testing.assert_allclose(curves[1], curves[0], rtol=1e-8)
+
+
+def test_two_threads_share_a_module():
+    m, tm = twins(LAYERS, "gru", "float32", 8, 16, num_layers=2)
+    xs = [torch.randn(20, 3, 8) for _ in range(4)]
+    expected = [tm(x)[0].detach() for x in xs]
+    errors = []
+
+    def work(i):
+        with torch.no_grad():
+            for _ in range(20):
+                y = m(xs[i % 4])[0]
+                if (y - expected[i % 4]).abs().max() > 2e-5:
+                    errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_torch_compile_fullgraph():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    m, tm = twins(LAYERS, "lstm", "float32", 3, 5, num_layers=2, bidirectional=True)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(m, fullgraph=True, backend=counter)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    y, (h, c) = compiled(x)
+    assert counter.frame_count == 1
+    targets = [str(n.target) for g in counter.graphs for n in g.graph.nodes]
+    assert "fastrnn.rnn.default" in targets
+    assert (y - tm(x)[0]).abs().max() < 2e-5
+    (y.sum() + h.sum()).backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    ty, (th, _) = tm(x2)
+    (ty.sum() + th.sum()).backward()
+    assert (x.grad - x2.grad).abs().max() < 2e-5
+    for p, q in zip(m.parameters(), tm.parameters()):
+        assert (p.grad - q.grad).abs().max() < 1e-4
+
+
+def test_opcheck():
+    from fastrnn_torch import _ops
+
+    m = frt.GRU(2, 3, num_layers=2).double()
+    x = torch.randn(3, 2, 2, dtype=torch.float64)
+    config = frt.modules._config(m, "GRU", 2, torch.float64)
+    args = (x, list(m._flat_weights), torch.zeros(2, 2, 3, dtype=torch.float64),
+            x.new_empty((0,)), torch.tensor([3, 2]), [], config, True)
+    torch.library.opcheck(_ops.rnn_op, args,
+                          test_utils=("test_schema", "test_faketensor"))
