@@ -18,7 +18,7 @@ import numpy as np
 from . import _validation as check
 from . import gru, lstm, rnn
 from ._params import ParameterMixin
-from .linalg import matmul_nt
+from .linalg import matmul_nt, numpy_gemm
 from .training import Gradients, Tape, backward_recurrence
 
 __all__ = ["RNN", "LSTM", "GRU", "BLAS_MIN_BATCH"]
@@ -35,7 +35,7 @@ def _empty_tapes(dtype):
 
 
 def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-                   tapes=None):
+                   tapes=None, gemm=numpy_gemm):
     """Drive one layer-direction's recurrence with the best product for the batch size.
 
     ``h`` and ``c`` are updated in place to the final state; ``y`` (T, B, P) is
@@ -61,7 +61,7 @@ def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, 
             tape_h[t] = h
             if tape_c.shape[0]:
                 tape_c[t] = c
-        np.dot(h, w_hh_t, out=gh)
+        gemm(h, w_hh_t, out=gh)
         kern.cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
                        tape_gates[t if train else 0])
 
@@ -70,6 +70,7 @@ class _RNNBase(ParameterMixin):
     """Shared machinery of RNN, LSTM and GRU; see those classes for the API."""
 
     mode = None
+    _gemm = staticmethod(numpy_gemm)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, nonlinearity="tanh",
@@ -298,7 +299,7 @@ class _RNNBase(ParameterMixin):
             outs = []
             for d in range(D):
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._cell_params(layer, d)
-                gx = np.matmul(layer_input.reshape(T * B, -1), w_ih.T).reshape(T, B, -1)
+                gx = self._gemm(layer_input.reshape(T * B, -1), w_ih.T).reshape(T, B, -1)
                 y = np.empty((T, B, P), self.dtype)
                 k = layer * D + d
                 steps = None
@@ -308,7 +309,7 @@ class _RNNBase(ParameterMixin):
                              np.empty((T if self.mode == "LSTM" else 0, B, H), self.dtype))
                     tape.steps.append(steps)
                 run_recurrence(self._kern, gx, w_hh, b_ih, b_hh, w_hr, h[k], c[k], y, lens,
-                               bool(d), self._mode_code, steps)
+                               bool(d), self._mode_code, steps, self._gemm)
                 outs.append(y)
             layer_input = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if layer < len(masks):
@@ -453,20 +454,20 @@ class _RNNBase(ParameterMixin):
                 dy = np.ascontiguousarray(dy_all[:, :, d * P:(d + 1) * P])
                 dgx, dgh, dhp, mt = backward_recurrence(
                     self._kern, gates, h_prev, c_prev, w_hh, w_hr, lens, bool(d),
-                    self._mode_code, dy, dh_all[k], dc_all[k], BLAS_MIN_BATCH)
+                    self._mode_code, dy, dh_all[k], dc_all[k], BLAS_MIN_BATCH, self._gemm)
                 dgx2 = dgx.reshape(T * B, -1)
                 dgh2 = dgh.reshape(T * B, -1)
                 if param_grads:
-                    np.matmul(dgx2.T, X, out=params[f"weight_ih{sfx}"])
-                    np.matmul(dgh2.T, h_prev.reshape(T * B, -1), out=params[f"weight_hh{sfx}"])
+                    self._gemm(dgx2.T, X, out=params[f"weight_ih{sfx}"])
+                    self._gemm(dgh2.T, h_prev.reshape(T * B, -1), out=params[f"weight_hh{sfx}"])
                     if self.bias:
                         np.sum(dgx2, axis=0, out=params[f"bias_ih{sfx}"])
                         np.sum(dgh2, axis=0, out=params[f"bias_hh{sfx}"])
                     if self.proj_size:
-                        np.matmul(dhp.reshape(T * B, -1).T, mt.reshape(T * B, -1),
-                                  out=params[f"weight_hr{sfx}"])
+                        self._gemm(dhp.reshape(T * B, -1).T, mt.reshape(T * B, -1),
+                                   out=params[f"weight_hr{sfx}"])
                 if need_dx:
-                    d_input += dgx2 @ w_ih
+                    d_input += self._gemm(dgx2, w_ih)
             if not need_dx:
                 return None, params
             d_input = d_input.reshape(T, B, -1)
@@ -475,14 +476,17 @@ class _RNNBase(ParameterMixin):
             dy_all = d_input
         return dy_all, params
 
-    def _bind(self, params):
-        """A view of this model computing with ``params`` (arrays used as they are).
+    def _bind(self, params, gemm=None):
+        """A view of this model computing with ``params`` (arrays used as they are)
+        and, if given, another matrix-product function (see ``linalg.numpy_gemm``).
 
         Used by the PyTorch bridge to run on the memory of torch's parameters.
         """
         bound = copy.copy(self)
         bound._params = params
         bound._step_ws = {}
+        if gemm is not None:
+            bound._gemm = gemm
         return bound
 
     # ------------------------------------------------------------------ streaming

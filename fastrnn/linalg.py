@@ -6,7 +6,20 @@ the weight matrix is as fast as BLAS (the cost is reading the weights); large
 batches go through NumPy's BLAS from the Python-level driver instead.
 """
 
+import numpy as np
+
 from ._jit import kernel
+
+
+def numpy_gemm(a, b, out=None):
+    """``a @ b`` through NumPy's BLAS (the default matrix product of the models).
+
+    Models call their matrix products through a replaceable function of this
+    signature, so that the PyTorch bridge can run them on torch's BLAS and
+    thread pool instead: two thread pools spinning on the same two cores slow
+    each other down several-fold.
+    """
+    return np.matmul(a, b, out=out)
 
 
 @kernel

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .linalg import numpy_gemm
+
 __all__ = ["Tape", "Gradients", "clip_grad_norm"]
 
 
@@ -66,7 +68,7 @@ def empty3(dtype):
 
 
 def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
-                        dh, dc, blas_min_batch):
+                        dh, dc, blas_min_batch, gemm=numpy_gemm):
     """Backward through one layer-direction's recurrence.
 
     ``dh``/``dc`` enter as the final-state gradients and leave as the
@@ -98,7 +100,7 @@ def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, revers
         tp = t if proj else 0
         kern.backward_step(t, lengths, gates[t], h_prev[t], c_prev[min(t, last_c)], w_hr, dy[t],
                            dh, dc, dgx[t], dgh[t], dhp[tp], mt[tp], dm, mode)
-        np.dot(dgh[t], w_hh, out=tmp)
+        gemm(dgh[t], w_hh, out=tmp)
         dh += tmp
     return dgx, dgh, dhp, mt
 

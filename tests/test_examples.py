@@ -22,3 +22,18 @@ def test_truncated_bptt_example(capsys):
     out = capsys.readouterr().out
     err = float(out.split("max |diff| = ")[1].split()[0])
     assert err < 1e-10
+
+
+def _run_example(name, argv):
+    return runpy.run_path(str(EXAMPLES / name))["main"](argv)
+
+
+def test_word_language_model_engines_agree():
+    results = _run_example("word_language_model.py", ["--steps", "4", "--size", "32"])
+    (torch_losses, _), (ours, _) = results["torch"], results["fastrnn"]
+    assert max(abs(a - b) for a, b in zip(torch_losses, ours)) < 1e-4
+
+
+def test_time_series_engines_agree():
+    results = _run_example("time_series.py", ["--steps", "4", "--hidden", "16", "--length", "10"])
+    assert abs(results["torch"][0] - results["fastrnn"][0]) < 1e-5

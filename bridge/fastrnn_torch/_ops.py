@@ -44,10 +44,22 @@ def core_model(config):
     return _CORE[cfg.pop("mode")](**cfg)
 
 
+def torch_gemm(a, b, out=None):
+    """``a @ b`` for NumPy arrays computed by torch (its BLAS, its thread pool).
+
+    The core's default, NumPy's multi-threaded BLAS, would start a second thread
+    pool beside torch's; on few cores the two spin against each other.
+    """
+    if out is None:
+        return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+    return out
+
+
 def _bound(config, weights):
     core = core_model(config)
     names = list(core._params)
-    return core._bind({n: w.detach().numpy() for n, w in zip(names, weights)})
+    return core._bind({n: w.detach().numpy() for n, w in zip(names, weights)}, torch_gemm)
 
 
 def _sizes(config):
@@ -69,10 +81,8 @@ def _tape_shapes(config, T, B):
     return shapes
 
 
-@torch.library.custom_op("fastrnn::rnn", mutates_args=())
-def rnn_op(x: Tensor, weights: list[Tensor], h0: Tensor, c0: Tensor, lengths: Tensor,
-           masks: list[Tensor], config: str, train: bool
-           ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
+    """The forward on tensors: ``(y, h_n, c_n, tape)``; ``tape`` is [] unless ``train``."""
     mode, L, D, H, P = _sizes(config)
     m = _bound(config, weights)
     xa = x.detach().numpy()
@@ -95,20 +105,10 @@ def rnn_op(x: Tensor, weights: list[Tensor], h0: Tensor, c0: Tensor, lengths: Te
     return torch.from_numpy(y), torch.from_numpy(h), cn, flat
 
 
-@rnn_op.register_fake
-def _rnn_fake(x, weights, h0, c0, lengths, masks, config, train):
-    mode, L, D, H, P = _sizes(config)
-    T, B, _ = x.shape
-    tape = [x.new_empty(s) for s in _tape_shapes(config, T, B)] if train else []
-    cn = x.new_empty((L * D, B, H)) if mode == "LSTM" else x.new_empty((0,))
-    return x.new_empty((T, B, D * P)), x.new_empty((L * D, B, P)), cn, tape
-
-
-@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
-def rnn_backward_op(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, x: Tensor,
-                    weights: list[Tensor], lengths: Tensor, masks: list[Tensor],
-                    tape: list[Tensor], config: str, input_grad: bool, param_grads: bool
-                    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+def backward_impl(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
+                  input_grad, param_grads):
+    """BPTT on tensors: ``(grad_x, grad_h0, grad_c0, grad_weights)``; skipped parts are
+    empty (``grad_x`` of shape (0,), no weight gradients)."""
     mode, L, D, H, P = _sizes(config)
     m = _bound(config, weights)
     xa = x.detach().numpy()
@@ -125,6 +125,98 @@ def rnn_backward_op(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, x: Tensor,
     gc = torch.from_numpy(dc) if mode == "LSTM" else x.new_empty((0,))
     gw = [torch.from_numpy(params[n]) for n in m._params] if param_grads else []
     return gx, torch.from_numpy(dh), gc, gw
+
+
+def _grad_or_zeros(grad, like_shape, x):
+    return x.new_zeros(like_shape) if grad is None else grad.contiguous()
+
+
+# ------------------------------------------------------------------ eager: autograd.Function
+
+class RNNFunction(torch.autograd.Function):
+    """Eager-mode autograd node: the same computation as the custom op, with less
+    dispatch overhead (custom ops cost tens of microseconds per call in eager mode,
+    which matters for cells stepped in a Python loop)."""
+
+    @staticmethod
+    def forward(ctx, config, n_weights, x, h0, c0, lengths, *weights_and_masks):
+        weights = list(weights_and_masks[:n_weights])
+        masks = list(weights_and_masks[n_weights:])
+        y, hn, cn, tape = forward_impl(x, weights, h0, c0, lengths, masks, config, True)
+        ctx.save_for_backward(x, lengths, *weights, *masks, *tape)
+        ctx.meta = (config, n_weights, len(masks), tuple(hn.shape), tuple(cn.shape))
+        ctx.mark_non_differentiable(*tape)
+        return (y, hn, cn, *tape)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hn, grad_cn, *grad_tape):
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            grads = RNNFunction._backward(ctx, grad_y, grad_hn, grad_cn)
+        if not create_graph:
+            return grads
+        # Gradients of gradients are not implemented: make using them fail clearly.
+        tensors = [g.detach().requires_grad_() for g in grads if g is not None]
+        wrapped = iter(torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(tensors))(*tensors))
+        return tuple(None if g is None else next(wrapped) for g in grads)
+
+    @staticmethod
+    def _backward(ctx, grad_y, grad_hn, grad_cn):
+        config, nw, nm, h_shape, c_shape = ctx.meta
+        saved = ctx.saved_tensors
+        x, lengths = saved[0], saved[1]
+        weights = list(saved[2:2 + nw])
+        masks = list(saved[2 + nw:2 + nw + nm])
+        tape = list(saved[2 + nw + nm:])
+        needs = ctx.needs_input_grad  # (config, n_weights, x, h0, c0, lengths, *weights, ...)
+        input_grad, weight_needs = needs[2], needs[6:6 + nw]
+        y_shape = tape[1].shape[:2] + (_y_width(config),)
+        gx, gh, gc, gw = backward_impl(
+            _grad_or_zeros(grad_y, y_shape, x), _grad_or_zeros(grad_hn, h_shape, x),
+            _grad_or_zeros(grad_cn, c_shape, x), x, weights, lengths, masks, tape, config,
+            input_grad, any(weight_needs))
+        gw = [g if need else None for g, need in zip(gw, weight_needs)] if gw else [None] * nw
+        lstm = _sizes(config)[0] == "LSTM"
+        return (None, None, gx if input_grad else None, gh, gc if lstm else None, None,
+                *gw, *([None] * nm))
+
+
+def rnn(x, weights, h0, c0, lengths, masks, config, train):
+    """Run the model: the custom op under ``torch.compile``, else the cheaper eager path."""
+    if torch.compiler.is_compiling():
+        return rnn_op(x, weights, h0, c0, lengths, masks, config, train)
+    if not train:
+        with torch.no_grad():
+            return forward_impl(x, weights, h0, c0, lengths, masks, config, False)
+    out = RNNFunction.apply(config, len(weights), x, h0, c0, lengths, *weights, *masks)
+    return out[0], out[1], out[2], list(out[3:])
+
+
+# ------------------------------------------------------------------ torch.compile: custom ops
+
+@torch.library.custom_op("fastrnn::rnn", mutates_args=())
+def rnn_op(x: Tensor, weights: list[Tensor], h0: Tensor, c0: Tensor, lengths: Tensor,
+           masks: list[Tensor], config: str, train: bool
+           ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    return forward_impl(x, weights, h0, c0, lengths, masks, config, train)
+
+
+@rnn_op.register_fake
+def _rnn_fake(x, weights, h0, c0, lengths, masks, config, train):
+    mode, L, D, H, P = _sizes(config)
+    T, B, _ = x.shape
+    tape = [x.new_empty(s) for s in _tape_shapes(config, T, B)] if train else []
+    cn = x.new_empty((L * D, B, H)) if mode == "LSTM" else x.new_empty((0,))
+    return x.new_empty((T, B, D * P)), x.new_empty((L * D, B, P)), cn, tape
+
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
+def rnn_backward_op(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, x: Tensor,
+                    weights: list[Tensor], lengths: Tensor, masks: list[Tensor],
+                    tape: list[Tensor], config: str, input_grad: bool, param_grads: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    return backward_impl(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
+                         input_grad, param_grads)
 
 
 @rnn_backward_op.register_fake
@@ -158,13 +250,11 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, grad_tape):
     tape = list(saved[2 + nw + nm:])
     needs = ctx.needs_input_grad  # (x, [each weight], h0, c0, lengths, [masks], ...)
     input_grad, param_grads = bool(needs[0]), any(needs[1])
-    if grad_y is None:
-        grad_y = x.new_zeros(tape[1].shape[:2] + (_y_width(ctx.config),))
-    grad_hn = x.new_zeros(ctx.shapes[0]) if grad_hn is None else grad_hn
-    grad_cn = x.new_zeros(ctx.shapes[1]) if grad_cn is None else grad_cn
-    gx, gh, gc, gw = rnn_backward_op(grad_y.contiguous(), grad_hn.contiguous(),
-                                     grad_cn.contiguous(), x, weights, lengths, masks, tape,
-                                     ctx.config, input_grad, param_grads)
+    y_shape = tape[1].shape[:2] + (_y_width(ctx.config),)
+    gx, gh, gc, gw = rnn_backward_op(
+        _grad_or_zeros(grad_y, y_shape, x), _grad_or_zeros(grad_hn, ctx.shapes[0], x),
+        _grad_or_zeros(grad_cn, ctx.shapes[1], x), x, weights, lengths, masks, tape,
+        ctx.config, input_grad, param_grads)
     mode = _sizes(ctx.config)[0]
     gw = [g if need else None for g, need in zip(gw, needs[1])] if param_grads else [None] * nw
     return (gx if input_grad else None, gw, gh, gc if mode == "LSTM" else None, None,
@@ -176,9 +266,12 @@ def _y_width(config):
     return D * P
 
 
+_DOUBLE_BACKWARD = ("fastrnn_torch: double backward (gradients of gradients through a "
+                    "recurrent layer) is not supported")
+
+
 def _no_double_backward(ctx, *grads):
-    raise RuntimeError("fastrnn_torch: double backward (gradients of gradients through a "
-                       "recurrent layer) is not supported")
+    raise RuntimeError(_DOUBLE_BACKWARD)
 
 
 def _setup_nothing(ctx, inputs, output):

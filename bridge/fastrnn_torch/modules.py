@@ -20,7 +20,7 @@ import json
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from ._ops import rnn_op
+from ._ops import rnn
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -121,7 +121,7 @@ class _RNNMixin:
                 1 - self.dropout) for _ in range(self.num_layers - 1)]
         train = _needs_grad([x, h0, c0] + list(weights))
         config = _config(self, self._mode, self.num_layers, x.dtype)
-        y, hn, cn, _ = rnn_op(x.contiguous(), list(weights), h0.contiguous(), c0.contiguous(),
+        y, hn, cn, _ = rnn(x.contiguous(), list(weights), h0.contiguous(), c0.contiguous(),
                               lengths.to(torch.int64).contiguous(), masks, config, train)
         state = (hn, cn) if lstm else hn
         if packed:
@@ -229,7 +229,7 @@ class _CellMixin:
         train = _needs_grad([x, h0, c0] + weights)
         config = _config(self, self._mode, 1, x.dtype)
         lengths = torch.ones(B, dtype=torch.int64)
-        _, hn, cn, _ = rnn_op(x.unsqueeze(0).contiguous(), weights, h0.contiguous(),
+        _, hn, cn, _ = rnn(x.unsqueeze(0).contiguous(), weights, h0.contiguous(),
                               c0.contiguous(), lengths, [], config, train)
         h1 = hn[0]
         if lstm:
