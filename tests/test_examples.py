@@ -35,5 +35,5 @@ def test_word_language_model_engines_agree():
 
 
 def test_time_series_engines_agree():
-    results = _run_example("time_series.py", ["--steps", "4", "--hidden", "16", "--length", "10"])
+    results = _run_example("time_series.py", ["--steps", "4", "--hidden", "16", "--length", "30"])
     assert abs(results["torch"][0] - results["fastrnn"][0]) < 1e-5
