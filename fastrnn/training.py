@@ -95,6 +95,9 @@ def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, revers
         return dgx, dgh, dhp, mt
     tmp = np.empty_like(dh)
     last_c = c_prev.shape[0] - 1
+    # Same values as w_hh, laid out column-major once, so that every per-step product
+    # finds the transposed operand contiguous (what GEMM libraries want as "B^T").
+    w_hh = np.ascontiguousarray(w_hh.T).T
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t if proj else 0

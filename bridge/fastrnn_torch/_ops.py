@@ -44,15 +44,41 @@ def core_model(config):
     return _CORE[cfg.pop("mode")](**cfg)
 
 
+def _onednn_linear():
+    """torch's oneDNN fp32 linear on dense tensors, if this build has it."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        probe = torch.ones(2, 2)
+        op(probe, probe, None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return None
+    return op
+
+
+_LINEAR = _onednn_linear() if torch.backends.mkldnn.is_available() else None
+
+
 def torch_gemm(a, b, out=None):
     """``a @ b`` for NumPy arrays computed by torch (its BLAS, its thread pool).
 
     The core's default, NumPy's multi-threaded BLAS, would start a second thread
-    pool beside torch's; on few cores the two spin against each other.
+    pool beside torch's; on few cores the two spin against each other. float32
+    products go to oneDNN's GEMM, which uses AVX-512 on AMD CPUs where MKL and
+    OpenBLAS stay on AVX2 (about 2x the throughput on this project's machine,
+    measured in ``asv_bench``); float64 uses ``torch.matmul``.
     """
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    if _LINEAR is not None and ta.dtype == torch.float32:
+        w = tb.T
+        result = _LINEAR(ta if ta.is_contiguous() else ta.contiguous(),
+                         w if w.is_contiguous() else w.contiguous(), None, "none", [], "")
+        if out is None:
+            return result.numpy()
+        torch.from_numpy(out).copy_(result)
+        return out
     if out is None:
-        return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
-    torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+        return torch.matmul(ta, tb).numpy()
+    torch.matmul(ta, tb, out=torch.from_numpy(out))
     return out
 
 
