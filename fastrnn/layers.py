@@ -439,7 +439,8 @@ class _RNNBase(ParameterMixin):
         """
         T, B = tape.layer_inputs[0].shape[:2]
         D, P = self.num_directions, self.output_size
-        params = {name: np.zeros_like(p) for name, p in self._params.items()} \
+        # Every gradient is written whole by the products below (``out=``).
+        params = {name: np.empty_like(p) for name, p in self._params.items()} \
             if param_grads else None
         lens = tape.lengths
         for layer in reversed(range(self.num_layers)):

@@ -105,6 +105,38 @@ def main(quick=False, cores=0):
             diff, a, b = run_training(ours, theirs, B, repeats)
             print(f"{name:5} {f'train T=50 B={B} H=256':22} {diff:10.2e} {_fmt(a):>12} "
                   f"{_fmt(b):>12} {b / a:8.2f}x   (torch: nn.{name} + autograd)")
+    print()
+    print("training through the bridge (fastrnn_torch module + autograd), T=50, H=256")
+    print(header)
+    print("-" * len(header))
+    for name, ours, theirs, cell in MODELS:
+        for B in (1, 32):
+            diff, a, b = run_bridge_training(name, theirs, B, repeats)
+            print(f"{name:5} {f'bridge T=50 B={B} H=256':22} {diff:10.2e} {_fmt(a):>12} "
+                  f"{_fmt(b):>12} {b / a:8.2f}x   (torch: nn.{name} + autograd)")
+
+
+def run_bridge_training(name, theirs, B, repeats, T=50, size=256):
+    """fastrnn_torch module forward + backward vs the torch.nn module, same weights."""
+    import fastrnn_torch
+
+    torch.manual_seed(0)
+    tm = theirs(size, size)
+    m = getattr(fastrnn_torch, name)(size, size)
+    m.load_state_dict(tm.state_dict())
+    x = torch.randn(T, B, size, requires_grad=True)
+    gy = torch.randn(T, B, size)
+
+    def step(module):
+        def run():
+            x.grad = None
+            y, _ = module(x)
+            y.backward(gy)
+            return x.grad
+        return run
+
+    diff = float((step(m)() - step(tm)()).abs().max())
+    return diff, best_time(step(m), repeats), best_time(step(tm), repeats)
 
 
 def run_training(ours, theirs, B, repeats, T=50, size=256):
