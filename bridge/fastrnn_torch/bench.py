@@ -1,6 +1,7 @@
 """``fastrnn bench``: fastrnn vs torch.nn on the same weights, side by side in one run."""
 
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -86,34 +87,36 @@ def main(quick=False, cores=0):
     print(f"fastrnn {fastrnn.__version__} vs torch {torch.__version__} "
           f"(float32, inference, same weights; torch threads {torch_threads}"
           f"{f', pinned to {cores} core(s)' if cores else ''})")
+    inference = [(name, label, f"nn.{name}Cell" if kind == "step" else f"nn.{name}",
+                  partial(run_case, name, ours, theirs, cell, kind, T, B, size, repeats))
+                 for name, ours, theirs, cell in MODELS
+                 for label, kind, T, B, size in CASES]
+    training = [(name, f"train T=50 B={B} H=256", f"nn.{name} + autograd",
+                 partial(run_training, ours, theirs, B, repeats))
+                for name, ours, theirs, cell in MODELS for B in (1, 32)]
+    bridge = [(name, f"bridge T=50 B={B} H=256", f"nn.{name} + autograd",
+               partial(run_bridge_training, name, theirs, B, repeats))
+              for name, ours, theirs, cell in MODELS for B in (1, 32)]
+    _table(None, inference)
+    _table("training: forward + backward through time, T=50, H=256; max|diff| of d(input)",
+           training)
+    _table("training through the bridge (fastrnn_torch module + autograd), T=50, H=256",
+           bridge)
+
+
+def _table(title, rows):
+    """Print one table; each row is (model, case, torch's twin, measure -> (diff, ours, theirs))."""
     header = f"{'model':5} {'case':22} {'max|diff|':>10} {'fastrnn':>12} {'torch.nn':>12} " \
              f"{'speed-up':>9}"
+    if title:
+        print()
+        print(title)
     print(header)
     print("-" * len(header))
-    for name, ours, theirs, cell in MODELS:
-        for label, kind, T, B, size in CASES:
-            diff, a, b = run_case(name, ours, theirs, cell, kind, T, B, size, repeats)
-            torch_label = f"{name}Cell" if kind == "step" else name
-            print(f"{name:5} {label:22} {diff:10.2e} {_fmt(a):>12} {_fmt(b):>12} "
-                  f"{b / a:8.2f}x   (torch: nn.{torch_label})")
-    print()
-    print("training: forward + backward through time, T=50, H=256; max|diff| of d(input)")
-    print(header)
-    print("-" * len(header))
-    for name, ours, theirs, cell in MODELS:
-        for B in (1, 32):
-            diff, a, b = run_training(ours, theirs, B, repeats)
-            print(f"{name:5} {f'train T=50 B={B} H=256':22} {diff:10.2e} {_fmt(a):>12} "
-                  f"{_fmt(b):>12} {b / a:8.2f}x   (torch: nn.{name} + autograd)")
-    print()
-    print("training through the bridge (fastrnn_torch module + autograd), T=50, H=256")
-    print(header)
-    print("-" * len(header))
-    for name, ours, theirs, cell in MODELS:
-        for B in (1, 32):
-            diff, a, b = run_bridge_training(name, theirs, B, repeats)
-            print(f"{name:5} {f'bridge T=50 B={B} H=256':22} {diff:10.2e} {_fmt(a):>12} "
-                  f"{_fmt(b):>12} {b / a:8.2f}x   (torch: nn.{name} + autograd)")
+    for name, label, twin, measure in rows:
+        diff, a, b = measure()
+        print(f"{name:5} {label:22} {diff:10.2e} {_fmt(a):>12} {_fmt(b):>12} "
+              f"{b / a:8.2f}x   (torch: {twin})")
 
 
 def run_bridge_training(name, theirs, B, repeats, T=50, size=256):
