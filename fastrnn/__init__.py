@@ -5,7 +5,7 @@ Layers (``RNN``, ``LSTM``, ``GRU``) and cells (``RNNCell``, ``LSTMCell``,
 The core depends on NumPy and Numba only; it never imports torch.
 """
 
-from . import reference
+from . import attention, reference
 from .cells import GRUCell, LSTMCell, RNNCell
 from .io import load, save
 from .layers import GRU, LSTM, RNN

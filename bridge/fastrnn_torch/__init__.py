@@ -6,7 +6,9 @@ inside any model, and ``export(module, path)`` writes weights that the core
 ``fastrnn.load`` reads without torch.
 """
 
+from .attention import AdditiveAttention, Attn, LuongAttention, scaled_dot_product_attention
 from .convert import convert, export
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "export"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "export",
+           "scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAttention"]

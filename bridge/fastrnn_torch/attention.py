@@ -1,0 +1,234 @@
+"""Attention for PyTorch, computed by ``fastrnn.attention``'s kernels.
+
+* :func:`scaled_dot_product_attention` — same semantics as
+  ``torch.nn.functional.scaled_dot_product_attention`` (fully masked rows give 0);
+* :class:`Attn` — drop-in for the seq2seq tutorial's ``Attn`` (submodules
+  ``attn`` and ``attn_combine``);
+* :class:`AdditiveAttention` (Bahdanau) and :class:`LuongAttention`
+  (``dot``/``general``/``concat``, as in PyTorch's chatbot tutorial).
+
+Each runs as a ``torch.autograd.Function`` over the core's ``*_train`` /
+``*_backward`` pair for CPU float32/float64 tensors; anything else (CUDA,
+half precision, attention dropout) uses the plain torch formula.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastrnn import attention as core
+
+__all__ = ["scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAttention"]
+
+
+def _kernels_can_run(*tensors):
+    ts = [t for t in tensors if t is not None]
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+               and t.dtype == ts[0].dtype for t in ts)
+
+
+def _np(t):
+    return None if t is None else t.detach().numpy()
+
+
+def _t(a):
+    return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+
+class _CoreFunction(torch.autograd.Function):
+    """Runs ``train(*arrays) -> (outputs, tape)`` forward and
+    ``backward(tape, *grads) -> grads of the inputs`` backward."""
+
+    @staticmethod
+    def forward(ctx, train, backward, *tensors):
+        outputs, tape = train(*[_np(t) for t in tensors])
+        ctx.tape, ctx.core_backward = tape, backward
+        return tuple(_t(o) for o in outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        grads = ctx.core_backward(ctx.tape, *[None if g is None else _np(g.contiguous())
+                                              for g in grads])
+        return (None, None, *[_t(g) for g in grads])
+
+
+def _run(train, backward, *tensors):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _CoreFunction.apply(train, backward, *tensors)
+    with torch.no_grad():
+        outputs, _ = train(*[_np(t) for t in tensors])
+    return tuple(_t(o) for o in outputs)
+
+
+# ----------------------------------------------------------------------------- functions
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None):
+    """``torch.nn.functional.scaled_dot_product_attention`` on fastrnn's kernels.
+
+    ``attn_mask``: bool (True = attend) or float (added), broadcastable to
+    (..., L, S). Rows with every key masked give zeros (and zero gradients).
+    ``dropout_p > 0`` (and non-CPU tensors) run torch's own implementation.
+    A float ``attn_mask`` gets no gradient.
+    """
+    if dropout_p > 0 or not _kernels_can_run(query, key, value):
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                              dropout_p=dropout_p, is_causal=is_causal,
+                                              scale=scale)
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be "
+                           "set when is_causal=True")
+    mask = _np(attn_mask)
+
+    def train(q, k, v):
+        out, tape = core.scaled_dot_product_train(q, k, v, mask, is_causal, scale)
+        return (out,), tape
+
+    def backward(tape, grad_out):
+        return core.scaled_dot_product_backward(tape, grad_out)
+
+    return _run(train, backward, query, key, value)[0]
+
+
+# ----------------------------------------------------------------------------- modules
+
+class Attn(torch.nn.Module):
+    """The seq2seq tutorial's ``Attn``: ``softmax(attn([Q, K])) · V`` then ``attn_combine``.
+
+    ``forward(Q, K, V) -> (output, attn_weights)`` with Q (1, B, query_size),
+    K (1, B, key_size), V (B, value_size1, value_size2); output (1, B, output_size),
+    weights (B, value_size1). B = 1 is exactly the tutorial.
+    """
+
+    def __init__(self, query_size, key_size, value_size1, value_size2, output_size):
+        super().__init__()
+        self.query_size = query_size
+        self.key_size = key_size
+        self.value_size1 = value_size1
+        self.value_size2 = value_size2
+        self.output_size = output_size
+        self.attn = torch.nn.Linear(query_size + key_size, value_size1)
+        self.attn_combine = torch.nn.Linear(query_size + value_size2, output_size)
+
+    def forward(self, Q, K, V):
+        params = (self.attn.weight, self.attn.bias, self.attn_combine.weight,
+                  self.attn_combine.bias)
+        if not _kernels_can_run(Q, K, V, *params):
+            return self._torch_forward(Q, K, V)
+
+        def train(*arrays):
+            out, w, tape = core.concat_attn_train(*arrays)
+            return (out, w), tape
+
+        def backward(tape, grad_out, grad_w):
+            g = core.concat_attn_backward(tape, grad_out, grad_w)
+            return tuple(g[n] for n in ("Q", "K", "V", "W_attn", "b_attn", "W_combine",
+                                        "b_combine"))
+
+        out, w = _run(train, backward, Q, K, V, *params)
+        return out, w
+
+    def _torch_forward(self, Q, K, V):
+        w = F.softmax(self.attn(torch.cat((Q[0], K[0]), 1)), dim=1)
+        applied = torch.bmm(w.unsqueeze(1), V)[:, 0]
+        return self.attn_combine(torch.cat((Q[0], applied), 1)).unsqueeze(0), w
+
+
+class AdditiveAttention(torch.nn.Module):
+    """Bahdanau attention: ``score_j = v · tanh(W_q query + W_k keys_j)``.
+
+    ``forward(query, keys, values, mask=None) -> (context, weights)``: query
+    (B, query_size), keys (B, L, key_size), values (B, L, value_size), mask (B, L)
+    bool (True = attend); context (B, value_size), weights (B, L).
+    Submodules ``W_q``, ``W_k`` (Linear without bias) and ``v`` (Linear(hidden, 1)).
+    """
+
+    def __init__(self, query_size, key_size, hidden_size):
+        super().__init__()
+        self.W_q = torch.nn.Linear(query_size, hidden_size, bias=False)
+        self.W_k = torch.nn.Linear(key_size, hidden_size, bias=False)
+        self.v = torch.nn.Linear(hidden_size, 1, bias=False)
+
+    def forward(self, query, keys, values, mask=None):
+        params = (self.W_q.weight, self.W_k.weight, self.v.weight)
+        if not _kernels_can_run(query, keys, values, *params):
+            scores = self.v(torch.tanh(self.W_q(query)[:, None] + self.W_k(keys)))[..., 0]
+            return _softmax_context(scores, values, mask)
+        m = _np(mask)
+
+        def train(q, k, val, wq, wk, v):
+            ctx, w, tape = core.additive_train(q, k, val, wq, wk, v[0], m)
+            return (ctx, w), tape
+
+        def backward(tape, grad_ctx, grad_w):
+            g = core.additive_backward(tape, grad_ctx, grad_w)
+            return g["query"], g["keys"], g["values"], g["W_q"], g["W_k"], g["v"][None]
+
+        return _run(train, backward, query, keys, values, *params)
+
+
+class LuongAttention(torch.nn.Module):
+    """Luong attention as in PyTorch's chatbot tutorial.
+
+    ``method="dot"``: ``q · k_j``; ``"general"``: ``q · attn(k_j)`` with
+    ``attn = Linear(hidden, hidden)``; ``"concat"``: ``v · tanh(attn([q; k_j]))`` with
+    ``attn = Linear(2 hidden, hidden)`` and a parameter ``v`` (hidden,).
+    ``forward(query, keys, values=None, mask=None) -> (context, weights)`` with query
+    (B, hidden), keys (B, L, hidden), values (B, L, value_size) defaulting to keys.
+    """
+
+    def __init__(self, hidden_size, method="dot"):
+        super().__init__()
+        if method not in ("dot", "general", "concat"):
+            raise ValueError(f"method must be 'dot', 'general' or 'concat'; got {method!r}")
+        self.method = method
+        self.hidden_size = hidden_size
+        if method == "general":
+            self.attn = torch.nn.Linear(hidden_size, hidden_size)
+        elif method == "concat":
+            self.attn = torch.nn.Linear(2 * hidden_size, hidden_size)
+            self.v = torch.nn.Parameter(torch.empty(hidden_size).uniform_(
+                -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)))
+
+    def _params(self):
+        if self.method == "dot":
+            return ()
+        if self.method == "general":
+            return self.attn.weight, self.attn.bias
+        return self.attn.weight, self.attn.bias, self.v
+
+    def forward(self, query, keys, values=None, mask=None):
+        values = keys if values is None else values
+        params = self._params()
+        if not _kernels_can_run(query, keys, values, *params):
+            return _softmax_context(self._torch_scores(query, keys), values, mask)
+        m, method, n = _np(mask), self.method, len(params)
+
+        def train(q, k, val, *ps):
+            ctx, w, tape = core.luong_train(q, k, val, method, ps if ps else None, m)
+            return (ctx, w), tape
+
+        def backward(tape, grad_ctx, grad_w):
+            g = core.luong_backward(tape, grad_ctx, grad_w)
+            names = {0: (), 2: ("W", "b"), 3: ("W", "b", "v")}[n]
+            return (g["query"], g["keys"], g["values"], *[g[x] for x in names])
+
+        return _run(train, backward, query, keys, values, *params)
+
+    def _torch_scores(self, query, keys):
+        if self.method == "dot":
+            return torch.sum(query[:, None] * keys, dim=2)
+        if self.method == "general":
+            return torch.sum(query[:, None] * self.attn(keys), dim=2)
+        q = query[:, None].expand(-1, keys.shape[1], -1)
+        return torch.sum(self.v * torch.tanh(self.attn(torch.cat((q, keys), 2))), dim=2)
+
+
+def _softmax_context(scores, values, mask):
+    if mask is not None:
+        scores = scores.masked_fill(~mask.bool(), float("-inf"))
+    w = torch.nan_to_num(F.softmax(scores, dim=1))
+    return torch.bmm(w[:, None], values)[:, 0], w

@@ -1,0 +1,643 @@
+"""Attention over NumPy arrays, forward and backward.
+
+Four scoring rules, each with ``f(...)``, ``f_train(...) -> (..., tape)`` and
+``f_backward(tape, grad) -> gradients``:
+
+* :func:`scaled_dot_product` — ``softmax(Q Kᵀ · scale + mask) V`` over any
+  leading (batch, head) dimensions;
+* :func:`additive` — Bahdanau: ``score_j = v · tanh(W_q q + W_k k_j)``;
+* :func:`luong` — ``dot`` (``q · k_j``), ``general`` (``q · (W k_j + b)``) and
+  ``concat`` (``v · tanh(W [q; k_j] + b)``), as in PyTorch's chatbot tutorial;
+* :func:`concat_attn` — the ``Attn`` module of PyTorch's seq2seq tutorial:
+  ``softmax(Linear([Q, K])) · V``, then ``attn_combine([Q, applied])``.
+
+Masks: True (or nonzero) means "attend"; a float mask is added to the
+scores. A row whose keys are all masked gives zeros and zero gradients
+(torch's behaviour). Softmax is max-subtracted, so float32 inputs of ±1e4
+give no NaN or inf.
+
+Memory: the scaled dot-product kernel fuses score → softmax → weighted sum
+for one query row at a time and keeps a single row of scores (O(Lk) per row);
+training stores the output and each row's log-sum-exp, and the backward pass
+**recomputes** the scores from Q and K (cheaper than storing the Lq × Lk
+probabilities, which is what dominates memory at long lengths). The additive
+rules store their key projections (already needed for the forward GEMM) and
+recompute the tanh in the backward pass.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validation as check
+from ._jit import kernel
+from .activations import tanh
+
+__all__ = ["scaled_dot_product", "scaled_dot_product_train", "scaled_dot_product_backward",
+           "additive", "additive_train", "additive_backward",
+           "luong", "luong_train", "luong_backward",
+           "concat_attn", "concat_attn_train", "concat_attn_backward", "AttentionTape"]
+
+
+# ----------------------------------------------------------------------------- kernels
+
+@kernel
+def _allowed(madd, mbool, causal, b0, b1, i, j):
+    """Additive mask value of (i, j), or -inf where the key is masked out."""
+    if causal and j > i:
+        return -np.inf
+    if mbool.shape[0] > 0 and not mbool[b0, b1, i, j]:
+        return -np.inf
+    if madd.shape[0] > 0:
+        return madd[b0, b1, i, j]
+    return 0.0
+
+
+@kernel
+def _sdpa_forward(q, k, v, madd, mbool, causal, scale, B1, out, lse, probs):
+    """out[n, i] = Σ_j softmax_j(scale q_i·k_j + mask_ij) v_j; one row of scores at a time.
+
+    ``q`` (N, Lq, d), ``k`` (N, Lk, d), ``v`` (N, Lk, dv); masks are 4-D views
+    (B0, B1, Lq, Lk) over N = B0 * B1 (possibly broadcast, zero strides) or
+    empty. ``lse`` receives each row's log-sum-exp (-inf for a fully masked
+    row); a non-empty ``probs`` (N, Lq, Lk) receives the attention weights.
+    """
+    N, Lq, d = q.shape
+    Lk = k.shape[1]
+    keep = probs.shape[0] > 0
+    s = np.empty(Lk, dtype=q.dtype)
+    for n in range(N):
+        b0, b1 = n // B1, n % B1
+        for i in range(Lq):
+            qi = q[n, i]
+            oi = out[n, i]
+            oi[:] = 0
+            m = -np.inf
+            for j in range(Lk):
+                x = _allowed(madd, mbool, causal, b0, b1, i, j)
+                if x != -np.inf:
+                    kj = k[n, j]
+                    acc = qi[0] * 0
+                    for t in range(d):
+                        acc += qi[t] * kj[t]
+                    x += acc * scale
+                s[j] = x
+                m = max(m, x)
+            if m == -np.inf:
+                lse[n, i] = -np.inf
+                if keep:
+                    probs[n, i, :] = 0
+                continue
+            total = 0.0
+            for j in range(Lk):
+                p = math.exp(s[j] - m)
+                s[j] = p
+                total += p
+            inv = 1.0 / total
+            for j in range(Lk):
+                p = s[j] * inv
+                if keep:
+                    probs[n, i, j] = p
+                if p != 0:
+                    vj = v[n, j]
+                    for t in range(oi.shape[0]):
+                        oi[t] += p * vj[t]
+            lse[n, i] = m + math.log(total)
+
+
+@kernel
+def _sdpa_backward(q, k, v, madd, mbool, causal, scale, B1, out, lse, dout, dq, dk, dv):
+    """Gradients of :func:`_sdpa_forward`, recomputing the probabilities from ``lse``:
+
+    p_ij = exp(s_ij - lse_i);  dv_j += p_ij dO_i;  dp_ij = dO_i · v_j;
+    ds_ij = p_ij (dp_ij - dO_i · O_i);  dq_i += scale ds_ij k_j;  dk_j += scale ds_ij q_i.
+    """
+    N, Lq, d = q.shape
+    Lk = k.shape[1]
+    dq[:] = 0
+    dk[:] = 0
+    dv[:] = 0
+    for n in range(N):
+        b0, b1 = n // B1, n % B1
+        for i in range(Lq):
+            if lse[n, i] == -np.inf:
+                continue
+            qi, doi, oi, dqi = q[n, i], dout[n, i], out[n, i], dq[n, i]
+            big_d = doi[0] * 0
+            for t in range(doi.shape[0]):
+                big_d += doi[t] * oi[t]
+            for j in range(Lk):
+                x = _allowed(madd, mbool, causal, b0, b1, i, j)
+                if x == -np.inf:
+                    continue
+                kj, vj = k[n, j], v[n, j]
+                acc = qi[0] * 0
+                for t in range(d):
+                    acc += qi[t] * kj[t]
+                p = math.exp(x + acc * scale - lse[n, i])
+                dvj = dv[n, j]
+                dp = doi[0] * 0
+                for t in range(doi.shape[0]):
+                    dvj[t] += p * doi[t]
+                    dp += doi[t] * vj[t]
+                ds = p * (dp - big_d) * scale
+                dkj = dk[n, j]
+                for t in range(d):
+                    dqi[t] += ds * kj[t]
+                    dkj[t] += ds * qi[t]
+
+
+@kernel
+def _additive_forward(pq, pk, bias, vvec, values, mbool, context, weights):
+    """score_bj = v · tanh(pq_b + pk_bj + bias), masked softmax over j, context_b = Σ w_bj values_bj.
+
+    ``pq`` (B, H), ``pk`` (B, L, H), ``values`` (B, L, dv), ``mbool`` (B, L) or empty.
+    """
+    B, L, H = pk.shape
+    for b in range(B):
+        w = weights[b]
+        m = -np.inf
+        for j in range(L):
+            if mbool.shape[0] > 0 and not mbool[b, j]:
+                w[j] = -np.inf
+                continue
+            acc = pq[b, 0] * 0
+            for h in range(H):
+                acc += vvec[h] * tanh(pq[b, h] + pk[b, j, h] + bias[h])
+            w[j] = acc
+            m = max(m, acc)
+        ctx = context[b]
+        ctx[:] = 0
+        if m == -np.inf:
+            w[:] = 0
+            continue
+        total = 0.0
+        for j in range(L):
+            p = math.exp(w[j] - m)
+            w[j] = p
+            total += p
+        for j in range(L):
+            w[j] = w[j] / total
+            if w[j] != 0:
+                for t in range(ctx.shape[0]):
+                    ctx[t] += w[j] * values[b, j, t]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@dataclass
+class AttentionTape:
+    """What an attention ``*_backward`` needs from its ``*_train``."""
+
+    kind: str
+    saved: dict
+
+
+def _floats(names, arrays, dtype=None):
+    """Check that the named arrays are float32/float64 arrays of one dtype."""
+    out = []
+    for name, a in zip(names, arrays):
+        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+            raise TypeError(f"{name} must be a numpy array; got {type(a).__name__}")
+        a = check.to_numpy(a)
+        if a.dtype not in check.FLOAT_DTYPES:
+            raise TypeError(f"{name} must have dtype float32 or float64; got {a.dtype}")
+        dtype = dtype or a.dtype
+        if a.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {dtype} (like {names[0]}); got {a.dtype}")
+        out.append(a)
+    return out
+
+
+def _mask4(mask, batch, Lq, Lk, B0, B1, dtype):
+    """Split a user mask into (additive float, bool) 4-D views over (B0, B1, Lq, Lk)."""
+    none_f = np.empty((0, 0, 0, 0), dtype)
+    none_b = np.empty((0, 0, 0, 0), np.bool_)
+    if mask is None:
+        return none_f, none_b
+    mask = check.to_numpy(mask)
+    target = tuple(batch) + (Lq, Lk)
+    try:
+        full = np.broadcast_to(mask, target)
+    except ValueError:
+        raise ValueError(f"mask must be broadcastable to {target} (batch..., Lq, Lk); got "
+                         f"{mask.shape}") from None
+    full = full.reshape(B0, B1, Lq, Lk)
+    if mask.dtype == np.bool_:
+        return none_f, full
+    if mask.dtype.kind in "iu":
+        return none_f, full != 0
+    if mask.dtype.kind == "f":
+        return full.astype(dtype, copy=False), none_b
+    raise TypeError(f"mask must be bool (True = attend) or a float additive mask; got "
+                    f"{mask.dtype}")
+
+
+def _unbroadcast(grad, shape):
+    """Sum ``grad`` over the axes that broadcasting added or stretched to reach ``shape``."""
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(axis=axes, keepdims=True) if axes else grad
+
+
+def _sdpa_prepare(q, k, v, mask, causal, scale):
+    q, k, v = _floats(("query", "key", "value"), (q, k, v))
+    for name, a in (("query", q), ("key", k), ("value", v)):
+        if a.ndim < 2:
+            raise ValueError(f"{name} must have shape (..., L, features); got {a.shape}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"query and key must have the same last dimension; got {q.shape} "
+                         f"and {k.shape}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"key and value must have the same length (dimension -2); got "
+                         f"{k.shape} and {v.shape}")
+    try:
+        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
+        raise ValueError(f"the leading dimensions of query {q.shape}, key {k.shape} and value "
+                         f"{v.shape} do not broadcast") from None
+    Lq, d = q.shape[-2:]
+    Lk, dv = v.shape[-2:]
+    N = int(np.prod(batch, dtype=np.int64))
+    B1 = batch[-1] if batch else 1
+    B0 = N // B1 if B1 else 0
+    qf = np.ascontiguousarray(np.broadcast_to(q, batch + (Lq, d))).reshape(N, Lq, d)
+    kf = np.ascontiguousarray(np.broadcast_to(k, batch + (Lk, d))).reshape(N, Lk, d)
+    vf = np.ascontiguousarray(np.broadcast_to(v, batch + (Lk, dv))).reshape(N, Lk, dv)
+    madd, mbool = _mask4(mask, batch, Lq, Lk, B0, B1, q.dtype)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    return dict(q=qf, k=kf, v=vf, madd=madd, mbool=mbool, causal=bool(causal), scale=scale,
+                B1=max(B1, 1), batch=batch, shapes=(q.shape, k.shape, v.shape))
+
+
+def _sdpa_run(p, probs=False):
+    q = p["q"]
+    N, Lq, _ = q.shape
+    out = np.empty((N, Lq, p["v"].shape[2]), q.dtype)
+    lse = np.empty((N, Lq), q.dtype)
+    pr = np.empty((N, Lq, p["k"].shape[1]), q.dtype) if probs else np.empty((0, 0, 0), q.dtype)
+    _sdpa_forward(q, p["k"], p["v"], p["madd"], p["mbool"], p["causal"], q.dtype.type(p["scale"]),
+                  p["B1"], out, lse, pr)
+    return out, lse, pr
+
+
+# ----------------------------------------------------------------------------- scaled dot product
+
+def scaled_dot_product(q, k, v, mask=None, causal=False, scale=None):
+    """Scaled dot-product attention ``softmax(q kᵀ · scale + mask) v``.
+
+    Parameters
+    ----------
+    q : ndarray, shape (..., Lq, d)
+    k : ndarray, shape (..., Lk, d)
+    v : ndarray, shape (..., Lk, dv)
+        Leading dimensions broadcast (e.g. (batch, heads)).
+    mask : ndarray, optional
+        Broadcastable to (..., Lq, Lk): bool (True = attend) or float (added to scores).
+    causal : bool
+        Query i attends keys j <= i (torch's ``is_causal``).
+    scale : float, optional
+        Defaults to ``1 / sqrt(d)``.
+
+    Returns
+    -------
+    out : ndarray, shape (..., Lq, dv)
+    """
+    p = _sdpa_prepare(q, k, v, mask, causal, scale)
+    out, _, _ = _sdpa_run(p)
+    return out.reshape(p["batch"] + out.shape[1:])
+
+
+def scaled_dot_product_train(q, k, v, mask=None, causal=False, scale=None):
+    """:func:`scaled_dot_product` that also returns a tape for the backward pass."""
+    p = _sdpa_prepare(q, k, v, mask, causal, scale)
+    out, lse, _ = _sdpa_run(p)
+    p.update(out=out, lse=lse)
+    return out.reshape(p["batch"] + out.shape[1:]), AttentionTape("sdpa", p)
+
+
+def scaled_dot_product_backward(tape, grad_out):
+    """Gradients ``(dq, dk, dv)`` of :func:`scaled_dot_product`, shaped like q, k, v.
+
+    For self-attention (the same array passed as q, k and v) the gradient of
+    that array is ``dq + dk + dv``.
+    """
+    p = _tape(tape, "sdpa")
+    out = p["out"]
+    grad_out = _floats(("grad_out",), (grad_out,), out.dtype)[0]
+    expected = p["batch"] + out.shape[1:]
+    check.shape("grad_out", grad_out, expected)
+    dq, dk, dv = (np.empty_like(p[n]) for n in ("q", "k", "v"))
+    _sdpa_backward(p["q"], p["k"], p["v"], p["madd"], p["mbool"], p["causal"],
+                   out.dtype.type(p["scale"]), p["B1"], out, p["lse"],
+                   np.ascontiguousarray(grad_out).reshape(out.shape), dq, dk, dv)
+    batch = p["batch"]
+    return tuple(_unbroadcast(g.reshape(batch + g.shape[1:]), shape)
+                 for g, shape in zip((dq, dk, dv), p["shapes"]))
+
+
+def _tape(tape, kind):
+    if not isinstance(tape, AttentionTape) or tape.kind != kind:
+        raise TypeError(f"tape must come from the matching *_train function ({kind}); got "
+                        f"{getattr(tape, 'kind', type(tape).__name__)}")
+    return tape.saved
+
+
+# ----------------------------------------------------------------------------- additive
+
+def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
+    query, keys, values, W_q, W_k, v = _floats(
+        ("query", "keys", "values", "W_q", "W_k", "v"), (query, keys, values, W_q, W_k, v))
+    if query.ndim != 2:
+        raise ValueError(f"query must have shape (batch, query_size); got {query.shape}")
+    B, qs = query.shape
+    if keys.ndim != 3 or keys.shape[0] != B:
+        raise ValueError(f"keys must have shape ({B}, L, key_size); got {keys.shape}")
+    L, ks = keys.shape[1:]
+    if values.ndim != 3 or values.shape[:2] != (B, L):
+        raise ValueError(f"values must have shape ({B}, {L}, value_size); got {values.shape}")
+    if W_q.ndim != 2 or W_q.shape[1] != qs:
+        raise ValueError(f"W_q must have shape (hidden, {qs}); got {W_q.shape}")
+    H = W_q.shape[0]
+    check.shape("W_k", W_k, (H, ks))
+    check.shape("v", v, (H,))
+    if bias is None:
+        bias = np.zeros(H, query.dtype)
+    check.shape("bias", bias, (H,))
+    mb = np.empty((0, 0), np.bool_)
+    if mask is not None:
+        mask = check.to_numpy(mask)
+        if mask.shape != (B, L):
+            raise ValueError(f"mask must have shape ({B}, {L}) (True = attend); got {mask.shape}")
+        mb = np.ascontiguousarray(mask != 0)
+    pq = np.ascontiguousarray(query @ W_q.T)
+    pk = np.ascontiguousarray((keys.reshape(B * L, ks) @ W_k.T).reshape(B, L, H))
+    return dict(query=query, keys=keys, values=np.ascontiguousarray(values), W_q=W_q, W_k=W_k,
+                v=np.ascontiguousarray(v), bias=np.ascontiguousarray(bias), mask=mb, pq=pq, pk=pk)
+
+
+def _additive_run(p):
+    B, L, _ = p["pk"].shape
+    dt = p["pq"].dtype
+    context = np.empty((B, p["values"].shape[2]), dt)
+    weights = np.empty((B, L), dt)
+    _additive_forward(p["pq"], p["pk"], p["bias"], p["v"], p["values"], p["mask"], context,
+                      weights)
+    return context, weights
+
+
+def additive(query, keys, values, W_q, W_k, v, mask=None):
+    """Bahdanau (additive) attention.
+
+    ``score_j = v · tanh(W_q query + W_k keys_j)``, ``weights = softmax(score)``,
+    ``context = Σ_j weights_j values_j``.
+
+    Parameters
+    ----------
+    query : ndarray, shape (batch, query_size)
+    keys : ndarray, shape (batch, L, key_size)
+    values : ndarray, shape (batch, L, value_size)
+    W_q : ndarray, shape (hidden, query_size)
+    W_k : ndarray, shape (hidden, key_size)
+    v : ndarray, shape (hidden,)
+    mask : ndarray of bool, shape (batch, L), optional
+        True = attend (e.g. ``np.arange(L) < lengths[:, None]``).
+
+    Returns
+    -------
+    context : ndarray, shape (batch, value_size)
+    weights : ndarray, shape (batch, L)
+    """
+    return _additive_run(_additive_prepare(query, keys, values, W_q, W_k, v, None, mask))
+
+
+def additive_train(query, keys, values, W_q, W_k, v, mask=None, bias=None):
+    """:func:`additive` plus a tape; ``bias`` (hidden,) is added inside the tanh if given."""
+    p = _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask)
+    context, weights = _additive_run(p)
+    p["weights"] = weights
+    return context, weights, AttentionTape("additive", p)
+
+
+def additive_backward(tape, grad_context, grad_weights=None):
+    """Gradients of :func:`additive`: a dict with ``query, keys, values, W_q, W_k, v, bias``.
+
+    ``grad_weights`` (batch, L) is the gradient w.r.t. the returned weights, if they
+    feed the loss too.
+    """
+    p = _tape(tape, "additive")
+    w, values = p["weights"], p["values"]
+    dt = w.dtype
+    grad_context = _floats(("grad_context",), (grad_context,), dt)[0]
+    check.shape("grad_context", grad_context, (w.shape[0], values.shape[2]))
+    dw = np.einsum("bt,blt->bl", grad_context, values)
+    if grad_weights is not None:
+        grad_weights = _floats(("grad_weights",), (grad_weights,), dt)[0]
+        check.shape("grad_weights", grad_weights, w.shape)
+        dw = dw + grad_weights
+    dvalues = w[:, :, None] * grad_context[:, None, :]
+    dscore = w * (dw - np.sum(w * dw, axis=1, keepdims=True))  # masked: w = 0 -> 0
+    e = np.tanh(p["pq"][:, None, :] + p["pk"] + p["bias"])
+    da = dscore[:, :, None] * p["v"] * (1.0 - e * e)        # (B, L, H)
+    dpq = da.sum(axis=1)
+    B, L, H = da.shape
+    da2 = da.reshape(B * L, H)
+    keys2 = p["keys"].reshape(B * L, -1)
+    return dict(query=dpq @ p["W_q"], keys=(da2 @ p["W_k"]).reshape(p["keys"].shape),
+                values=dvalues, W_q=dpq.T @ p["query"], W_k=da2.T @ keys2,
+                v=np.einsum("bl,blh->h", dscore, e), bias=da2.sum(axis=0))
+
+
+# ----------------------------------------------------------------------------- Luong
+
+def _luong_weights(method, weights, H):
+    if method == "dot":
+        return ()
+    if method not in ("general", "concat"):
+        raise ValueError(f"method must be 'dot', 'general' or 'concat'; got {method!r}")
+    parts = tuple(weights) if isinstance(weights, (tuple, list)) else (weights,)
+    if method == "general":
+        if len(parts) == 1:
+            parts = parts + (None,)
+        if len(parts) != 2:
+            raise ValueError("weights for method='general' must be W or (W, b)")
+        W, b = parts
+        check.shape("weights[0] (W)", W, (H, H))
+        return W, b
+    if len(parts) == 2:
+        parts = (parts[0], None, parts[1])
+    if len(parts) != 3:
+        raise ValueError("weights for method='concat' must be (W, v) or (W, b, v)")
+    W, b, v = parts
+    check.shape("weights[0] (W)", W, (H, 2 * H))
+    check.shape("weights[-1] (v)", v, (H,))
+    return W, b, v
+
+
+def luong_train(query, keys, values=None, method="dot", weights=None, mask=None):
+    """:func:`luong` plus a tape for :func:`luong_backward`."""
+    values = keys if values is None else values
+    query, keys, values = _floats(("query", "keys", "values"), (query, keys, values))
+    if query.ndim != 2 or keys.ndim != 3 or keys.shape[0] != query.shape[0] \
+            or keys.shape[2] != query.shape[1]:
+        raise ValueError(f"query must have shape (batch, hidden) and keys (batch, L, hidden); "
+                         f"got {query.shape} and {keys.shape}")
+    H = query.shape[1]
+    params = _luong_weights(method, weights, H)
+    if method == "concat":
+        W, b, v = params
+        ctx, w, tape = additive_train(query, keys, values, W[:, :H], W[:, H:], v, mask,
+                                      None if b is None else b)
+        return ctx, w, AttentionTape("luong", dict(method=method, inner=tape, H=H))
+    qq = query if method == "dot" else query @ params[0]  # q · (W k + b) = (Wᵀq) · k + const
+    mask3 = None if mask is None else check.to_numpy(mask)[:, None, :]
+    if mask3 is not None and mask3.shape != (query.shape[0], 1, keys.shape[1]):
+        raise ValueError(f"mask must have shape {(query.shape[0], keys.shape[1])}; got "
+                         f"{mask.shape}")
+    p = _sdpa_prepare(qq[:, None, :], keys, values, mask3, False, 1.0)
+    out, lse, probs = _sdpa_run(p, probs=True)
+    p.update(out=out, lse=lse)
+    saved = dict(method=method, inner=AttentionTape("sdpa", p), H=H, query=query,
+                 params=params, qq=qq, probs=probs[:, 0])
+    return out[:, 0], probs[:, 0], AttentionTape("luong", saved)
+
+
+def luong(query, keys, values=None, method="dot", weights=None, mask=None):
+    """Luong attention for one query per batch row.
+
+    Parameters
+    ----------
+    query : ndarray, shape (batch, hidden)
+    keys : ndarray, shape (batch, L, hidden)
+    values : ndarray, shape (batch, L, value_size), optional (defaults to ``keys``)
+    method : {"dot", "general", "concat"}
+        ``dot``: ``q · k_j``; ``general``: ``q · (W k_j + b)``, ``weights = W`` or
+        ``(W, b)`` with W (hidden, hidden); ``concat``: ``v · tanh(W [q; k_j] + b)``,
+        ``weights = (W, v)`` or ``(W, b, v)`` with W (hidden, 2·hidden).
+    mask : ndarray of bool, shape (batch, L), optional
+
+    Returns
+    -------
+    context : ndarray, shape (batch, value_size)
+    weights : ndarray, shape (batch, L)
+    """
+    ctx, w, _ = luong_train(query, keys, values, method, weights, mask)
+    return ctx, w
+
+
+def luong_backward(tape, grad_context, grad_weights=None):
+    """Gradients of :func:`luong`: dict with ``query, keys, values`` and ``W``
+    (``general``/``concat``), ``b`` (if given) and ``v`` (``concat``).
+
+    ``grad_weights`` (batch, L) is the gradient w.r.t. the returned weights, if any.
+    """
+    s = _tape(tape, "luong")
+    if s["method"] == "concat":
+        g = additive_backward(s["inner"], grad_context, grad_weights)
+        out = dict(query=g["query"], keys=g["keys"], values=g["values"],
+                   W=np.concatenate([g["W_q"], g["W_k"]], axis=1), b=g["bias"], v=g["v"])
+        return out
+    p = s["inner"].saved
+    grad_context = _floats(("grad_context",), (grad_context,), p["out"].dtype)[0]
+    check.shape("grad_context", grad_context, (p["out"].shape[0], p["out"].shape[2]))
+    dqq, dk, dv = scaled_dot_product_backward(s["inner"], grad_context[:, None, :])
+    dqq = dqq[:, 0]
+    if grad_weights is not None:  # through the returned weights: softmax backward
+        w = s["probs"]
+        grad_weights = _floats(("grad_weights",), (grad_weights,), w.dtype)[0]
+        check.shape("grad_weights", grad_weights, w.shape)
+        dscore = w * (grad_weights - np.sum(w * grad_weights, axis=1, keepdims=True))
+        dqq = dqq + np.einsum("bl,blh->bh", dscore, p["k"])
+        dk = dk + dscore[:, :, None] * s["qq"][:, None, :]
+    out = dict(keys=dk, values=dv)
+    if s["method"] == "dot":
+        out["query"] = dqq
+        return out
+    W, b = s["params"]
+    out["query"] = dqq @ W.T
+    out["W"] = s["query"].T @ dqq
+    if b is not None:
+        out["b"] = np.zeros_like(b)  # q · b is constant over keys: softmax ignores it
+    return out
+
+
+# ----------------------------------------------------------------------------- tutorial Attn
+
+def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
+    """The seq2seq tutorial's ``Attn`` with a tape; see :func:`concat_attn`."""
+    Q, K, V, W_attn, b_attn, W_combine, b_combine = _floats(
+        ("Q", "K", "V", "W_attn", "b_attn", "W_combine", "b_combine"),
+        (Q, K, V, W_attn, b_attn, W_combine, b_combine))
+    if Q.ndim != 3 or Q.shape[0] != 1:
+        raise ValueError(f"Q must have shape (1, batch, query_size); got {Q.shape}")
+    B, qs = Q.shape[1:]
+    if K.ndim != 3 or K.shape[:2] != (1, B):
+        raise ValueError(f"K must have shape (1, {B}, key_size); got {K.shape}")
+    if V.ndim != 3 or V.shape[0] != B:
+        raise ValueError(f"V must have shape ({B}, value_size1, value_size2); got {V.shape}")
+    L, vs2 = V.shape[1:]
+    check.shape("W_attn", W_attn, (L, qs + K.shape[2]))
+    check.shape("b_attn", b_attn, (L,))
+    if W_combine.ndim != 2 or W_combine.shape[1] != qs + vs2:
+        raise ValueError(f"W_combine must have shape (output_size, {qs + vs2}); got "
+                         f"{W_combine.shape}")
+    check.shape("b_combine", b_combine, (W_combine.shape[0],))
+    x = np.concatenate([Q[0], K[0]], axis=1)                  # (B, qs + ks)
+    logits = x @ W_attn.T + b_attn
+    logits = logits - logits.max(axis=1, keepdims=True)
+    w = np.exp(logits)
+    w /= w.sum(axis=1, keepdims=True)                         # (B, L)
+    applied = np.einsum("bl,blv->bv", w, V)                   # (B, vs2)
+    z = np.concatenate([Q[0], applied], axis=1)
+    out = (z @ W_combine.T + b_combine)[None]                 # (1, B, out)
+    saved = dict(Q=Q, K=K, V=V, x=x, w=w, z=z, W_attn=W_attn, W_combine=W_combine, qs=qs)
+    return out, w, AttentionTape("concat_attn", saved)
+
+
+def concat_attn(Q, K, V, W_attn, b_attn, W_combine, b_combine):
+    """The ``Attn`` module of PyTorch's seq2seq tutorial, on arrays.
+
+    ``weights = softmax([Q, K] W_attnᵀ + b_attn)``; ``applied = weights · V``;
+    ``output = [Q, applied] W_combineᵀ + b_combine``.
+
+    Parameters
+    ----------
+    Q : ndarray, shape (1, batch, query_size)
+    K : ndarray, shape (1, batch, key_size)
+    V : ndarray, shape (batch, value_size1, value_size2)
+    W_attn, b_attn : ndarray, shapes (value_size1, query_size + key_size), (value_size1,)
+    W_combine, b_combine : ndarray, shapes (output_size, query_size + value_size2), (output_size,)
+
+    Returns
+    -------
+    output : ndarray, shape (1, batch, output_size)
+    weights : ndarray, shape (batch, value_size1)
+    """
+    out, w, _ = concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine)
+    return out, w
+
+
+def concat_attn_backward(tape, grad_output, grad_weights=None):
+    """Gradients of :func:`concat_attn`: dict with ``Q, K, V, W_attn, b_attn, W_combine,
+    b_combine``."""
+    s = _tape(tape, "concat_attn")
+    w, z = s["w"], s["z"]
+    dt = w.dtype
+    grad_output = _floats(("grad_output",), (grad_output,), dt)[0]
+    check.shape("grad_output", grad_output, (1, w.shape[0], s["W_combine"].shape[0]))
+    go = grad_output[0]
+    dz = go @ s["W_combine"]
+    qs = s["qs"]
+    dq_direct, dapplied = dz[:, :qs], dz[:, qs:]
+    dw = np.einsum("bv,blv->bl", dapplied, s["V"])
+    if grad_weights is not None:
+        dw = dw + _floats(("grad_weights",), (grad_weights,), dt)[0]
+    dV = w[:, :, None] * dapplied[:, None, :]
+    dlogits = w * (dw - np.sum(w * dw, axis=1, keepdims=True))
+    dx = dlogits @ s["W_attn"]
+    return dict(Q=(dq_direct + dx[:, :qs])[None], K=dx[:, qs:][None], V=dV,
+                W_attn=dlogits.T @ s["x"], b_attn=dlogits.sum(axis=0),
+                W_combine=go.T @ z, b_combine=go.sum(axis=0))
