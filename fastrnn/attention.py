@@ -33,6 +33,7 @@ import numpy as np
 from . import _validation as check
 from ._jit import kernel
 from .activations import tanh
+from .linalg import gemm
 
 __all__ = ["scaled_dot_product", "scaled_dot_product_train", "scaled_dot_product_backward",
            "additive", "additive_train", "additive_backward",
@@ -373,8 +374,8 @@ def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
         if mask.shape != (B, L):
             raise ValueError(f"mask must have shape ({B}, {L}) (True = attend); got {mask.shape}")
         mb = np.ascontiguousarray(mask != 0)
-    pq = np.ascontiguousarray(query @ W_q.T)
-    pk = np.ascontiguousarray((keys.reshape(B * L, ks) @ W_k.T).reshape(B, L, H))
+    pq = gemm(query, W_q.T)
+    pk = gemm(np.ascontiguousarray(keys).reshape(B * L, ks), W_k.T).reshape(B, L, H)
     return dict(query=query, keys=keys, values=np.ascontiguousarray(values), W_q=W_q, W_k=W_k,
                 v=np.ascontiguousarray(v), bias=np.ascontiguousarray(bias), mask=mb, pq=pq, pk=pk)
 
@@ -445,9 +446,9 @@ def additive_backward(tape, grad_context, grad_weights=None):
     dpq = da.sum(axis=1)
     B, L, H = da.shape
     da2 = da.reshape(B * L, H)
-    keys2 = p["keys"].reshape(B * L, -1)
-    return dict(query=dpq @ p["W_q"], keys=(da2 @ p["W_k"]).reshape(p["keys"].shape),
-                values=dvalues, W_q=dpq.T @ p["query"], W_k=da2.T @ keys2,
+    keys2 = np.ascontiguousarray(p["keys"]).reshape(B * L, -1)
+    return dict(query=gemm(dpq, p["W_q"]), keys=gemm(da2, p["W_k"]).reshape(p["keys"].shape),
+                values=dvalues, W_q=gemm(dpq.T, p["query"]), W_k=gemm(da2.T, keys2),
                 v=np.einsum("bl,blh->h", dscore, e), bias=da2.sum(axis=0))
 
 
@@ -492,7 +493,7 @@ def luong_train(query, keys, values=None, method="dot", weights=None, mask=None)
         ctx, w, tape = additive_train(query, keys, values, W[:, :H], W[:, H:], v, mask,
                                       None if b is None else b)
         return ctx, w, AttentionTape("luong", dict(method=method, inner=tape, H=H))
-    qq = query if method == "dot" else query @ params[0]  # q · (W k + b) = (Wᵀq) · k + const
+    qq = query if method == "dot" else gemm(query, params[0])  # q · (W k + b) = (Wᵀq) · k + const
     mask3 = None if mask is None else check.to_numpy(mask)[:, None, :]
     if mask3 is not None and mask3.shape != (query.shape[0], 1, keys.shape[1]):
         raise ValueError(f"mask must have shape {(query.shape[0], keys.shape[1])}; got "
@@ -557,8 +558,8 @@ def luong_backward(tape, grad_context, grad_weights=None):
         out["query"] = dqq
         return out
     W, b = s["params"]
-    out["query"] = dqq @ W.T
-    out["W"] = s["query"].T @ dqq
+    out["query"] = gemm(dqq, W.T)
+    out["W"] = gemm(s["query"].T, dqq)
     if b is not None:
         out["b"] = np.zeros_like(b)  # q · b is constant over keys: softmax ignores it
     return out
@@ -586,13 +587,13 @@ def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
                          f"{W_combine.shape}")
     check.shape("b_combine", b_combine, (W_combine.shape[0],))
     x = np.concatenate([Q[0], K[0]], axis=1)                  # (B, qs + ks)
-    logits = x @ W_attn.T + b_attn
+    logits = gemm(x, W_attn.T) + b_attn
     logits = logits - logits.max(axis=1, keepdims=True)
     w = np.exp(logits)
     w /= w.sum(axis=1, keepdims=True)                         # (B, L)
     applied = np.einsum("bl,blv->bv", w, V)                   # (B, vs2)
     z = np.concatenate([Q[0], applied], axis=1)
-    out = (z @ W_combine.T + b_combine)[None]                 # (1, B, out)
+    out = (gemm(z, W_combine.T) + b_combine)[None]            # (1, B, out)
     saved = dict(Q=Q, K=K, V=V, x=x, w=w, z=z, W_attn=W_attn, W_combine=W_combine, qs=qs)
     return out, w, AttentionTape("concat_attn", saved)
 
@@ -629,7 +630,7 @@ def concat_attn_backward(tape, grad_output, grad_weights=None):
     grad_output = _floats(("grad_output",), (grad_output,), dt)[0]
     check.shape("grad_output", grad_output, (1, w.shape[0], s["W_combine"].shape[0]))
     go = grad_output[0]
-    dz = go @ s["W_combine"]
+    dz = gemm(go, s["W_combine"])
     qs = s["qs"]
     dq_direct, dapplied = dz[:, :qs], dz[:, qs:]
     dw = np.einsum("bv,blv->bl", dapplied, s["V"])
@@ -637,7 +638,7 @@ def concat_attn_backward(tape, grad_output, grad_weights=None):
         dw = dw + _floats(("grad_weights",), (grad_weights,), dt)[0]
     dV = w[:, :, None] * dapplied[:, None, :]
     dlogits = w * (dw - np.sum(w * dw, axis=1, keepdims=True))
-    dx = dlogits @ s["W_attn"]
+    dx = gemm(dlogits, s["W_attn"])
     return dict(Q=(dq_direct + dx[:, :qs])[None], K=dx[:, qs:][None], V=dV,
-                W_attn=dlogits.T @ s["x"], b_attn=dlogits.sum(axis=0),
-                W_combine=go.T @ z, b_combine=go.sum(axis=0))
+                W_attn=gemm(dlogits.T, s["x"]), b_attn=dlogits.sum(axis=0),
+                W_combine=gemm(go.T, z), b_combine=go.sum(axis=0))

@@ -18,7 +18,7 @@ import numpy as np
 from . import _validation as check
 from . import gru, lstm, rnn
 from ._params import ParameterMixin
-from .linalg import matmul_nt, numpy_gemm
+from .linalg import gemm, matmul_nt
 from .training import Gradients, Tape, backward_recurrence
 
 __all__ = ["RNN", "LSTM", "GRU", "BLAS_MIN_BATCH"]
@@ -35,7 +35,7 @@ def _empty_tapes(dtype):
 
 
 def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-                   tapes=None, gemm=numpy_gemm):
+                   tapes=None, gemm=gemm):
     """Drive one layer-direction's recurrence with the best product for the batch size.
 
     ``h`` and ``c`` are updated in place to the final state; ``y`` (T, B, P) is
@@ -70,7 +70,7 @@ class _RNNBase(ParameterMixin):
     """Shared machinery of RNN, LSTM and GRU; see those classes for the API."""
 
     mode = None
-    _gemm = staticmethod(numpy_gemm)
+    _gemm = staticmethod(gemm)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, nonlinearity="tanh",

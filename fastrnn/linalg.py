@@ -22,6 +22,25 @@ def numpy_gemm(a, b, out=None):
     return np.matmul(a, b, out=out)
 
 
+_GEMM = [numpy_gemm]
+
+
+def gemm(a, b, out=None):
+    """``a @ b`` (2-D) with the process-wide product function (see :func:`set_gemm`)."""
+    return _GEMM[0](a, b, out=out)
+
+
+def set_gemm(fn):
+    """Route fastrnn's large matrix products through ``fn(a, b, out=None)``.
+
+    ``fastrnn_torch`` calls this on import with torch's product, so a process
+    that uses torch runs one BLAS thread pool, not two. Returns the previous function.
+    """
+    previous = _GEMM[0]
+    _GEMM[0] = fn
+    return previous
+
+
 @kernel
 def matmul_nt(a, w, out):
     """``out[:] = a @ w.T`` for ``a`` (B, K), ``w`` (N, K), ``out`` (B, N), all C-contiguous."""

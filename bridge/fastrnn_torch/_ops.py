@@ -84,10 +84,13 @@ def torch_gemm(a, b, out=None):
     return out
 
 
+fastrnn.linalg.set_gemm(torch_gemm)  # one BLAS thread pool per process: torch's
+
+
 def _bound(config, weights):
     core = core_model(config)
     names = list(core._params)
-    return core._bind({n: w.detach().numpy() for n, w in zip(names, weights)}, torch_gemm)
+    return core._bind({n: w.detach().numpy() for n, w in zip(names, weights)})
 
 
 def _sizes(config):
