@@ -24,7 +24,8 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-__all__ = ["tanh", "sigmoid", "relu", "TANH_F32_MAX_ABS_ERROR"]
+__all__ = ["tanh", "sigmoid", "relu", "exp_nonpos", "TANH_F32_MAX_ABS_ERROR",
+           "EXP_F32_MAX_REL_ERROR"]
 
 #: Bound on ``|tanh_f32(x) - tanh(x)|`` over all x, checked by the tests.
 TANH_F32_MAX_ABS_ERROR = 5e-7
@@ -64,6 +65,42 @@ def _tanh_rational(x):
 _tanh_f32 = numba.njit(_tanh_rational, error_model="numpy", nogil=True)
 
 
+#: Bound on the relative error of the float32 ``exp_nonpos`` on [-87, 0], checked by the tests.
+EXP_F32_MAX_REL_ERROR = 3e-7
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)          # Cody-Waite split of ln 2: exact high part
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_FLOOR = np.float32(-103.9)            # exp(-103.9) is below float32's smallest subnormal
+_POW2 = np.array([0.0] + [2.0 ** k for k in range(-149, 1)], np.float32)  # 2**(i - 150)
+_C0, _C1, _C2, _C3, _C4, _C5, _C6 = (np.float32(1.0 / math.factorial(i)) for i in range(7))
+
+
+def _exp_nonpos_f32(x):
+    """exp(x) for x <= 0 in float32, vectorisable: x = n ln2 + r, |r| <= ln2/2,
+    exp(r) by a degree-6 polynomial, 2**n from a 151-entry table (gathered)."""
+    x = _EXP_FLOOR if x < _EXP_FLOOR else x
+    x = x if x < 0 else x * 0  # the domain is x <= 0: clamp, never index past the table
+    n = math.floor(x * _LOG2E + np.float32(0.5))
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = r * _C6 + _C5
+    p = r * p + _C4
+    p = r * p + _C3
+    p = r * p + _C2
+    p = r * p + _C1
+    p = r * p + _C0
+    return p * _POW2[int(n) + 150]
+
+
+_exp_f32 = numba.njit(_exp_nonpos_f32, error_model="numpy", nogil=True)
+
+
+def exp_nonpos(x):
+    """``exp(x)`` for ``x <= 0`` (softmax after max-subtraction): vectorisable in float32,
+    exact in float64; ``exp(-inf) = 0``."""
+    return math.exp(x)
+
+
 def tanh(x):
     """Hyperbolic tangent: rational approximation for float32, exact otherwise."""
     return math.tanh(x)
@@ -99,6 +136,13 @@ def _sigmoid_overload(x):
 
         return impl
     return lambda x: 0.5 + 0.5 * math.tanh(0.5 * x)
+
+
+@overload(exp_nonpos)
+def _exp_overload(x):
+    if _is_f32(x):
+        return lambda x: _exp_f32(x)
+    return lambda x: math.exp(x)
 
 
 @overload(relu)

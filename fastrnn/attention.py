@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _validation as check
 from ._jit import kernel
-from .activations import tanh
+from .activations import exp_nonpos, tanh
 from .linalg import gemm
 
 __all__ = ["scaled_dot_product", "scaled_dot_product_train", "scaled_dot_product_backward",
@@ -44,109 +44,88 @@ __all__ = ["scaled_dot_product", "scaled_dot_product_train", "scaled_dot_product
 # ----------------------------------------------------------------------------- kernels
 
 @kernel
-def _allowed(madd, mbool, causal, b0, b1, i, j):
-    """Additive mask value of (i, j), or -inf where the key is masked out."""
-    if causal and j > i:
-        return -np.inf
-    if mbool.shape[0] > 0 and not mbool[b0, b1, i, j]:
-        return -np.inf
-    if madd.shape[0] > 0:
-        return madd[b0, b1, i, j]
-    return 0.0
+def _mask_block(S, madd, mbool, causal, scale, B1, q0):
+    """Scale the score block ``S`` (N, b, Lk) for query rows q0..q0+b in place and
+    set masked entries to -inf. Masks are 4-D views (B0, B1, Lq, Lk) or empty."""
+    N, b, Lk = S.shape
+    has_add, has_bool = madd.shape[0] > 0, mbool.shape[0] > 0
+    for n in range(N):
+        b0, b1 = n // B1, n % B1
+        for r in range(b):
+            i = q0 + r
+            row = S[n, r]
+            for j in range(Lk):
+                row[j] *= scale
+            if has_add:
+                for j in range(Lk):
+                    row[j] += madd[b0, b1, i, j]
+            if has_bool:
+                for j in range(Lk):
+                    if not mbool[b0, b1, i, j]:
+                        row[j] = -np.inf
+            if causal:
+                for j in range(i + 1, Lk):
+                    row[j] = -np.inf
 
 
 @kernel
-def _sdpa_forward(q, k, v, madd, mbool, causal, scale, B1, out, lse, probs):
-    """out[n, i] = Σ_j softmax_j(scale q_i·k_j + mask_ij) v_j; one row of scores at a time.
-
-    ``q`` (N, Lq, d), ``k`` (N, Lk, d), ``v`` (N, Lk, dv); masks are 4-D views
-    (B0, B1, Lq, Lk) over N = B0 * B1 (possibly broadcast, zero strides) or
-    empty. ``lse`` receives each row's log-sum-exp (-inf for a fully masked
-    row); a non-empty ``probs`` (N, Lq, Lk) receives the attention weights.
-    """
-    N, Lq, d = q.shape
-    Lk = k.shape[1]
-    keep = probs.shape[0] > 0
-    s = np.empty(Lk, dtype=q.dtype)
+def _softmax_block(S, madd, mbool, causal, scale, B1, q0, lse):
+    """Scores -> probabilities in place, row by row (max-subtracted); ``lse`` receives
+    each row's log-sum-exp, -inf for a fully masked row (whose probabilities are 0)."""
+    _mask_block(S, madd, mbool, causal, scale, B1, q0)
+    N, b, Lk = S.shape
     for n in range(N):
-        b0, b1 = n // B1, n % B1
-        for i in range(Lq):
-            qi = q[n, i]
-            oi = out[n, i]
-            oi[:] = 0
-            m = -np.inf
-            for j in range(Lk):
-                x = _allowed(madd, mbool, causal, b0, b1, i, j)
-                if x != -np.inf:
-                    kj = k[n, j]
-                    acc = qi[0] * 0
-                    for t in range(d):
-                        acc += qi[t] * kj[t]
-                    x += acc * scale
-                s[j] = x
-                m = max(m, x)
+        for r in range(b):
+            row = S[n, r]
+            m = row[0]  # typed like the scores, so exp_nonpos stays in their precision
+            for j in range(1, Lk):
+                if row[j] > m:
+                    m = row[j]
             if m == -np.inf:
-                lse[n, i] = -np.inf
-                if keep:
-                    probs[n, i, :] = 0
+                row[:] = 0
+                lse[n, q0 + r] = -np.inf
                 continue
-            total = 0.0
+            total = m * 0  # m is finite here; row[0] may be -inf (and -inf * 0 is NaN)
             for j in range(Lk):
-                p = math.exp(s[j] - m)
-                s[j] = p
-                total += p
-            inv = 1.0 / total
+                e = exp_nonpos(row[j] - m)
+                row[j] = e
+                total += e
+            inv = 1 / total
             for j in range(Lk):
-                p = s[j] * inv
-                if keep:
-                    probs[n, i, j] = p
-                if p != 0:
-                    vj = v[n, j]
-                    for t in range(oi.shape[0]):
-                        oi[t] += p * vj[t]
-            lse[n, i] = m + math.log(total)
+                row[j] *= inv
+            lse[n, q0 + r] = m + math.log(total)
 
 
 @kernel
-def _sdpa_backward(q, k, v, madd, mbool, causal, scale, B1, out, lse, dout, dq, dk, dv):
-    """Gradients of :func:`_sdpa_forward`, recomputing the probabilities from ``lse``:
-
-    p_ij = exp(s_ij - lse_i);  dv_j += p_ij dO_i;  dp_ij = dO_i · v_j;
-    ds_ij = p_ij (dp_ij - dO_i · O_i);  dq_i += scale ds_ij k_j;  dk_j += scale ds_ij q_i.
-    """
-    N, Lq, d = q.shape
-    Lk = k.shape[1]
-    dq[:] = 0
-    dk[:] = 0
-    dv[:] = 0
+def _probs_block(S, madd, mbool, causal, scale, B1, q0, lse):
+    """Recompute probabilities from scores and the forward's log-sum-exp, in place."""
+    _mask_block(S, madd, mbool, causal, scale, B1, q0)
+    N, b, Lk = S.shape
     for n in range(N):
-        b0, b1 = n // B1, n % B1
-        for i in range(Lq):
-            if lse[n, i] == -np.inf:
+        for r in range(b):
+            row = S[n, r]
+            L = lse[n, q0 + r]
+            if L == -np.inf:
+                row[:] = 0
                 continue
-            qi, doi, oi, dqi = q[n, i], dout[n, i], out[n, i], dq[n, i]
-            big_d = doi[0] * 0
-            for t in range(doi.shape[0]):
-                big_d += doi[t] * oi[t]
+            zero = L * 0
             for j in range(Lk):
-                x = _allowed(madd, mbool, causal, b0, b1, i, j)
-                if x == -np.inf:
-                    continue
-                kj, vj = k[n, j], v[n, j]
-                acc = qi[0] * 0
-                for t in range(d):
-                    acc += qi[t] * kj[t]
-                p = math.exp(x + acc * scale - lse[n, i])
-                dvj = dv[n, j]
-                dp = doi[0] * 0
-                for t in range(doi.shape[0]):
-                    dvj[t] += p * doi[t]
-                    dp += doi[t] * vj[t]
-                ds = p * (dp - big_d) * scale
-                dkj = dk[n, j]
-                for t in range(d):
-                    dqi[t] += ds * kj[t]
-                    dkj[t] += ds * qi[t]
+                row[j] = exp_nonpos(min(row[j] - L, zero))
+
+
+@kernel
+def _dscores_block(P, dP, dO, O, scale):
+    """dS = P * (dP - rowsum(dO * O)) * scale, written into dP."""
+    N, b, Lk = P.shape
+    for n in range(N):
+        for r in range(b):
+            o, do = O[n, r], dO[n, r]
+            big_d = o[0] * 0
+            for t in range(o.shape[0]):
+                big_d += o[t] * do[t]
+            p, dp = P[n, r], dP[n, r]
+            for j in range(Lk):
+                dp[j] = p[j] * (dp[j] - big_d) * scale
 
 
 @kernel
@@ -274,14 +253,36 @@ def _sdpa_prepare(q, k, v, mask, causal, scale):
                 B1=max(B1, 1), batch=batch, shapes=(q.shape, k.shape, v.shape))
 
 
+#: Scores held at once (elements): query rows are processed in blocks of this size
+#: over every batch entry, so memory is O(Lk) per row, never O(Lq * Lk) per head.
+BLOCK_ELEMS = 1 << 20
+
+
+def _row_blocks(p):
+    N, Lq, _ = p["q"].shape
+    Lk = p["k"].shape[1]
+    rows = max(1, min(Lq, BLOCK_ELEMS // max(1, N * Lk)))
+    return [(q0, min(Lq, q0 + rows)) for q0 in range(0, Lq, rows)]
+
+
 def _sdpa_run(p, probs=False):
-    q = p["q"]
+    """Per block of query rows: S = Q Kᵀ (BLAS), masked softmax in place (Numba),
+    O = P V (BLAS). Returns ``(out, lse, probs or empty)``."""
+    q, k, v = p["q"], p["k"], p["v"]
     N, Lq, _ = q.shape
-    out = np.empty((N, Lq, p["v"].shape[2]), q.dtype)
-    lse = np.empty((N, Lq), q.dtype)
-    pr = np.empty((N, Lq, p["k"].shape[1]), q.dtype) if probs else np.empty((0, 0, 0), q.dtype)
-    _sdpa_forward(q, p["k"], p["v"], p["madd"], p["mbool"], p["causal"], q.dtype.type(p["scale"]),
-                  p["B1"], out, lse, pr)
+    Lk, dv = v.shape[1:]
+    dt = q.dtype
+    out = np.empty((N, Lq, dv), dt)
+    lse = np.empty((N, Lq), dt)
+    pr = np.empty((N, Lq, Lk), dt) if probs else np.empty((0, 0, 0), dt)
+    kT = k.transpose(0, 2, 1)
+    for q0, q1 in _row_blocks(p):
+        S = np.ascontiguousarray(gemm(q[:, q0:q1], kT))
+        _softmax_block(S, p["madd"], p["mbool"], p["causal"], dt.type(p["scale"]), p["B1"], q0,
+                       lse)
+        out[:, q0:q1] = gemm(S, v)
+        if probs:
+            pr[:, q0:q1] = S
     return out, lse, pr
 
 
@@ -331,10 +332,22 @@ def scaled_dot_product_backward(tape, grad_out):
     grad_out = _floats(("grad_out",), (grad_out,), out.dtype)[0]
     expected = p["batch"] + out.shape[1:]
     check.shape("grad_out", grad_out, expected)
-    dq, dk, dv = (np.empty_like(p[n]) for n in ("q", "k", "v"))
-    _sdpa_backward(p["q"], p["k"], p["v"], p["madd"], p["mbool"], p["causal"],
-                   out.dtype.type(p["scale"]), p["B1"], out, p["lse"],
-                   np.ascontiguousarray(grad_out).reshape(out.shape), dq, dk, dv)
+    grad_out = np.ascontiguousarray(grad_out).reshape(out.shape)
+    q, k, v, dt = p["q"], p["k"], p["v"], out.dtype
+    dq = np.empty_like(q)
+    dk = np.zeros_like(k)
+    dv = np.zeros_like(v)
+    kT, vT = k.transpose(0, 2, 1), v.transpose(0, 2, 1)
+    scale = dt.type(p["scale"])
+    for q0, q1 in _row_blocks(p):  # recompute P from Q, K and the saved log-sum-exp
+        S = np.ascontiguousarray(gemm(q[:, q0:q1], kT))
+        _probs_block(S, p["madd"], p["mbool"], p["causal"], scale, p["B1"], q0, p["lse"])
+        do = grad_out[:, q0:q1]
+        dv += gemm(S.transpose(0, 2, 1), do)
+        dP = np.ascontiguousarray(gemm(do, vT))
+        _dscores_block(S, dP, do, out[:, q0:q1], scale)
+        dq[:, q0:q1] = gemm(dP, k)
+        dk += gemm(dP.transpose(0, 2, 1), q[:, q0:q1])
     batch = p["batch"]
     return tuple(_unbroadcast(g.reshape(batch + g.shape[1:]), shape)
                  for g, shape in zip((dq, dk, dv), p["shapes"]))

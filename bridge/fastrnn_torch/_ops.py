@@ -68,10 +68,11 @@ def torch_gemm(a, b, out=None):
     measured in ``asv_bench``); float64 uses ``torch.matmul``.
     """
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    w = tb.T
+    w = tb.mT
     # oneDNN wants both operands row-major; copying pays off only for large products.
     copies = (not ta.is_contiguous()) + (not w.is_contiguous())
-    if _LINEAR is not None and ta.dtype == torch.float32 and (not copies or ta.shape[0] >= 256):
+    if _LINEAR is not None and ta.dtype == torch.float32 and ta.dim() == 2 \
+            and (not copies or ta.shape[0] >= 256):
         result = _LINEAR(ta if ta.is_contiguous() else ta.contiguous(),
                          w if w.is_contiguous() else w.contiguous(), None, "none", [], "")
         if out is None:
