@@ -215,7 +215,7 @@ class RNNFunction(torch.autograd.Function):
 
 def rnn(x, weights, h0, c0, lengths, masks, config, train):
     """Run the model: the custom op under ``torch.compile``, else the cheaper eager path."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return rnn_op(x, weights, h0, c0, lengths, masks, config, train)
     if not train:
         with torch.no_grad():
