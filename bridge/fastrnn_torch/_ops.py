@@ -56,6 +56,8 @@ def _onednn_linear():
 
 
 _LINEAR = _onednn_linear() if torch.backends.mkldnn.is_available() else None
+#: Below this many multiply-adds oneDNN's per-call cost (~15 us) outweighs its speed.
+_ONEDNN_MIN_MACS = 1 << 20
 
 
 def torch_gemm(a, b, out=None):
@@ -72,6 +74,7 @@ def torch_gemm(a, b, out=None):
     # oneDNN wants both operands row-major; copying pays off only for large products.
     copies = (not ta.is_contiguous()) + (not w.is_contiguous())
     if _LINEAR is not None and ta.dtype == torch.float32 and ta.dim() == 2 \
+            and ta.shape[0] * ta.shape[1] * tb.shape[1] >= _ONEDNN_MIN_MACS \
             and (not copies or ta.shape[0] >= 256):
         result = _LINEAR(ta if ta.is_contiguous() else ta.contiguous(),
                          w if w.is_contiguous() else w.contiguous(), None, "none", [], "")
