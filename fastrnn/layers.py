@@ -18,7 +18,7 @@ import numpy as np
 from . import _validation as check
 from . import gru, lstm, rnn
 from ._params import ParameterMixin
-from .linalg import gemm, matmul_nt
+from .linalg import gemm
 from .training import Gradients, Tape, backward_recurrence
 
 __all__ = ["RNN", "LSTM", "GRU", "BLAS_MIN_BATCH"]
@@ -515,38 +515,38 @@ class _RNNBase(ParameterMixin):
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional model: the reverse direction of a "
                              "bidirectional model depends on future inputs")
-        x_t = check.array("x_t", x_t, self.dtype, f"(batch, {self.input_size})")
+        if not (type(x_t) is np.ndarray and x_t.dtype == self.dtype):  # fast path first
+            x_t = check.array("x_t", x_t, self.dtype, f"(batch, {self.input_size})")
         if x_t.ndim not in (1, 2) or x_t.shape[-1] != self.input_size:
             raise ValueError(f"x_t must have shape (batch, {self.input_size}) or "
                              f"({self.input_size},); got {x_t.shape}")
         unbatched = x_t.ndim == 1
         B = 1 if unbatched else x_t.shape[0]
-        ws = self._step_ws.get(B) or self._make_step_ws(B)
-        h_in, c_in = self._state_in(state, B, unbatched)
-        latest, older = ws["buffers"]
-        # Write where the caller's state is not, sparing the latest result when possible.
-        target = latest if h_in is not None and np.may_share_memory(h_in, older[0]) else older
-        ws["buffers"] = (target, older if target is latest else latest)
-        h, c = target
-        if h_in is None:
+        ws = self._step_ws.get((B, unbatched)) or self._make_step_ws(B, unbatched)
+        latest, older = ws["order"]
+        if state is not None and state is ws["returned"][latest]:
+            source = ws["buffers"][latest]  # our own previous result: already validated
+        else:
+            h_in, c_in = self._state_in(state, B, unbatched)
+            source = None if h_in is None else (h_in, c_in)
+            if h_in is not None and np.may_share_memory(h_in, ws["buffers"][older][0]):
+                latest, older = older, latest  # never overwrite the state passed in
+        h, c = ws["buffers"][older]
+        if source is None:
             h.fill(0)
             c.fill(0)
         else:
-            h[...] = h_in.reshape(h.shape)
-            c[...] = c_in.reshape(c.shape)
+            h[...] = source[0].reshape(h.shape)
+            c[...] = source[1].reshape(c.shape)
         inp = x_t.reshape(B, self.input_size)
         if not inp.flags.c_contiguous:
             inp = np.ascontiguousarray(inp)
-        for layer in range(self.num_layers):
-            w_ih, w_hh, b_ih, b_hh, w_hr = ws["params"][layer]
-            matmul_nt(inp, w_ih, ws["gx"][0])
-            self._kern.sequence(ws["gx"], w_hh, b_ih, b_hh, w_hr, h[layer], c[layer],
-                                h[layer:layer + 1], ws["ones"], False, self._mode_code,
-                                ws["gh"], ws["m"], ws["hp"], *ws["tapes"])
+        step_layer, scratch = self._kern.step_layer, ws["scratch"]
+        for layer, params in enumerate(ws["params"]):
+            step_layer(inp, *params, h[layer], c[layer], self._mode_code, *scratch)
             inp = h[layer]
-        out_h, out_c = (h[:, 0], c[:, 0]) if unbatched else (h, c)
-        y_t = out_h[-1]
-        return y_t, ((out_h, out_c) if self.mode == "LSTM" else out_h)
+        ws["order"] = (older, latest)
+        return ws["outputs"][older], ws["returned"][older]
 
     def _state_in(self, state, B, unbatched):
         """Validate a streaming state without copying it."""
@@ -568,24 +568,30 @@ class _RNNBase(ParameterMixin):
             check.shape("state[1] (c)", c_in, c_shape)
         return h_in, (h_in[..., :0] if c_in is None else c_in)
 
-    def _make_step_ws(self, B):
+    def _make_step_ws(self, B, unbatched):
+        """Buffers for streaming at batch ``B``: two alternating states, and the arrays
+        and tuples handed to the caller, made once so a returned state is recognised
+        by identity on the next call."""
         L, P, H = self.num_layers, self.output_size, self.hidden_size
         GH = self._kern.GATES * H
         dt = self.dtype
         h_shape, c_shape = self._state_shapes(B)
         if self.mode != "LSTM":
             c_shape = (L, B, 0)
+        buffers = tuple((np.zeros(h_shape, dt), np.zeros(c_shape, dt)) for _ in range(2))
+        views = [(h[:, 0], c[:, 0]) if unbatched else (h, c) for h, c in buffers]
         ws = {
             "params": [self._cell_params(layer, 0) for layer in range(L)],
-            "gx": np.empty((1, B, GH), dt),
-            "gh": np.empty((B, GH), dt),
-            "m": np.empty((B, H), dt),
-            "hp": np.empty((B, max(P, H)), dt),
-            "ones": np.ones(B, np.int64),
-            "tapes": _empty_tapes(dt),
-            "buffers": tuple((np.zeros(h_shape, dt), np.zeros(c_shape, dt)) for _ in range(2)),
+            # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
+            "scratch": (np.empty((B, GH), dt), np.empty((B, GH), dt), np.empty((B, H), dt),
+                        np.empty((B, max(P, H)), dt), np.ones(B, np.int64),
+                        np.empty((0, 0), dt)),
+            "buffers": buffers,
+            "outputs": [hv[-1] for hv, _ in views],
+            "returned": [v if self.mode == "LSTM" else v[0] for v in views],
+            "order": (0, 1),  # (latest result, the other buffer)
         }
-        self._step_ws[B] = ws
+        self._step_ws[B, unbatched] = ws
         return ws
 
 

@@ -73,6 +73,26 @@ def commit_rows(h, h_new, y_t, t, lengths):
 
 
 @kernel
+def matmul2_nt(a, w, out, b, v, out2):
+    """``out[:] = a @ w.T`` and ``out2[:] = b @ v.T`` in one pass over the rows of ``w``
+    and ``v`` (same row count): a streaming step reads both weight matrices once."""
+    B, K = a.shape
+    K2 = b.shape[1]
+    N = w.shape[0]
+    for n in range(N):
+        wn, vn = w[n], v[n]
+        for r in range(B):
+            acc = a[r, 0] * 0
+            for k in range(K):
+                acc += a[r, k] * wn[k]
+            out[r, n] = acc
+            acc2 = b[r, 0] * 0
+            for k in range(K2):
+                acc2 += b[r, k] * vn[k]
+            out2[r, n] = acc2
+
+
+@kernel
 def matmul_nn_acc(a, w, out):
     """``out[:] += a @ w`` for ``a`` (B, N), ``w`` (N, K), ``out`` (B, K), all C-contiguous.
 

@@ -9,7 +9,7 @@ The argument list is shared with ``lstm.py`` (``c``, ``w_hr``, ``hp`` unused).
 
 from ._jit import kernel
 from .activations import relu, tanh
-from .linalg import commit_rows, matmul_nn_acc, matmul_nt
+from .linalg import commit_rows, matmul2_nt, matmul_nn_acc, matmul_nt
 
 GATES = 1
 TAPE_GATES = 1  # h' itself: both derivatives are functions of the output
@@ -53,6 +53,14 @@ def sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
         cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
                   tape_gates[t if train else 0])
 
+
+
+@kernel
+def step_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h, c, mode, gx, gh, m, hp, ones, no_gates):
+    """Streaming step of one layer, every row running: both input and recurrent
+    products in one pass over the weights, then the fused cell step (``h``/``c`` in place)."""
+    matmul2_nt(x, w_ih, gx, h, w_hh, gh)
+    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
 
 # ----------------------------------------------------------------------------- backward
 #
