@@ -26,6 +26,11 @@ def main(argv=None):
                        help="pin to the first N CPUs before anything starts threads "
                             "(default: all)")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
+    bench.add_argument("--full", action="store_true", help="more sizes and batches")
+    bench.add_argument("--cell", choices=["lstm", "gru", "rnn", "all"], default="all")
+    bench.add_argument("--hidden", type=int, default=256, help="hidden size (default 256)")
+    bench.add_argument("--out", default="bench-results",
+                       help="folder for latest.json and ratios.png ('' to skip)")
     args = parser.parse_args(argv)
     if args.command == "bench":
         _pin(args.cores)
@@ -35,7 +40,9 @@ def main(argv=None):
             print(f"fastrnn bench needs torch to compare against ({exc}); "
                   "install with: pip install 'fastrnn[torch]'", file=sys.stderr)
             return 1
-        runner.main(quick=args.quick, cores=args.cores)
+        modes = ("LSTM", "GRU", "RNN") if args.cell == "all" else (args.cell.upper(),)
+        runner.main(quick=args.quick, cores=args.cores, full=args.full, modes=modes,
+                    hidden=args.hidden, out=args.out)
         return 0
     return 2
 

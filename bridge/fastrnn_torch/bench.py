@@ -1,25 +1,47 @@
-"""``fastrnn bench``: fastrnn vs torch.nn on the same weights, side by side in one run."""
+"""``fastrnn bench``: fastrnn vs torch.nn (and onnxruntime) on the same weights, side by side.
 
+Every workload is measured for all engines in one process, one after the
+other, on the same inputs; the table reports each engine's best time per call,
+the speed-up of fastrnn over each other engine (> 1 means fastrnn is faster)
+and the max abs difference of the outputs. Results also go to
+``bench-results/latest.json`` and, when matplotlib is installed, a PNG chart.
+"""
+
+import io
+import json
+import os
+import platform
+import sys
 import time
-from functools import partial
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 import fastrnn
 
-# The embedded default configuration: (label, kind, seq_len, batch, size).
-CASES = [
-    ("step B=1 H=256", "step", 1, 1, 256),
-    ("seq T=100 B=1 H=256", "seq", 100, 1, 256),
-    ("seq T=100 B=64 H=256", "seq", 100, 64, 256),
-]
-MODELS = [("LSTM", fastrnn.LSTM, torch.nn.LSTM, torch.nn.LSTMCell),
-          ("GRU", fastrnn.GRU, torch.nn.GRU, torch.nn.GRUCell),
-          ("RNN", fastrnn.RNN, torch.nn.RNN, torch.nn.RNNCell)]
+from . import modules as frt_modules
+
+MODES = ("LSTM", "GRU", "RNN")
+TORCH = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
+TORCH_CELL = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell, "RNN": torch.nn.RNNCell}
+CORE = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
 
 
-def best_time(fn, repeats, min_time=0.05):
+@dataclass
+class Result:
+    model: str
+    workload: str
+    times: dict = field(default_factory=dict)      # engine -> seconds per call
+    max_abs_diff: dict = field(default_factory=dict)  # engine -> vs fastrnn
+
+    def speedup(self, engine):
+        if engine not in self.times or "fastrnn" not in self.times:
+            return None
+        return self.times[engine] / self.times["fastrnn"]
+
+
+def best_time(fn, repeats, min_time=0.03):
     """Best per-call seconds over ``repeats`` rounds of enough calls to last ``min_time``."""
     fn()
     start, n = time.perf_counter(), 0
@@ -36,96 +58,92 @@ def best_time(fn, repeats, min_time=0.05):
     return best
 
 
-def _pair(name, ours, theirs, cell, kind, size):
+def _onnx_session(module, args, names, threads):
+    """An onnxruntime session for ``module`` exported with torch's TorchScript exporter."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    buf = io.BytesIO()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buf, input_names=names, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
+def _twins(mode, size, cell=False):
     torch.manual_seed(0)
-    if kind == "step":  # torch's fastest single-step path is the *Cell module
-        tm = cell(size, size)
-        m = ours(size, size)
-        m.load_state_dict({k + "_l0": v for k, v in tm.state_dict().items()})
-    else:
-        tm = theirs(size, size)
-        m = ours(size, size)
-        m.load_state_dict(tm.state_dict())
-    return m, tm.eval()
+    tm = (TORCH_CELL if cell else TORCH)[mode](size, size).eval()
+    sd = {(k + "_l0" if cell else k): v for k, v in tm.state_dict().items()}
+    m = CORE[mode](size, size)
+    m.load_state_dict(sd)
+    return m, tm
 
 
-def run_case(name, ours, theirs, cell, kind, T, B, size, repeats):
-    m, tm = _pair(name, ours, theirs, cell, kind, size)
+def step_workload(mode, size, repeats, threads):
+    """Streaming step at batch 1: fastrnn ``step`` vs nn.*Cell vs onnxruntime (seq_len 1)."""
+    m, cell = _twins(mode, size, cell=True)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, size)).astype(np.float32)
+    x = rng.standard_normal((1, size)).astype(np.float32)
+    state = m.initial_state(1)
     xt = torch.from_numpy(x)
-    if kind == "step":
-        state = m.initial_state(B)
-        tstate = tuple(torch.zeros(B, size) for _ in range(2)) if name == "LSTM" \
-            else torch.zeros(B, size)
-        ours_fn = lambda: m.step(x[0], state)  # noqa: E731
-        theirs_fn = lambda: tm(xt[0], tstate)  # noqa: E731
-        y = ours_fn()[0]
-        with torch.inference_mode():
-            ty = theirs_fn()
-        ty = ty[0] if isinstance(ty, tuple) else ty
-    else:
-        ours_fn = lambda: m(x)  # noqa: E731
-        theirs_fn = lambda: tm(xt)  # noqa: E731
-        y = ours_fn()[0]
-        with torch.inference_mode():
-            ty = theirs_fn()[0]
-    diff = float(np.max(np.abs(y - ty.numpy())))
-    t_ours = best_time(ours_fn, repeats)
+    hx = (torch.zeros(1, size),) * 2 if mode == "LSTM" else torch.zeros(1, size)
+    res = Result(mode, f"step B=1 H={size}")
+
+    def ours():
+        return m.step(x, state)[0]
+
     with torch.inference_mode():
-        t_theirs = best_time(theirs_fn, repeats)
-    return diff, t_ours, t_theirs
+        ref = cell(xt, hx)
+        ref = (ref[0] if mode == "LSTM" else ref).numpy()
+        res.times["fastrnn"] = best_time(ours, repeats)
+        res.times["torch"] = best_time(lambda: cell(xt, hx), repeats)
+    res.max_abs_diff["torch"] = float(np.abs(ours() - ref).max())
+    layer = TORCH[mode](size, size).eval()
+    layer.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+    h0 = torch.zeros(1, 1, size)
+    args = (xt[None], (h0, h0)) if mode == "LSTM" else (xt[None], h0)
+    names = ["x", "h0", "c0"] if mode == "LSTM" else ["x", "h0"]
+    session = _onnx_session(layer, args, names, threads)
+    if session is not None:
+        feed = {"x": x[None], "h0": h0.numpy()}
+        if mode == "LSTM":
+            feed["c0"] = h0.numpy()
+        res.max_abs_diff["onnxruntime"] = float(np.abs(session.run(None, feed)[0][0] - ours()).max())
+        res.times["onnxruntime"] = best_time(lambda: session.run(None, feed), repeats)
+    return res
 
 
-def _fmt(seconds):
-    return f"{seconds * 1e6:9.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:9.3f} ms"
+def sequence_workload(mode, T, B, size, repeats, threads):
+    """Whole-sequence inference: fastrnn vs nn.LSTM/GRU/RNN vs onnxruntime."""
+    m, tm = _twins(mode, size)
+    x = np.random.default_rng(0).standard_normal((T, B, size)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    res = Result(mode, f"seq T={T} B={B} H={size}")
+    with torch.inference_mode():
+        ref = tm(xt)[0].numpy()
+        res.times["fastrnn"] = best_time(lambda: m(x), repeats)
+        res.times["torch"] = best_time(lambda: tm(xt), repeats)
+    y = m(x)[0]
+    res.max_abs_diff["torch"] = float(np.abs(y - ref).max())
+    session = _onnx_session(tm, (xt,), ["x"], threads)
+    if session is not None:
+        feed = {"x": x}
+        res.max_abs_diff["onnxruntime"] = float(np.abs(session.run(None, feed)[0] - y).max())
+        res.times["onnxruntime"] = best_time(lambda: session.run(None, feed), repeats)
+    return res
 
 
-def main(quick=False, cores=0):
-    repeats = 3 if quick else 7
-    torch_threads = torch.get_num_threads()
-    print(f"fastrnn {fastrnn.__version__} vs torch {torch.__version__} "
-          f"(float32, inference, same weights; torch threads {torch_threads}"
-          f"{f', pinned to {cores} core(s)' if cores else ''})")
-    inference = [(name, label, f"nn.{name}Cell" if kind == "step" else f"nn.{name}",
-                  partial(run_case, name, ours, theirs, cell, kind, T, B, size, repeats))
-                 for name, ours, theirs, cell in MODELS
-                 for label, kind, T, B, size in CASES]
-    training = [(name, f"train T=50 B={B} H=256", f"nn.{name} + autograd",
-                 partial(run_training, ours, theirs, B, repeats))
-                for name, ours, theirs, cell in MODELS for B in (1, 32)]
-    bridge = [(name, f"bridge T=50 B={B} H=256", f"nn.{name} + autograd",
-               partial(run_bridge_training, name, theirs, B, repeats))
-              for name, ours, theirs, cell in MODELS for B in (1, 32)]
-    _table(None, inference)
-    _table("training: forward + backward through time, T=50, H=256; max|diff| of d(input)",
-           training)
-    _table("training through the bridge (fastrnn_torch module + autograd), T=50, H=256",
-           bridge)
-
-
-def _table(title, rows):
-    """Print one table; each row is (model, case, torch's twin, measure -> (diff, ours, theirs))."""
-    header = f"{'model':5} {'case':22} {'max|diff|':>10} {'fastrnn':>12} {'torch.nn':>12} " \
-             f"{'speed-up':>9}"
-    if title:
-        print()
-        print(title)
-    print(header)
-    print("-" * len(header))
-    for name, label, twin, measure in rows:
-        diff, a, b = measure()
-        print(f"{name:5} {label:22} {diff:10.2e} {_fmt(a):>12} {_fmt(b):>12} "
-              f"{b / a:8.2f}x   (torch: {twin})")
-
-
-def run_bridge_training(name, theirs, B, repeats, T=50, size=256):
-    """fastrnn_torch module forward + backward vs the torch.nn module, same weights."""
-    import fastrnn_torch
-
+def training_workload(mode, T, B, size, repeats):
+    """Forward + backward through the bridge vs torch.nn + autograd (same weights)."""
     torch.manual_seed(0)
-    tm = theirs(size, size)
-    m = getattr(fastrnn_torch, name)(size, size)
+    tm = TORCH[mode](size, size)
+    m = getattr(frt_modules, mode)(size, size)
     m.load_state_dict(tm.state_dict())
     x = torch.randn(T, B, size, requires_grad=True)
     gy = torch.randn(T, B, size)
@@ -138,30 +156,129 @@ def run_bridge_training(name, theirs, B, repeats, T=50, size=256):
             return x.grad
         return run
 
-    diff = float((step(m)() - step(tm)()).abs().max())
-    return diff, best_time(step(m), repeats), best_time(step(tm), repeats)
+    res = Result(mode, f"train T={T} B={B} H={size}")
+    res.max_abs_diff["torch"] = float((step(m)() - step(tm)()).abs().max())
+    res.times["fastrnn"] = best_time(step(m), repeats)
+    res.times["torch"] = best_time(step(tm), repeats)
+    return res
 
 
-def run_training(ours, theirs, B, repeats, T=50, size=256):
-    """forward_train + backward vs torch forward + backward, same weights and data."""
-    torch.manual_seed(0)
-    tm = theirs(size, size)
-    m = ours(size, size)
-    m.load_state_dict(tm.state_dict())
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((T, B, size)).astype(np.float32)
-    gy = rng.standard_normal((T, B, size)).astype(np.float32)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    gyt = torch.from_numpy(gy)
+def workloads(modes, hidden, full, repeats, threads):
+    """(label, thunk) for the embedded default configuration (``--full``: more sizes)."""
+    steps = sorted({64, hidden} | ({512} if full else set()))
+    batches = (1, 8, 64) if full else (1, 64)
+    jobs = []
+    for mode in modes:
+        for size in steps:
+            jobs.append(lambda mode=mode, size=size: step_workload(mode, size, repeats, threads))
+        for B in batches:
+            jobs.append(lambda mode=mode, B=B: sequence_workload(mode, 100, B, hidden, repeats,
+                                                                 threads))
+        for B in (1, 32):
+            jobs.append(lambda mode=mode, B=B: training_workload(mode, 50, B, hidden, repeats))
+    return jobs
 
-    def ours_fn():
-        y, _, tape = m.forward_train(x)
-        return m.backward(tape, gy)
 
-    def theirs_fn():
-        xt.grad = None
-        y, _ = tm(xt)
-        y.backward(gyt)
+def _progress(done, total, label):
+    width = 28
+    filled = int(width * done / total)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:32}")
+    sys.stderr.flush()
 
-    diff = float(np.max(np.abs(ours_fn().input - (theirs_fn() or xt.grad).numpy())))
-    return diff, best_time(ours_fn, repeats), best_time(theirs_fn, repeats)
+
+def _fmt(seconds):
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e6:.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:.3f} ms"
+
+
+def _ratio(value):
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def machine():
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} core(s) used of {os.cpu_count()}"
+
+
+def print_table(results):
+    header = (f"{'model':5} {'workload':20} {'fastrnn':>11} {'torch.nn':>11} {'onnxrt':>11} "
+              f"{'vs torch':>9} {'vs onnxrt':>9} {'max|diff|':>9}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        diff = max(r.max_abs_diff.values()) if r.max_abs_diff else float("nan")
+        print(f"{r.model:5} {r.workload:20} {_fmt(r.times.get('fastrnn')):>11} "
+              f"{_fmt(r.times.get('torch')):>11} {_fmt(r.times.get('onnxruntime')):>11} "
+              f"{_ratio(r.speedup('torch')):>9} {_ratio(r.speedup('onnxruntime')):>9} "
+              f"{diff:9.1e}")
+
+
+def save_chart(results, path):
+    """Bar chart of fastrnn's speed-ups (log scale); skipped without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = [f"{r.model} {r.workload}" for r in results]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.2))
+    ys = np.arange(len(results))
+    for offset, engine, color in ((-0.2, "torch", "#d95f02"), (0.2, "onnxruntime", "#1b9e77")):
+        vals = [r.speedup(engine) or np.nan for r in results]
+        ax.barh(ys + offset, vals, height=0.4, color=color, label=f"vs {engine}")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(ys, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("fastrnn speed-up (other engine's time / fastrnn's time)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-results"):
+    repeats = 3 if quick else 7
+    threads = cores or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    print(f"fastrnn {fastrnn.__version__} vs torch {torch.__version__}"
+          f"{' and onnxruntime' if _has_ort() else ''} — float32, same weights, "
+          f"best of {repeats}; machine: {machine()}")
+    jobs = workloads(modes, hidden, full, repeats, threads)
+    results = []
+    for i, job in enumerate(jobs):
+        _progress(i, len(jobs), "")
+        results.append(job())
+        _progress(i + 1, len(jobs), f"{results[-1].model} {results[-1].workload}")
+    sys.stderr.write("\n")
+    print_table(results)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        record = {"machine": machine(), "fastrnn": fastrnn.__version__,
+                  "torch": torch.__version__, "threads": threads,
+                  "results": [asdict(r) for r in results]}
+        with open(os.path.join(out, "latest.json"), "w") as f:
+            json.dump(record, f, indent=1)
+        chart = save_chart(results, os.path.join(out, "ratios.png"))
+        print(f"wrote {os.path.join(out, 'latest.json')}" + (f" and {chart}" if chart else ""))
+    return results
+
+
+def _has_ort():
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
