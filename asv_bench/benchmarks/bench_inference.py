@@ -1,27 +1,54 @@
-"""Inference: streaming step and whole sequences, fastrnn vs torch.nn in the same class."""
+"""Inference: streaming step and whole sequences; fastrnn, torch.nn and onnxruntime."""
 
+import os
+import subprocess
+import sys
+import tempfile
+import timeit
+
+import numpy as np
 import torch
 
-from .common import ENGINES, inputs, model_pair
+import fastrnn
+
+from .common import INFERENCE_ENGINES, TORCH, check_close, inputs, model_pair, onnx_session
+
+
+def _step_callable(mode, hidden, engine):
+    m, cell = model_pair(mode, hidden, cell=True)
+    x = inputs(1, 1, hidden)[0]
+    state = m.initial_state(1)
+    xt = torch.from_numpy(x)
+    z = torch.zeros(1, hidden)
+    hx = (z, z) if mode == "LSTM" else z
+    with torch.inference_mode():
+        ref = cell(xt, hx)
+    ref = ref[0] if mode == "LSTM" else ref
+    check_close(m.step(x, state)[0], ref, f"{mode} step")
+    if engine == "fastrnn":
+        return lambda: m.step(x, state)
+    if engine == "torch":
+        return lambda: cell(xt, hx)
+    layer = TORCH[mode](hidden, hidden).eval()
+    layer.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+    h0 = torch.zeros(1, 1, hidden)
+    args = (xt[None], (h0, h0)) if mode == "LSTM" else (xt[None], h0)
+    session = onnx_session(layer, args, ["x", "h0", "c0"] if mode == "LSTM" else ["x", "h0"])
+    if session is None:
+        raise NotImplementedError("onnxruntime is not installed")
+    feed = {"x": x[None], "h0": h0.numpy(), **({"c0": h0.numpy()} if mode == "LSTM" else {})}
+    return lambda: session.run(None, feed)
 
 
 class Step:
-    """One time step at batch 1 (the low-latency service). torch's twin is nn.*Cell."""
+    """One time step at batch 1 (the low-latency service). torch's twin is nn.*Cell;
+    onnxruntime runs the exported one-step layer."""
 
-    params = (["LSTM", "GRU", "RNN"], [64, 256, 512], ENGINES)
+    params = (["LSTM", "GRU", "RNN"], [64, 256, 512], INFERENCE_ENGINES)
     param_names = ["mode", "hidden", "engine"]
 
     def setup(self, mode, hidden, engine):
-        m, tm = model_pair(mode, hidden, cell=True)
-        x = inputs(1, 1, hidden)[0]
-        if engine == "fastrnn":
-            state = m.initial_state(1)
-            self.fn = lambda: m.step(x, state)
-        else:
-            xt = torch.from_numpy(x)
-            z = torch.zeros(1, hidden)
-            hx = (z, z) if mode == "LSTM" else z
-            self.fn = lambda: tm(xt, hx)
+        self.fn = _step_callable(mode, hidden, engine)
         self.fn()
 
     def time_step(self, mode, hidden, engine):
@@ -29,20 +56,30 @@ class Step:
             self.fn()
 
 
+def _sequence_callable(mode, batch, engine, T=100, hidden=256):
+    m, tm = model_pair(mode, hidden)
+    x = inputs(T, batch, hidden)
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        check_close(m(x)[0], tm(xt)[0], f"{mode} sequence")
+    if engine == "fastrnn":
+        return lambda: m(x)
+    if engine == "torch":
+        return lambda: tm(xt)
+    session = onnx_session(tm, (xt,), ["x"])
+    if session is None:
+        raise NotImplementedError("onnxruntime is not installed")
+    return lambda: session.run(None, {"x": x})
+
+
 class Sequence:
     """A whole sequence, T=100, hidden 256."""
 
-    params = (["LSTM", "GRU", "RNN"], [1, 64], ENGINES)
+    params = (["LSTM", "GRU", "RNN"], [1, 64], INFERENCE_ENGINES)
     param_names = ["mode", "batch", "engine"]
 
     def setup(self, mode, batch, engine):
-        m, tm = model_pair(mode, 256)
-        x = inputs(100, batch, 256)
-        if engine == "fastrnn":
-            self.fn = lambda: m(x)
-        else:
-            xt = torch.from_numpy(x)
-            self.fn = lambda: tm(xt)
+        self.fn = _sequence_callable(mode, batch, engine)
         self.fn()
 
     def time_sequence(self, mode, batch, engine):
@@ -55,46 +92,70 @@ class Sequence:
 
 
 def _best(fn, number, repeat=5):
-    import timeit
-
     return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
 
 
 class Speedup:
-    """torch.nn time / fastrnn time, both measured side by side in one process."""
+    """Other engine's time / fastrnn's time, measured side by side in one process."""
 
-    params = (["LSTM", "GRU", "RNN"],)
-    param_names = ["mode"]
-    timeout = 120
+    params = (["LSTM", "GRU", "RNN"], ["torch", "onnxruntime"])
+    param_names = ["mode", "versus"]
+    timeout = 180
 
-    def _ratio(self, mode, T, B, hidden, cell):
-        m, tm = model_pair(mode, hidden, cell=cell)
-        x = inputs(T, B, hidden)
-        xt = torch.from_numpy(x)
-        if cell:
-            state = m.initial_state(B)
-            z = torch.zeros(B, hidden)
-            hx = (z, z) if mode == "LSTM" else z
-            ours, theirs = (lambda: m.step(x[0], state)), (lambda: tm(xt[0], hx))
-        else:
-            ours, theirs = (lambda: m(x)), (lambda: tm(xt))
-        number = 200 if cell else 5
+    def _ratio(self, make, versus, number):
         with torch.inference_mode():
-            ours()
-            theirs()
+            ours, theirs = make("fastrnn"), make(versus)
             return _best(theirs, number) / _best(ours, number)
 
-    def track_speedup_step_h256(self, mode):
-        return self._ratio(mode, 1, 1, 256, cell=True)
+    def track_speedup_step_h64(self, mode, versus):
+        return self._ratio(lambda e: _step_callable(mode, 64, e), versus, 500)
 
-    track_speedup_step_h256.unit = "x faster than torch.nn (*Cell)"
+    track_speedup_step_h64.unit = "x faster"
 
-    def track_speedup_sequence_b1(self, mode):
-        return self._ratio(mode, 100, 1, 256, cell=False)
+    def track_speedup_step_h256(self, mode, versus):
+        return self._ratio(lambda e: _step_callable(mode, 256, e), versus, 200)
 
-    track_speedup_sequence_b1.unit = "x faster than torch.nn"
+    track_speedup_step_h256.unit = "x faster"
 
-    def track_speedup_sequence_b64(self, mode):
-        return self._ratio(mode, 100, 64, 256, cell=False)
+    def track_speedup_sequence_b1(self, mode, versus):
+        return self._ratio(lambda e: _sequence_callable(mode, 1, e), versus, 5)
 
-    track_speedup_sequence_b64.unit = "x faster than torch.nn"
+    track_speedup_sequence_b1.unit = "x faster"
+
+    def track_speedup_sequence_b64(self, mode, versus):
+        return self._ratio(lambda e: _sequence_callable(mode, 64, e), versus, 2)
+
+    track_speedup_sequence_b64.unit = "x faster"
+
+
+_COLD = """
+import time
+t0 = time.perf_counter()
+import sys, numpy as np, fastrnn
+m = fastrnn.load(sys.argv[1])
+m.step(np.zeros((1, m.input_size), np.float32), m.initial_state(1))
+print(time.perf_counter() - t0)
+assert "torch" not in sys.modules
+"""
+
+
+class ColdStart:
+    """A fresh process with a warm Numba cache: import fastrnn, load a model, first step."""
+
+    timeout = 120
+
+    def setup(self):
+        self.dir = tempfile.mkdtemp()
+        self.path = os.path.join(self.dir, "lstm.safetensors")
+        fastrnn.save(fastrnn.LSTM(64, 64, num_layers=2, seed=0), self.path)
+        self._run()  # warm the Numba cache for this model's kernels
+
+    def _run(self):
+        out = subprocess.run([sys.executable, "-c", _COLD, self.path], check=True,
+                             capture_output=True, text=True)
+        return float(out.stdout.strip())
+
+    def track_import_load_first_step(self):
+        return float(np.median([self._run() for _ in range(3)]))
+
+    track_import_load_first_step.unit = "seconds"

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from .common import ENGINES, inputs, model_pair
+from .common import ENGINES, check_close, inputs, model_pair
 
 
 class BPTT:
@@ -16,6 +16,10 @@ class BPTT:
         m, tm = model_pair(mode, 256)
         x = inputs(50, batch, 256)
         gy = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        tm(xt)[0].backward(torch.from_numpy(gy))
+        y, _, tape = m.forward_train(x)
+        check_close(m.backward(tape, gy).input, xt.grad, f"{mode} input gradient")
         if engine == "fastrnn":
             def run():
                 y, state, tape = m.forward_train(x)

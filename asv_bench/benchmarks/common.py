@@ -1,4 +1,11 @@
-"""Model pairs for the benchmarks: a fastrnn model and its torch.nn twin, same weights."""
+"""Model pairs for the benchmarks: a fastrnn model and its torch.nn twin, same weights.
+
+Every benchmark's ``setup`` checks parity once (``check_close``), so a fast but
+wrong kernel cannot hide on the dashboard.
+"""
+
+import io
+import warnings
 
 import numpy as np
 import torch
@@ -8,6 +15,7 @@ import fastrnn
 torch.set_num_threads(1)
 
 ENGINES = ["fastrnn", "torch"]
+INFERENCE_ENGINES = ["fastrnn", "torch", "onnxruntime"]
 FASTRNN = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
 TORCH = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
 TORCH_CELL = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell, "RNN": torch.nn.RNNCell}
@@ -27,3 +35,27 @@ def model_pair(mode, size, cell=False):
 
 def inputs(T, B, size):
     return np.random.default_rng(0).standard_normal((T, B, size)).astype(np.float32)
+
+
+def check_close(ours, theirs, what, tol=1e-4):
+    """Raise if two outputs differ: benchmarks of wrong results are worthless."""
+    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs)
+    err = float(np.max(np.abs(np.asarray(ours) - theirs)))
+    if not err <= tol:
+        raise AssertionError(f"{what}: fastrnn differs from the reference by {err:.3g}")
+
+
+def onnx_session(module, args, names):
+    """onnxruntime session (one thread) for a torch module, or None without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buf, input_names=names, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
