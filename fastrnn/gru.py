@@ -7,12 +7,13 @@ Gate layout is torch's: the 3H pre-activation rows are ``r, z, n``::
     n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     h' = (1 - z) * n + z * h
 
-The argument list is shared with ``lstm.py`` (``c``, ``w_hr``, ``hp`` unused).
+The argument lists are shared with ``lstm.py`` (``c``, ``w_hr``, ``hp`` unused); the
+time loops are in ``recurrence.py``.
 """
 
 from ._jit import kernel
 from .activations import sigmoid, tanh
-from .linalg import commit_rows, matmul2_nt, matmul_nn_acc, matmul_nt
+from .linalg import commit_rows
 
 GATES = 3
 TAPE_GATES = 4  # r, z, n and the recurrent part of n, W_hn h + b_hn
@@ -52,29 +53,6 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
             g[H3:] = a[2 * H:]
     commit_rows(h, m, y_t, t, lengths)
 
-
-@kernel
-def sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-             gh, m, hp, tape_gates, tape_h, tape_c):
-    """Run the GRU recurrence over ``gx`` (T, B, 3H); see ``lstm.sequence``."""
-    T = gx.shape[0]
-    train = tape_h.shape[0] > 0
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        if train:
-            tape_h[t, :, :] = h
-        matmul_nt(h, w_hh, gh)
-        cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
-                  tape_gates[t if train else 0])
-
-
-
-@kernel
-def step_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h, c, mode, gx, gh, m, hp, ones, no_gates):
-    """Streaming step of one layer, every row running: both input and recurrent
-    products in one pass over the weights, then the fused cell step (``h``/``c`` in place)."""
-    matmul2_nt(x, w_ih, gx, h, w_hh, gh)
-    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
 
 # ----------------------------------------------------------------------------- backward
 #
@@ -120,15 +98,3 @@ def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
             gh[H + j] = daz
             gh[2 * H + j] = dan * r
             dhn[j] = d * z
-
-
-@kernel
-def backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy, dh, dc,
-                      dgx, dgh, dhp, mt, dm):
-    """Walk the GRU recurrence backwards; see ``lstm.backward_sequence``."""
-    T = gates.shape[0]
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        backward_step(t, lengths, gates[t], h_prev[t], c_prev[0], w_hr, dy[t], dh, dc,
-                      dgx[t], dgh[t], dhp[0], mt[0], dm, mode)
-        matmul_nn_acc(dgh[t], w_hh, dh)

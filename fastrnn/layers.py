@@ -16,7 +16,7 @@ import copy
 import numpy as np
 
 from . import _validation as check
-from . import gru, lstm, rnn
+from . import gru, lstm, recurrence, rnn
 from ._params import ParameterMixin
 from .linalg import gemm
 from .training import Gradients, Tape, backward_recurrence
@@ -50,8 +50,8 @@ def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, 
     hp = np.empty((B, max(P, H)), dtype)
     tape_gates, tape_h, tape_c = tapes if tapes is not None else _empty_tapes(dtype)
     if B < BLAS_MIN_BATCH:
-        kern.sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-                      gh, m, hp, tape_gates, tape_h, tape_c)
+        recurrence.sequence(recurrence.KIND[kern], gx, w_hh, b_ih, b_hh, w_hr, h, c, y,
+                            lengths, reverse, mode, gh, m, hp, tape_gates, tape_h, tape_c)
         return
     w_hh_t = w_hh.T
     train = tapes is not None
@@ -541,9 +541,9 @@ class _RNNBase(ParameterMixin):
         inp = x_t.reshape(B, self.input_size)
         if not inp.flags.c_contiguous:
             inp = np.ascontiguousarray(inp)
-        step_layer, scratch = self._kern.step_layer, ws["scratch"]
+        step_layer, kind, scratch = recurrence.step_layer, ws["kind"], ws["scratch"]
         for layer, params in enumerate(ws["params"]):
-            step_layer(inp, *params, h[layer], c[layer], self._mode_code, *scratch)
+            step_layer(kind, inp, *params, h[layer], c[layer], self._mode_code, *scratch)
             inp = h[layer]
         ws["order"] = (older, latest)
         return ws["outputs"][older], ws["returned"][older]
@@ -582,6 +582,7 @@ class _RNNBase(ParameterMixin):
         views = [(h[:, 0], c[:, 0]) if unbatched else (h, c) for h, c in buffers]
         ws = {
             "params": [self._cell_params(layer, 0) for layer in range(L)],
+            "kind": recurrence.KIND[self._kern],
             # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
             "scratch": (np.empty((B, GH), dt), np.empty((B, GH), dt), np.empty((B, H), dt),
                         np.empty((B, max(P, H)), dt), np.ones(B, np.int64),

@@ -10,14 +10,14 @@ Gate layout is torch's: the 4H pre-activation rows are ``i, f, g, o``::
     m  = o * tanh(c')
     h' = m              (or W_hr m with proj_size > 0)
 
-All recurrent kernels in fastrnn share one argument list (see ``rnn.py`` and
-``gru.py``) so the layer driver can treat them alike; arguments a cell type
-does not use are ignored.
+``cell_step`` and ``backward_step`` share one argument list with ``rnn.py`` and
+``gru.py`` (arguments a cell type does not use are ignored), so the time loops in
+``recurrence.py`` drive all three.
 """
 
 from ._jit import kernel
 from .activations import sigmoid, tanh
-from .linalg import commit_rows, matmul2_nt, matmul_nn_acc, matmul_nt
+from .linalg import commit_rows, matmul_nt
 
 GATES = 4
 TAPE_GATES = 4  # i, f, g, o after their nonlinearities
@@ -67,38 +67,6 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
     else:
         commit_rows(h, m, y_t, t, lengths)
 
-
-@kernel
-def sequence(gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-             gh, m, hp, tape_gates, tape_h, tape_c):
-    """Run the recurrence over ``gx`` (T, B, 4H), writing ``y`` (T, B, P).
-
-    ``h``/``c`` hold the initial state on entry and the final state on exit.
-    ``reverse`` walks time backwards; each row then starts at its own last
-    valid step because rows are frozen while ``t >= lengths[n]``.
-    With a training tape (``tape_h.shape[0] == T``) the activated gates and
-    the state entering each step are recorded; for inference the tapes are
-    empty (``tape_gates`` of shape (1, 0, 0)).
-    """
-    T = gx.shape[0]
-    train = tape_h.shape[0] > 0
-    for s in range(T):
-        t = T - 1 - s if reverse else s
-        if train:
-            tape_h[t, :, :] = h
-            tape_c[t, :, :] = c
-        matmul_nt(h, w_hh, gh)
-        cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
-                  tape_gates[t if train else 0])
-
-
-
-@kernel
-def step_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, h, c, mode, gx, gh, m, hp, ones, no_gates):
-    """Streaming step of one layer, every row running: both input and recurrent
-    products in one pass over the weights, then the fused cell step (``h``/``c`` in place)."""
-    matmul2_nt(x, w_ih, gx, h, w_hh, gh)
-    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
 
 # ----------------------------------------------------------------------------- backward
 #
@@ -166,19 +134,3 @@ def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
             g[3 * H + j] = dmn[j] * tc * go * (1 - go)
             dcn[j] = dcj * gf
         dhn[:] = 0
-
-
-@kernel
-def backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy, dh, dc,
-                      dgx, dgh, dhp, mt, dm):
-    """Walk the recurrence backwards: fills ``dgx`` (T, B, 4H) (and, with
-    projection, ``dhp`` (T, B, P) and ``mt`` (T, B, H)); ``dh``/``dc`` enter as
-    the final-state gradients and leave as the initial-state gradients."""
-    T = gates.shape[0]
-    proj = w_hr.shape[0] > 0
-    for s in range(T):
-        t = s if reverse else T - 1 - s
-        tp = t if proj else 0
-        backward_step(t, lengths, gates[t], h_prev[t], c_prev[t], w_hr, dy[t], dh, dc,
-                      dgx[t], dgh[t], dhp[tp], mt[tp], dm, mode)
-        matmul_nn_acc(dgx[t], w_hh, dh)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import recurrence
 from .linalg import gemm as default_gemm
 
 __all__ = ["Tape", "Gradients", "clip_grad_norm"]
@@ -90,8 +91,8 @@ def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, revers
     if c_prev.shape[0] == 0:
         c_prev = empty3(dtype)
     if B < blas_min_batch:
-        kern.backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
-                               dh, dc, dgx, dgh, dhp, mt, dm)
+        recurrence.backward_sequence(recurrence.KIND[kern], gates, h_prev, c_prev, w_hh, w_hr,
+                                     lengths, reverse, mode, dy, dh, dc, dgx, dgh, dhp, mt, dm)
         return dgx, dgh, dhp, mt
     tmp = np.empty_like(dh)
     last_c = c_prev.shape[0] - 1
