@@ -4,13 +4,11 @@ Every benchmark's ``setup`` checks parity once (``check_close``), so a fast but
 wrong kernel cannot hide on the dashboard.
 """
 
-import io
-import warnings
-
 import numpy as np
 import torch
 
 import fastrnn
+from fastrnn_torch.bench import onnx_session  # noqa: F401  (re-exported for the benchmarks)
 
 torch.set_num_threads(1)
 
@@ -43,19 +41,3 @@ def check_close(ours, theirs, what, tol=1e-4):
     err = float(np.max(np.abs(np.asarray(ours) - theirs)))
     if not err <= tol:
         raise AssertionError(f"{what}: fastrnn differs from the reference by {err:.3g}")
-
-
-def onnx_session(module, args, names):
-    """onnxruntime session (one thread) for a torch module, or None without onnxruntime."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, buf, input_names=names, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])

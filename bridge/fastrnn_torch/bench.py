@@ -58,7 +58,7 @@ def best_time(fn, repeats, min_time=0.03):
     return best
 
 
-def _onnx_session(module, args, names, threads):
+def onnx_session(module, args, names, threads=1):
     """An onnxruntime session for ``module`` exported with torch's TorchScript exporter."""
     try:
         import onnxruntime as ort
@@ -109,7 +109,7 @@ def step_workload(mode, size, repeats, threads):
     h0 = torch.zeros(1, 1, size)
     args = (xt[None], (h0, h0)) if mode == "LSTM" else (xt[None], h0)
     names = ["x", "h0", "c0"] if mode == "LSTM" else ["x", "h0"]
-    session = _onnx_session(layer, args, names, threads)
+    session = onnx_session(layer, args, names, threads)
     if session is not None:
         feed = {"x": x[None], "h0": h0.numpy()}
         if mode == "LSTM":
@@ -131,7 +131,7 @@ def sequence_workload(mode, T, B, size, repeats, threads):
         res.times["torch"] = best_time(lambda: tm(xt), repeats)
     y = m(x)[0]
     res.max_abs_diff["torch"] = float(np.abs(y - ref).max())
-    session = _onnx_session(tm, (xt,), ["x"], threads)
+    session = onnx_session(tm, (xt,), ["x"], threads)
     if session is not None:
         feed = {"x": x}
         res.max_abs_diff["onnxruntime"] = float(np.abs(session.run(None, feed)[0] - y).max())
