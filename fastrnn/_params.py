@@ -40,6 +40,9 @@ class ParameterMixin:
         ValueError
             On missing or unexpected keys, a wrong shape, or non-finite values.
         """
+        if getattr(self, "_int8", None):
+            raise TypeError("load_state_dict on a quantized model: load into the float32 "
+                            "model and call quantize() again")
         expected = self._param_shapes()
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]

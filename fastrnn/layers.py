@@ -34,12 +34,19 @@ def _empty_tapes(dtype):
     return np.empty((1, 0, 0), dtype), np.empty((0, 0, 0), dtype), np.empty((0, 0, 0), dtype)
 
 
+def _no_int8(dtype):
+    """Placeholders for the int8 weights and scales of a model that is not quantized."""
+    return np.empty((0, 0), np.int8), np.empty(0, dtype)
+
+
 def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-                   tapes=None, gemm=gemm):
+                   tapes=None, gemm=gemm, int8=None):
     """Drive one layer-direction's recurrence with the best product for the batch size.
 
     ``h`` and ``c`` are updated in place to the final state; ``y`` (T, B, P) is
     filled. ``tapes`` is ``(gates, h_prev, c_prev)`` for training, else None.
+    ``int8`` is ``(transposed int8 weights, row scales)`` of a quantized model's
+    ``w_hh``, used by the small-batch kernel.
     """
     T, B, GH = gx.shape
     H = b_ih.shape[0] // kern.GATES
@@ -50,8 +57,9 @@ def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, 
     hp = np.empty((B, max(P, H)), dtype)
     tape_gates, tape_h, tape_c = tapes if tapes is not None else _empty_tapes(dtype)
     if B < BLAS_MIN_BATCH:
-        recurrence.sequence(recurrence.KIND[kern], gx, w_hh, b_ih, b_hh, w_hr, h, c, y,
-                            lengths, reverse, mode, gh, m, hp, tape_gates, tape_h, tape_c)
+        q_hh, s_hh = int8 if int8 is not None else _no_int8(dtype)
+        recurrence.sequence(recurrence.KIND[kern], gx, w_hh, q_hh, s_hh, b_ih, b_hh, w_hr, h,
+                            c, y, lengths, reverse, mode, gh, m, hp, tape_gates, tape_h, tape_c)
         return
     w_hh_t = w_hh.T
     train = tapes is not None
@@ -71,6 +79,7 @@ class _RNNBase(ParameterMixin):
 
     mode = None
     _gemm = staticmethod(gemm)
+    _int8 = {}  # quantized copies: weight name -> (transposed int8 weights, row scales)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, nonlinearity="tanh",
@@ -137,6 +146,54 @@ class _RNNBase(ParameterMixin):
             b_ih = b_hh = self._zero_bias
         w_hr = p[f"weight_hr{sfx}"] if self.proj_size else self._no_proj
         return p[f"weight_ih{sfx}"], p[f"weight_hh{sfx}"], b_ih, b_hh, w_hr
+
+    def _int8_params(self, layer):
+        """``(q_ih, s_ih, q_hh, s_hh)`` of a quantized model's layer (forward direction),
+        empty placeholders otherwise."""
+        if not self._int8:
+            q, s = _no_int8(self.dtype)
+            return q, s, q, s
+        return self._int8[f"weight_ih_l{layer}"] + self._int8[f"weight_hh_l{layer}"]
+
+    def quantize(self, weights="int8"):
+        """An inference copy whose input and recurrent weights are int8 with one scale per row.
+
+        The streaming ``step`` and the small-batch sequence kernel read the int8
+        weights (stored transposed) and widen them to float32 in registers: a
+        quarter of float32's bytes per step, which is what bounds batch-1
+        inference. Row ``n`` of each weight matrix is divided by
+        ``max|row| / 127`` and rounded. The copy's ``state_dict`` holds the
+        dequantized weights, so its float paths (input projections, large
+        batches) compute with the same numbers. Max abs error against the float32
+        model, measured by ``tests/test_quantize.py``: about 1e-2 on outputs of
+        torch-initialised layers (stated in ``docs/performance.md``).
+
+        Parameters
+        ----------
+        weights : {"int8"}
+
+        Returns
+        -------
+        model : same class, inference only (``forward_train`` and
+            ``load_state_dict`` raise).
+        """
+        if weights != "int8":
+            raise ValueError(f"weights must be 'int8'; got {weights!r}")
+        if self.dtype != np.float32:
+            raise TypeError(f"quantize needs a float32 model; this one is {self.dtype}")
+        q = copy.copy(self)
+        q._params = {name: p.copy() for name, p in self._params.items()}
+        q._step_ws = {}
+        q._int8 = {}
+        for name, p in q._params.items():
+            if name.startswith(("weight_ih", "weight_hh")):
+                scale = np.abs(p).max(axis=1) / 127.0
+                scale[scale == 0] = 1.0
+                w8 = np.clip(np.rint(p / scale[:, None]), -127, 127).astype(np.int8)
+                scale = scale.astype(np.float32)
+                q._int8[name] = (np.ascontiguousarray(w8.T), scale)
+                p[...] = w8 * scale[:, None]
+        return q
 
     @property
     def _zero_bias(self):
@@ -309,7 +366,8 @@ class _RNNBase(ParameterMixin):
                              np.empty((T if self.mode == "LSTM" else 0, B, H), self.dtype))
                     tape.steps.append(steps)
                 run_recurrence(self._kern, gx, w_hh, b_ih, b_hh, w_hr, h[k], c[k], y, lens,
-                               bool(d), self._mode_code, steps, self._gemm)
+                               bool(d), self._mode_code, steps, self._gemm,
+                               self._int8.get(f"weight_hh_l{layer}" + ("_reverse" if d else "")))
                 outs.append(y)
             layer_input = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if layer < len(masks):
@@ -374,6 +432,9 @@ class _RNNBase(ParameterMixin):
             As for calling the model.
         tape : Tape
         """
+        if self._int8:
+            raise TypeError("forward_train: a quantized model is for inference only; train "
+                            "the float32 model and quantize() it afterwards")
         x, unbatched = self._check_input(x)
         T, B, _ = x.shape
         h, c = self._check_state(hx, B, unbatched)
@@ -581,7 +642,8 @@ class _RNNBase(ParameterMixin):
         buffers = tuple((np.zeros(h_shape, dt), np.zeros(c_shape, dt)) for _ in range(2))
         views = [(h[:, 0], c[:, 0]) if unbatched else (h, c) for h, c in buffers]
         ws = {
-            "params": [self._cell_params(layer, 0) for layer in range(L)],
+            "params": [self._cell_params(layer, 0) + self._int8_params(layer)
+                       for layer in range(L)],
             "kind": recurrence.KIND[self._kern],
             # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
             "scratch": (np.empty((B, GH), dt), np.empty((B, GH), dt), np.empty((B, H), dt),

@@ -93,6 +93,32 @@ def matmul2_nt(a, w, out, b, v, out2):
 
 
 @kernel
+def matmul_q8(a, wt, scale, out):
+    """``out[b, n] = scale[n] * Σ_k a[b, k] wt[k, n]`` with int8 weights stored transposed
+    (K, N): each weight byte is widened to float in registers, four rows of ``wt``
+    per pass over ``out`` (a quarter of float32's bytes per product)."""
+    B, K = a.shape
+    N = wt.shape[1]
+    for b in range(B):
+        ob = out[b]
+        ob[:] = 0
+        k = 0
+        while k + 4 <= K:
+            s0, s1, s2, s3 = a[b, k], a[b, k + 1], a[b, k + 2], a[b, k + 3]
+            w0, w1, w2, w3 = wt[k], wt[k + 1], wt[k + 2], wt[k + 3]
+            for n in range(N):
+                ob[n] += s0 * w0[n] + s1 * w1[n] + s2 * w2[n] + s3 * w3[n]
+            k += 4
+        while k < K:
+            s0, w0 = a[b, k], wt[k]
+            for n in range(N):
+                ob[n] += s0 * w0[n]
+            k += 1
+        for n in range(N):
+            ob[n] *= scale[n]
+
+
+@kernel
 def matmul_nn_acc(a, w, out):
     """``out[:] += a @ w`` for ``a`` (B, N), ``w`` (N, K), ``out`` (B, K), all C-contiguous.
 
