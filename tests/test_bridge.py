@@ -368,3 +368,16 @@ def test_torch_export_and_jit_trace():
     traced = torch.jit.trace(m, (x,), check_trace=False)
     x2 = torch.randn(7, 3, 3)
     assert (traced(x2)[0] - tm(x2)[0]).abs().max() < 2e-5
+
+
+def test_bench_workloads_run_and_agree(tmp_path):
+    """The `fastrnn bench` measurements run and report parity (tiny sizes, one repeat)."""
+    from fastrnn_torch import bench
+
+    results = [bench.step_workload("GRU", 8, 1, 1), bench.sequence_workload("LSTM", 5, 2, 8, 1, 1),
+               bench.training_workload("RNN", 5, 2, 8, 1), bench.int8_workload("LSTM", "step", 8, 1, 1)]
+    for r in results[:3]:
+        assert set(r.times) >= {"fastrnn", "torch"} and max(r.max_abs_diff.values()) < 1e-4
+    assert results[3].max_abs_diff["float32"] < 5e-2
+    bench.print_table(results)
+    assert bench.save_chart(results, str(tmp_path / "r.png")) is not None

@@ -139,6 +139,40 @@ def sequence_workload(mode, T, B, size, repeats, threads):
     return res
 
 
+def int8_workload(mode, kind, size, repeats, threads):
+    """Opt-in int8 weights: fastrnn int8 vs fastrnn float32 and float32 onnxruntime.
+
+    The "torch" column holds fastrnn's own float32 time here; ``max_abs_diff`` is
+    int8 against float32 (the price of the speed).
+    """
+    m, tm = _twins(mode, size)
+    q = m.quantize("int8")
+    rng = np.random.default_rng(0)
+    if kind == "step":
+        x = rng.standard_normal((1, size)).astype(np.float32)
+        sq, sf = q.initial_state(1), m.initial_state(1)
+        res = Result(mode, f"int8 step H={size}")
+        res.times["fastrnn"] = best_time(lambda: q.step(x, sq), repeats)
+        res.times["torch"] = best_time(lambda: m.step(x, sf), repeats)
+        res.max_abs_diff["float32"] = float(np.abs(q.step(x, sq)[0] - m.step(x, sf)[0]).max())
+        h0 = torch.zeros(1, 1, size)
+        xt = torch.from_numpy(x)[None]
+        args = (xt, (h0, h0)) if mode == "LSTM" else (xt, h0)
+        names = ["x", "h0", "c0"] if mode == "LSTM" else ["x", "h0"]
+        feed = {"x": x[None], "h0": h0.numpy(), **({"c0": h0.numpy()} if mode == "LSTM" else {})}
+    else:
+        x = rng.standard_normal((100, 1, size)).astype(np.float32)
+        res = Result(mode, f"int8 seq T=100 B=1 H={size}")
+        res.times["fastrnn"] = best_time(lambda: q(x), repeats)
+        res.times["torch"] = best_time(lambda: m(x), repeats)
+        res.max_abs_diff["float32"] = float(np.abs(q(x)[0] - m(x)[0]).max())
+        args, names, feed = (torch.from_numpy(x),), ["x"], {"x": x}
+    session = onnx_session(tm, args, names, threads)
+    if session is not None:
+        res.times["onnxruntime"] = best_time(lambda: session.run(None, feed), repeats)
+    return res
+
+
 def training_workload(mode, T, B, size, repeats):
     """Forward + backward through the bridge vs torch.nn + autograd (same weights)."""
     torch.manual_seed(0)
@@ -176,7 +210,9 @@ def workloads(modes, hidden, full, repeats, threads):
                                                                  threads))
         for B in (1, 32):
             jobs.append(lambda mode=mode, B=B: training_workload(mode, 50, B, hidden, repeats))
-    return jobs
+    int8 = [lambda mode=mode, kind=kind: int8_workload(mode, kind, hidden, repeats, threads)
+            for mode in modes for kind in ("step", "seq")]
+    return jobs, int8
 
 
 def _progress(done, total, label):
@@ -210,13 +246,13 @@ def machine():
 
 
 def print_table(results):
-    header = (f"{'model':5} {'workload':20} {'fastrnn':>11} {'torch.nn':>11} {'onnxrt':>11} "
+    header = (f"{'model':5} {'workload':26} {'fastrnn':>11} {'torch.nn':>11} {'onnxrt':>11} "
               f"{'vs torch':>9} {'vs onnxrt':>9} {'max|diff|':>9}")
     print(header)
     print("-" * len(header))
     for r in results:
         diff = max(r.max_abs_diff.values()) if r.max_abs_diff else float("nan")
-        print(f"{r.model:5} {r.workload:20} {_fmt(r.times.get('fastrnn')):>11} "
+        print(f"{r.model:5} {r.workload:26} {_fmt(r.times.get('fastrnn')):>11} "
               f"{_fmt(r.times.get('torch')):>11} {_fmt(r.times.get('onnxruntime')):>11} "
               f"{_ratio(r.speedup('torch')):>9} {_ratio(r.speedup('onnxruntime')):>9} "
               f"{diff:9.1e}")
@@ -256,14 +292,16 @@ def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-r
     print(f"fastrnn {fastrnn.__version__} vs torch {torch.__version__}"
           f"{' and onnxruntime' if _has_ort() else ''} — float32, same weights, "
           f"best of {repeats}; machine: {machine()}")
-    jobs = workloads(modes, hidden, full, repeats, threads)
-    results = []
-    for i, job in enumerate(jobs):
-        _progress(i, len(jobs), "")
+    jobs, int8_jobs = workloads(modes, hidden, full, repeats, threads)
+    results, total = [], len(jobs) + len(int8_jobs)
+    for i, job in enumerate(jobs + int8_jobs):
         results.append(job())
-        _progress(i + 1, len(jobs), f"{results[-1].model} {results[-1].workload}")
+        _progress(i + 1, total, f"{results[-1].model} {results[-1].workload}")
     sys.stderr.write("\n")
-    print_table(results)
+    print_table(results[:len(jobs)])
+    print("\nopt-in int8 weights (Model.quantize('int8')): 'torch.nn' column = fastrnn "
+          "float32, 'vs torch' = speed-up over it, max|diff| = int8 vs float32")
+    print_table(results[len(jobs):])
     if out:
         os.makedirs(out, exist_ok=True)
         record = {"machine": machine(), "fastrnn": fastrnn.__version__,
