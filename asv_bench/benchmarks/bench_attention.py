@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import fastrnn_torch as frt
 
-from .common import ENGINES
+from .common import ENGINES, check_close
 
 SDPA = {"fastrnn": frt.scaled_dot_product_attention, "torch": F.scaled_dot_product_attention}
 
@@ -28,6 +28,9 @@ class ScaledDotProduct:
         self.f = SDPA[engine]
         self.x = _sdpa_inputs(*batch_length)
         self.xg = _sdpa_inputs(*batch_length, grad=True)
+        with torch.no_grad():
+            check_close(frt.scaled_dot_product_attention(*self.x).numpy(),
+                        F.scaled_dot_product_attention(*self.x), "attention output")
 
     def time_forward(self, batch_length, engine):
         with torch.no_grad():

@@ -6,7 +6,7 @@ import torch
 
 import fastrnn_torch as frt
 
-from .common import ENGINES
+from .common import ENGINES, check_close
 
 TORCH = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
 
@@ -14,14 +14,18 @@ TORCH = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
 def _step(mode, batch, engine, T=50, size=256):
     torch.manual_seed(0)
     module = TORCH[mode](size, size)
-    if engine == "fastrnn":
-        frt.convert(module)
     x = torch.randn(T, batch, size, requires_grad=True)
     gy = torch.randn(T, batch, size)
 
     def run():
+        x.grad = None
         y, _ = module(x)
         y.backward(gy)
+        return x.grad
+    if engine == "fastrnn":
+        reference = run().clone()
+        frt.convert(module)
+        check_close(run().numpy(), reference, f"{mode} bridge input gradient")
     run()
     return run
 
