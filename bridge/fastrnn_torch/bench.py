@@ -267,7 +267,9 @@ def save_chart(results, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    labels = [f"{r.model} {r.workload}" for r in results]
+    labels = [f"{r.model} {r.workload}" + (" (orange: vs fp32 fastrnn)"
+                                            if r.workload.startswith("int8") else "")
+              for r in results]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.2))
     ys = np.arange(len(results))
     for offset, engine, color in ((-0.2, "torch", "#d95f02"), (0.2, "onnxruntime", "#1b9e77")):
