@@ -57,9 +57,12 @@ def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, 
     hp = np.empty((B, max(P, H)), dtype)
     tape_gates, tape_h, tape_c = tapes if tapes is not None else _empty_tapes(dtype)
     if B < BLAS_MIN_BATCH:
-        q_hh, s_hh = int8 if int8 is not None else _no_int8(dtype)
-        recurrence.sequence(recurrence.KIND[kern], gx, w_hh, q_hh, s_hh, b_ih, b_hh, w_hr, h,
-                            c, y, lengths, reverse, mode, gh, m, hp, tape_gates, tape_h, tape_c)
+        # Transposed once per call (from the current weights): the per-step product then
+        # streams weight rows without horizontal sums.
+        w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T),
+                                                   np.empty(0, dtype))
+        recurrence.sequence(recurrence.KIND[kern], gx, w_t, s_hh, b_ih, b_hh, w_hr, h, c, y,
+                            lengths, reverse, mode, gh, m, hp, tape_gates, tape_h, tape_c)
         return
     w_hh_t = w_hh.T
     train = tapes is not None

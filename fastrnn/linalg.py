@@ -93,29 +93,40 @@ def matmul2_nt(a, w, out, b, v, out2):
 
 
 @kernel
-def matmul_q8(a, wt, scale, out):
-    """``out[b, n] = scale[n] * Σ_k a[b, k] wt[k, n]`` with int8 weights stored transposed
-    (K, N): each weight byte is widened to float in registers, four rows of ``wt``
-    per pass over ``out`` (a quarter of float32's bytes per product)."""
+def matmul_t(a, wt, scale, out):
+    """``out[b, n] = Σ_k a[b, k] wt[k, n]``, times ``scale[n]`` when ``scale`` is non-empty.
+
+    ``wt`` is a weight matrix stored transposed, (K, N): float, or int8 with per-row
+    scales (each byte widened to float in registers: a quarter of float32's bytes).
+    Four rows of ``wt`` per pass over the outputs, shared by every batch row: no
+    horizontal sums, each weight read once per call.
+    """
     B, K = a.shape
     N = wt.shape[1]
-    for b in range(B):
-        ob = out[b]
-        ob[:] = 0
-        k = 0
-        while k + 4 <= K:
-            s0, s1, s2, s3 = a[b, k], a[b, k + 1], a[b, k + 2], a[b, k + 3]
+    out[:] = 0
+    k = 0
+    while k < K:
+        if k + 4 <= K:
             w0, w1, w2, w3 = wt[k], wt[k + 1], wt[k + 2], wt[k + 3]
-            for n in range(N):
-                ob[n] += s0 * w0[n] + s1 * w1[n] + s2 * w2[n] + s3 * w3[n]
+            for b in range(B):
+                s0, s1, s2, s3 = a[b, k], a[b, k + 1], a[b, k + 2], a[b, k + 3]
+                ob = out[b]
+                for n in range(N):
+                    ob[n] += s0 * w0[n] + s1 * w1[n] + s2 * w2[n] + s3 * w3[n]
             k += 4
-        while k < K:
-            s0, w0 = a[b, k], wt[k]
-            for n in range(N):
-                ob[n] += s0 * w0[n]
+        else:
+            w0 = wt[k]
+            for b in range(B):
+                s0 = a[b, k]
+                ob = out[b]
+                for n in range(N):
+                    ob[n] += s0 * w0[n]
             k += 1
-        for n in range(N):
-            ob[n] *= scale[n]
+    if scale.shape[0] > 0:
+        for b in range(B):
+            ob = out[b]
+            for n in range(N):
+                ob[n] *= scale[n]
 
 
 @kernel

@@ -8,7 +8,7 @@ three cells are compiled into each loop; the branch costs nothing next to a step
 
 from . import gru, lstm, rnn
 from ._jit import kernel
-from .linalg import matmul2_nt, matmul_nn_acc, matmul_nt, matmul_q8
+from .linalg import matmul2_nt, matmul_nn_acc, matmul_t
 
 KIND = {lstm: 0, gru: 1, rnn: 2}  # cell module -> the ``kind`` argument of the loops
 
@@ -25,7 +25,7 @@ def cell_step(kind, gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, 
 
 
 @kernel
-def sequence(kind, gx, w_hh, q_hh, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
+def sequence(kind, gx, w_hh_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
              gh, m, hp, tape_gates, tape_h, tape_c):
     """Run the recurrence over ``gx`` (T, B, G·H), writing ``y`` (T, B, P).
 
@@ -35,22 +35,18 @@ def sequence(kind, gx, w_hh, q_hh, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, rev
     With a training tape (``tape_h.shape[0] == T``) the activated gates and the
     state entering each step are recorded (``tape_c`` is empty but for LSTM);
     for inference the tapes are empty (``tape_gates`` of shape (1, 0, 0)).
-    A quantized model passes ``q_hh`` (int8, transposed) and its row scales ``s_hh``;
-    otherwise ``s_hh`` is empty and ``w_hh`` is used.
+    ``w_hh_t`` is the recurrent weight transposed, (H_out, G·H): float, or int8 in a
+    quantized model with its row scales ``s_hh`` (empty otherwise).
     """
     T = gx.shape[0]
     train = tape_h.shape[0] > 0
-    int8 = s_hh.shape[0] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         if train:
             tape_h[t, :, :] = h
             if tape_c.shape[0] > 0:
                 tape_c[t, :, :] = c
-        if int8:
-            matmul_q8(h, q_hh, s_hh, gh)
-        else:
-            matmul_nt(h, w_hh, gh)
+        matmul_t(h, w_hh_t, s_hh, gh)
         cell_step(kind, gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
                   tape_gates[t if train else 0])
 
@@ -62,8 +58,8 @@ def step_layer(kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, q_ih, s_ih, q_hh, s_hh, h,
     in one pass over both weight matrices (or over their int8 copies ``q_*`` with row
     scales ``s_*`` in a quantized model), then the fused cell step (``h``/``c`` in place)."""
     if s_hh.shape[0] > 0:
-        matmul_q8(x, q_ih, s_ih, gx)
-        matmul_q8(h, q_hh, s_hh, gh)
+        matmul_t(x, q_ih, s_ih, gx)
+        matmul_t(h, q_hh, s_hh, gh)
     else:
         matmul2_nt(x, w_ih, gx, h, w_hh, gh)
     cell_step(kind, gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
