@@ -574,7 +574,9 @@ class _RNNBase(ParameterMixin):
         After the first call for a batch size nothing is allocated: results go
         to two alternating internal buffers, so the ``state`` passed in is never
         modified, while the arrays returned stay valid until the next-but-one call.
-        Copy them to keep them longer.
+        Copy them to keep them longer. The buffers belong to the model: streams in
+        several threads need a model each (calling the model on whole sequences is
+        thread-safe).
         """
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional model: the reverse direction of a "
