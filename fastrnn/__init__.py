@@ -14,4 +14,4 @@ from .training import Gradients, Tape, clip_grad_norm
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "save", "load",
-           "clip_grad_norm", "Gradients", "Tape", "__version__"]
+           "clip_grad_norm", "Gradients", "Tape", "attention", "reference", "__version__"]
