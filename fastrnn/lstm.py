@@ -122,15 +122,22 @@ def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
         a = gates_t[n]
         cp = c_prev_t[n]
         dcn = dc[n]
+        # Short passes over few arrays (see cell_step) so each one vectorises. ``tc``
+        # (tanh of the recomputed c') lives in m_t's row with projection (turned into
+        # o * tc at the end), else in the free ``dm`` row.
+        tc = m_t[n] if proj else dm[n]
         for j in range(H):
-            gi, gf, gg, go = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
-            tc = tanh(gf * cp[j] + gi * gg)
-            if proj:
-                m_t[n, j] = go * tc
-            dcj = dcn[j] + dmn[j] * go * (1 - tc * tc)
-            g[j] = dcj * gg * gi * (1 - gi)
-            g[H + j] = dcj * cp[j] * gf * (1 - gf)
-            g[2 * H + j] = dcj * gi * (1 - gg * gg)
-            g[3 * H + j] = dmn[j] * tc * go * (1 - go)
-            dcn[j] = dcj * gf
+            tc[j] = tanh(a[H + j] * cp[j] + a[j] * a[2 * H + j])
+        for j in range(H):
+            dcn[j] += dmn[j] * a[3 * H + j] * (1 - tc[j] * tc[j])
+        for j in range(H):
+            g[j] = dcn[j] * a[2 * H + j] * a[j] * (1 - a[j])
+            g[H + j] = dcn[j] * cp[j] * a[H + j] * (1 - a[H + j])
+            g[2 * H + j] = dcn[j] * a[j] * (1 - a[2 * H + j] * a[2 * H + j])
+            g[3 * H + j] = dmn[j] * tc[j] * a[3 * H + j] * (1 - a[3 * H + j])
+        for j in range(H):
+            dcn[j] *= a[H + j]
+        if proj:
+            for j in range(H):
+                tc[j] *= a[3 * H + j]
         dhn[:] = 0
