@@ -499,13 +499,24 @@ class _RNNBase(ParameterMixin):
         ``dy_all`` (T, B, D*P) is the output gradient; ``dh_all``/``dc_all``
         (contiguous, modified in place) enter as final-state gradients and
         leave as initial-state gradients. Returns ``(grad_x or None, params or
-        None)``; the flags skip the products nobody asked for.
+        None)``; the flags skip the products nobody asked for: ``param_grads`` is
+        True (all), False (none) or a collection of parameter names, the others
+        then being returned as zeros without their products being computed.
         """
         T, B = tape.layer_inputs[0].shape[:2]
         D, P = self.num_directions, self.output_size
-        # Every gradient is written whole by the products below (``out=``).
-        params = {name: np.empty_like(p) for name, p in self._params.items()} \
-            if param_grads else None
+        wanted = set(self._params) if param_grads is True else set(param_grads or ())
+        # Every wanted gradient is written whole by the products below (``out=``).
+        params = {name: np.empty_like(p) if name in wanted else np.zeros_like(p)
+                  for name, p in self._params.items()} if wanted else None
+
+        def product(name, a, b):
+            if name in wanted:
+                self._gemm(a, b, out=params[name])
+
+        def column_sum(name, a):
+            if name in wanted:
+                np.sum(a, axis=0, out=params[name])
         lens = tape.lengths
         for layer in reversed(range(self.num_layers)):
             X = tape.layer_inputs[layer].reshape(T * B, -1)
@@ -522,15 +533,11 @@ class _RNNBase(ParameterMixin):
                     self._mode_code, dy, dh_all[k], dc_all[k], BLAS_MIN_BATCH, self._gemm)
                 dgx2 = dgx.reshape(T * B, -1)
                 dgh2 = dgh.reshape(T * B, -1)
-                if param_grads:
-                    self._gemm(dgx2.T, X, out=params[f"weight_ih{sfx}"])
-                    self._gemm(dgh2.T, h_prev.reshape(T * B, -1), out=params[f"weight_hh{sfx}"])
-                    if self.bias:
-                        np.sum(dgx2, axis=0, out=params[f"bias_ih{sfx}"])
-                        np.sum(dgh2, axis=0, out=params[f"bias_hh{sfx}"])
-                    if self.proj_size:
-                        self._gemm(dhp.reshape(T * B, -1).T, mt.reshape(T * B, -1),
-                                   out=params[f"weight_hr{sfx}"])
+                product(f"weight_ih{sfx}", dgx2.T, X)
+                product(f"weight_hh{sfx}", dgh2.T, h_prev.reshape(T * B, -1))
+                column_sum(f"bias_ih{sfx}", dgx2)
+                column_sum(f"bias_hh{sfx}", dgh2)
+                product(f"weight_hr{sfx}", dhp.reshape(T * B, -1).T, mt.reshape(T * B, -1))
                 if need_dx:
                     d_input += self._gemm(dgx2, w_ih)
             if not need_dx:

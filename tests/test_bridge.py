@@ -381,3 +381,22 @@ def test_bench_workloads_run_and_agree(tmp_path):
     assert results[3].max_abs_diff["float32"] < 5e-2
     bench.print_table(results)
     assert bench.save_chart(results, str(tmp_path / "r.png")) is not None
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_partly_frozen_weights_match_torch(compiled):
+    m, tm = twins(LAYERS, "lstm", "float64", 3, 5, num_layers=2, bidirectional=True)
+    for model in (m, tm):
+        model.weight_ih_l0.requires_grad_(False)
+        model.bias_hh_l1_reverse.requires_grad_(False)
+    run = torch.compile(m, backend="aot_eager", fullgraph=True) if compiled else m
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    run(x)[0].sum().backward()
+    tm(x2)[0].sum().backward()
+    assert (x.grad - x2.grad).abs().max() < 1e-10
+    for (name, p), q in zip(m.named_parameters(), tm.parameters()):
+        if q.grad is None:
+            assert p.grad is None, name
+        else:
+            assert (p.grad - q.grad).abs().max() < 1e-10, name

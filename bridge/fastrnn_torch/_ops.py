@@ -142,8 +142,10 @@ def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
 
 def backward_impl(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
                   input_grad, param_grads):
-    """BPTT on tensors: ``(grad_x, grad_h0, grad_c0, grad_weights)``; skipped parts are
-    empty (``grad_x`` of shape (0,), no weight gradients)."""
+    """BPTT on tensors: ``(grad_x, grad_h0, grad_c0, grad_weights)``. ``param_grads`` has
+    one flag per weight; a weight not asked for costs no product (its gradient is
+    zeros), and with none asked for the list is empty; ``grad_x`` is (0,) unless
+    ``input_grad``."""
     mode, L, D, H, P = _sizes(config)
     m = _bound(config, weights)
     xa = x.detach().numpy()
@@ -155,10 +157,11 @@ def backward_impl(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, co
     t.masks = m._dropout_masks([k.numpy() for k in masks], None, T, B, False) if masks else []
     dh = grad_hn.detach().numpy().copy()
     dc = grad_cn.detach().numpy().copy() if mode == "LSTM" else np.empty((L * D, B, 0), xa.dtype)
-    gx, params = m._backward(t, grad_y.detach().numpy(), dh, dc, input_grad, param_grads)
+    wanted = [n for n, need in zip(m._params, param_grads) if need]
+    gx, params = m._backward(t, grad_y.detach().numpy(), dh, dc, input_grad, wanted)
     gx = torch.from_numpy(gx) if input_grad else x.new_empty((0,))
     gc = torch.from_numpy(dc) if mode == "LSTM" else x.new_empty((0,))
-    gw = [torch.from_numpy(params[n]) for n in m._params] if param_grads else []
+    gw = [torch.from_numpy(params[n]) for n in m._params] if wanted else []
     return gx, torch.from_numpy(dh), gc, gw
 
 
@@ -209,7 +212,7 @@ class RNNFunction(torch.autograd.Function):
         gx, gh, gc, gw = backward_impl(
             _grad_or_zeros(grad_y, y_shape, x), _grad_or_zeros(grad_hn, h_shape, x),
             _grad_or_zeros(grad_cn, c_shape, x), x, weights, lengths, masks, tape, config,
-            input_grad, any(weight_needs))
+            input_grad, list(weight_needs))
         gw = [g if need else None for g, need in zip(gw, weight_needs)] if gw else [None] * nw
         lstm = _sizes(config)[0] == "LSTM"
         return (None, None, gx if input_grad else None, gh, gc if lstm else None, None,
@@ -248,7 +251,7 @@ def _rnn_fake(x, weights, h0, c0, lengths, masks, config, train):
 @torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
 def rnn_backward_op(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, x: Tensor,
                     weights: list[Tensor], lengths: Tensor, masks: list[Tensor],
-                    tape: list[Tensor], config: str, input_grad: bool, param_grads: bool
+                    tape: list[Tensor], config: str, input_grad: bool, param_grads: list[bool]
                     ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     return backward_impl(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
                          input_grad, param_grads)
@@ -258,7 +261,7 @@ def rnn_backward_op(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, x: Tensor,
 def _rnn_backward_fake(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
                        input_grad, param_grads):
     gx = torch.empty_like(x) if input_grad else x.new_empty((0,))
-    gw = [torch.empty_like(w) for w in weights] if param_grads else []
+    gw = [torch.empty_like(w) for w in weights] if any(param_grads) else []
     return gx, torch.empty_like(grad_hn), torch.empty_like(grad_cn), gw
 
 
@@ -284,14 +287,14 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, grad_tape):
     masks = list(saved[2 + nw:2 + nw + nm])
     tape = list(saved[2 + nw + nm:])
     needs = ctx.needs_input_grad  # (x, [each weight], h0, c0, lengths, [masks], ...)
-    input_grad, param_grads = bool(needs[0]), any(needs[1])
+    input_grad, param_grads = bool(needs[0]), [bool(n) for n in needs[1]]
     y_shape = tape[1].shape[:2] + (_y_width(ctx.config),)
     gx, gh, gc, gw = rnn_backward_op(
         _grad_or_zeros(grad_y, y_shape, x), _grad_or_zeros(grad_hn, ctx.shapes[0], x),
         _grad_or_zeros(grad_cn, ctx.shapes[1], x), x, weights, lengths, masks, tape,
         ctx.config, input_grad, param_grads)
     mode = _sizes(ctx.config)[0]
-    gw = [g if need else None for g, need in zip(gw, needs[1])] if param_grads else [None] * nw
+    gw = [g if need else None for g, need in zip(gw, needs[1])] if gw else [None] * nw
     return (gx if input_grad else None, gw, gh, gc if mode == "LSTM" else None, None,
             [None] * nm, None, None)
 
