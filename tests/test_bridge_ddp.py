@@ -1,7 +1,9 @@
 """fastrnn_torch under DistributedDataParallel (gloo, two processes on 127.0.0.1)."""
 
+import datetime
 import os
 import socket
+import time
 
 import torch
 import torch.distributed as dist
@@ -24,7 +26,8 @@ def _data():
 
 def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(
         frt.LSTM(3, 5, num_layers=2, bidirectional=False).double())
@@ -35,11 +38,21 @@ def _worker(rank, port, out_dir):
     if rank == 0:
         torch.save({n: p.grad for n, p in model.module.named_parameters()},
                    os.path.join(out_dir, "grads.pt"))
-    dist.destroy_process_group()
+    dist.barrier()
+    # Leave without running torch's gloo teardown: destroying the process group while
+    # the DDP reducer is freed can deadlock (the main thread joins gloo's worker thread
+    # while holding the GIL that thread needs), which hung a CI run.
+    os._exit(0)
 
 
 def test_ddp_gloo_two_processes(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    context = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 240  # never let a stuck collective hang the suite
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError("DDP workers did not finish within 240 s")
     grads = torch.load(tmp_path / "grads.pt")
     torch.manual_seed(0)
     ref = torch.nn.LSTM(3, 5, num_layers=2).double()
