@@ -40,7 +40,7 @@ def _no_int8(dtype):
 
 
 def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-                   tapes=None, gemm=gemm, int8=None):
+                   tapes=None, int8=None):
     """Drive one layer-direction's recurrence with the best product for the batch size.
 
     ``h`` and ``c`` are updated in place to the final state; ``y`` (T, B, P) is
@@ -81,7 +81,6 @@ class _RNNBase(ParameterMixin):
     """Shared machinery of RNN, LSTM and GRU; see those classes for the API."""
 
     mode = None
-    _gemm = staticmethod(gemm)
     _int8 = {}  # quantized copies: weight name -> (transposed int8 weights, row scales)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
@@ -359,7 +358,7 @@ class _RNNBase(ParameterMixin):
             outs = []
             for d in range(D):
                 w_ih, w_hh, b_ih, b_hh, w_hr = self._cell_params(layer, d)
-                gx = self._gemm(layer_input.reshape(T * B, -1), w_ih.T).reshape(T, B, -1)
+                gx = gemm(layer_input.reshape(T * B, -1), w_ih.T).reshape(T, B, -1)
                 y = np.empty((T, B, P), self.dtype)
                 k = layer * D + d
                 steps = None
@@ -369,7 +368,7 @@ class _RNNBase(ParameterMixin):
                              np.empty((T if self.mode == "LSTM" else 0, B, H), self.dtype))
                     tape.steps.append(steps)
                 run_recurrence(self._kern, gx, w_hh, b_ih, b_hh, w_hr, h[k], c[k], y, lens,
-                               bool(d), self._mode_code, steps, self._gemm,
+                               bool(d), self._mode_code, steps,
                                self._int8.get(f"weight_hh_l{layer}" + ("_reverse" if d else "")))
                 outs.append(y)
             layer_input = outs[0] if D == 1 else np.concatenate(outs, axis=2)
@@ -512,7 +511,7 @@ class _RNNBase(ParameterMixin):
 
         def product(name, a, b):
             if name in wanted:
-                self._gemm(a, b, out=params[name])
+                gemm(a, b, out=params[name])
 
         def column_sum(name, a):
             if name in wanted:
@@ -530,7 +529,7 @@ class _RNNBase(ParameterMixin):
                 dy = np.ascontiguousarray(dy_all[:, :, d * P:(d + 1) * P])
                 dgx, dgh, dhp, mt = backward_recurrence(
                     self._kern, gates, h_prev, c_prev, w_hh, w_hr, lens, bool(d),
-                    self._mode_code, dy, dh_all[k], dc_all[k], BLAS_MIN_BATCH, self._gemm)
+                    self._mode_code, dy, dh_all[k], dc_all[k], BLAS_MIN_BATCH)
                 dgx2 = dgx.reshape(T * B, -1)
                 dgh2 = dgh.reshape(T * B, -1)
                 product(f"weight_ih{sfx}", dgx2.T, X)
@@ -539,7 +538,7 @@ class _RNNBase(ParameterMixin):
                 column_sum(f"bias_hh{sfx}", dgh2)
                 product(f"weight_hr{sfx}", dhp.reshape(T * B, -1).T, mt.reshape(T * B, -1))
                 if need_dx:
-                    d_input += self._gemm(dgx2, w_ih)
+                    d_input += gemm(dgx2, w_ih)
             if not need_dx:
                 return None, params
             d_input = d_input.reshape(T, B, -1)
@@ -548,17 +547,14 @@ class _RNNBase(ParameterMixin):
             dy_all = d_input
         return dy_all, params
 
-    def _bind(self, params, gemm=None):
-        """A view of this model computing with ``params`` (arrays used as they are)
-        and, if given, another matrix-product function (see ``linalg.numpy_gemm``).
+    def _bind(self, params):
+        """A view of this model computing with ``params`` (arrays used as they are).
 
         Used by the PyTorch bridge to run on the memory of torch's parameters.
         """
         bound = copy.copy(self)
         bound._params = params
         bound._step_ws = {}
-        if gemm is not None:
-            bound._gemm = gemm
         return bound
 
     # ------------------------------------------------------------------ streaming

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import recurrence
-from .linalg import gemm as default_gemm
+from .linalg import gemm
 
 __all__ = ["Tape", "Gradients", "clip_grad_norm"]
 
@@ -69,7 +69,7 @@ def empty3(dtype):
 
 
 def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
-                        dh, dc, blas_min_batch, gemm=default_gemm):
+                        dh, dc, blas_min_batch):
     """Backward through one layer-direction's recurrence.
 
     ``dh``/``dc`` enter as the final-state gradients and leave as the
