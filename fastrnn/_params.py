@@ -61,3 +61,5 @@ class ParameterMixin:
             arrays[name] = value
         for name, value in arrays.items():
             np.copyto(self._params[name], value, casting="unsafe")
+        if getattr(self, "_device_params", None) is not None:
+            self.to_device()  # keep the resident GPU copy in step

@@ -18,6 +18,7 @@ import numpy as np
 from . import _validation as check
 from . import gru, lstm, recurrence, rnn
 from ._params import ParameterMixin
+from .cuda import is_device_array
 from .linalg import gemm
 from .training import Gradients, Tape, backward_recurrence
 
@@ -82,6 +83,7 @@ class _RNNBase(ParameterMixin):
 
     mode = None
     _int8 = {}  # quantized copies: weight name -> (transposed int8 weights, row scales)
+    _device_params = None  # resident GPU copies of the parameters (``to_device``)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, nonlinearity="tanh",
@@ -187,6 +189,7 @@ class _RNNBase(ParameterMixin):
         q._params = {name: p.copy() for name, p in self._params.items()}
         q._step_ws = {}
         q._int8 = {}
+        q._device_params = None
         for name, p in q._params.items():
             if name.startswith(("weight_ih", "weight_hh")):
                 scale = np.abs(p).max(axis=1) / 127.0
@@ -325,7 +328,14 @@ class _RNNBase(ParameterMixin):
         y : ndarray, shape (seq_len, batch, num_directions * H_out)
         h_n : ndarray, shape (num_layers * num_directions, batch, H_out)
             For LSTM ``(h_n, c_n)``.
+
+        Notes
+        -----
+        A device ``x`` (anything with ``__cuda_array_interface__``) runs the CUDA
+        kernels of :mod:`fastrnn.cuda` and gives Numba device arrays.
         """
+        if type(x) is not np.ndarray and is_device_array(x):
+            return self._cuda_layers().forward(self, x, hx, lengths)
         x, unbatched = self._check_input(x)
         T, B, _ = x.shape
         h, c = self._check_state(hx, B, unbatched)
@@ -437,6 +447,8 @@ class _RNNBase(ParameterMixin):
         if self._int8:
             raise TypeError("forward_train: a quantized model is for inference only; train "
                             "the float32 model and quantize() it afterwards")
+        if type(x) is not np.ndarray and is_device_array(x):
+            return self._cuda_layers().forward_train(self, x, hx, lengths, dropout_masks, rng)
         x, unbatched = self._check_input(x)
         T, B, _ = x.shape
         h, c = self._check_state(hx, B, unbatched)
@@ -471,6 +483,8 @@ class _RNNBase(ParameterMixin):
         if tape.model_id != id(self) or tape.signature != self._signature():
             raise ValueError("tape was recorded by another model (or before this model's "
                              "parameters changed shape); run forward_train on this model again")
+        if tape.device is not None:
+            return self._cuda_layers().backward(self, tape, grad_y, grad_state)
         unbatched = tape.unbatched
         T, B = tape.layer_inputs[0].shape[:2]
         D, P = self.num_directions, self.output_size
@@ -547,6 +561,23 @@ class _RNNBase(ParameterMixin):
             dy_all = d_input
         return dy_all, params
 
+    # ------------------------------------------------------------------ GPU
+    @staticmethod
+    def _cuda_layers():
+        from .cuda import layers
+        return layers
+
+    def to_device(self):
+        """Keep a copy of the parameters on the GPU; returns the model.
+
+        Device inputs then use the resident copy instead of copying the weights
+        at every call. The copy is taken now: ``load_state_dict`` refreshes it,
+        in-place edits of the host arrays need another ``to_device()``.
+        """
+        from .cuda import to_device
+        self._device_params = {name: to_device(p) for name, p in self._params.items()}
+        return self
+
     def _bind(self, params):
         """A view of this model computing with ``params`` (arrays used as they are).
 
@@ -555,6 +586,7 @@ class _RNNBase(ParameterMixin):
         bound = copy.copy(self)
         bound._params = params
         bound._step_ws = {}
+        bound._device_params = None
         return bound
 
     # ------------------------------------------------------------------ streaming

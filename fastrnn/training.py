@@ -25,7 +25,8 @@ class Tape:
     (T, B, H_out) and, for LSTM, the cell state entering each step (T, B, H).
     Per layer: its input (after inter-layer dropout). Cell states at step t
     and LSTM's ``o * tanh(c)`` are recomputed in the backward pass rather than
-    stored.
+    stored. A tape of a run on device arrays holds device arrays (and ``device``,
+    the lengths on the device).
     """
 
     model_id: int
@@ -36,6 +37,7 @@ class Tape:
     layer_inputs: list = field(default_factory=list)
     steps: list = field(default_factory=list)
     masks: list = field(default_factory=list)
+    device: object = None  # the lengths as a device array when the tape lives on the GPU
 
     def __repr__(self):
         nbytes = sum(a.nbytes for s in self.steps for a in s) + \

@@ -1,0 +1,231 @@
+"""Device matrix products and the small array kernels the drivers need.
+
+:func:`gemm` is ``C = alpha * op(A) @ op(B) + beta * C`` for 2-D device arrays of
+any strides, ``op`` being the identity or the transpose (flags, not copies:
+Numba's ``DeviceNDArray.T`` copies). It runs a shared-memory tiled
+kernel, unless a faster product was installed with :func:`set_gemm` — the
+PyTorch bridge installs torch's cuBLAS product when it runs on real GPUs.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda, float32, float64
+
+from . import _device, is_simulator
+
+# Tile edge of the product kernel. The simulator runs every thread as a Python
+# thread, so it gets small tiles to keep the test suite fast.
+TILE = 4 if is_simulator() else 16
+THREADS = 8 if is_simulator() else 256
+
+
+@cuda.jit(device=True)
+def _tile_pass(a, b, ta, tb, M, N, K, sa, sb, row, col, k0, acc):
+    """Stage one TILE-wide slab of op(a)'s row block and op(b)'s column block in shared
+    memory and accumulate its part of ``C[row, col]``."""
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    ka, kb = k0 + tx, k0 + ty
+    if row < M and ka < K:
+        sa[ty, tx] = a[ka, row] if ta else a[row, ka]
+    else:
+        sa[ty, tx] = 0
+    if kb < K and col < N:
+        sb[ty, tx] = b[col, kb] if tb else b[kb, col]
+    else:
+        sb[ty, tx] = 0
+    cuda.syncthreads()
+    for kk in range(TILE):
+        acc += sa[ty, kk] * sb[kk, tx]
+    cuda.syncthreads()
+    return acc
+
+
+@cuda.jit(cache=True)
+def _gemm_kernel(a, b, c, ta, tb, alpha, beta, wide):
+    """``c = alpha * op(a) @ op(b) + beta * c``; ``wide`` selects float64 tiles."""
+    sa32 = cuda.shared.array((TILE, TILE), float32)
+    sb32 = cuda.shared.array((TILE, TILE), float32)
+    sa64 = cuda.shared.array((TILE, TILE), float64)
+    sb64 = cuda.shared.array((TILE, TILE), float64)
+    row = cuda.blockIdx.y * TILE + cuda.threadIdx.y
+    col = cuda.blockIdx.x * TILE + cuda.threadIdx.x
+    M, N = c.shape
+    K = a.shape[0] if ta else a.shape[1]
+    acc = alpha * 0
+    for k0 in range(0, K, TILE):
+        if wide:
+            acc = _tile_pass(a, b, ta, tb, M, N, K, sa64, sb64, row, col, k0, acc)
+        else:
+            acc = _tile_pass(a, b, ta, tb, M, N, K, sa32, sb32, row, col, k0, acc)
+    if row < M and col < N:
+        if beta == 0:
+            c[row, col] = alpha * acc
+        else:
+            c[row, col] = alpha * acc + beta * c[row, col]
+
+
+def tiled_gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    """The built-in product kernel (see :func:`gemm`)."""
+    M, N = c.shape
+    if M == 0 or N == 0:
+        return c
+    scalar = c.dtype.type
+    blocks = (math.ceil(N / TILE), math.ceil(M / TILE))
+    _device.launch(_gemm_kernel, blocks, (TILE, TILE), a, b, c, trans_a, trans_b,
+                   scalar(alpha), scalar(beta), c.dtype == np.float64)
+    return c
+
+
+_GEMM = [tiled_gemm]
+
+
+def gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    """``c[:] = alpha * op(a) @ op(b) + beta * c`` on the device; returns ``c``.
+
+    ``op(a)`` (M, K), ``op(b)`` (K, N), ``c`` (M, N): 2-D device arrays of one dtype,
+    any strides; ``op`` transposes where ``trans_*`` is set. ``beta=0`` ignores
+    ``c``'s contents (it may be uninitialised).
+    """
+    if (a.shape[0] if trans_a else a.shape[1]) == 0:  # empty sum: only c's scaling is left
+        return scale(c, beta)
+    return _GEMM[0](a, b, c, alpha, beta, trans_a, trans_b)
+
+
+def set_gemm(fn):
+    """Route the device products through ``fn(a, b, c, alpha, beta, trans_a, trans_b)``;
+    returns the previous function."""
+    previous = _GEMM[0]
+    _GEMM[0] = fn
+    return previous
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+
+def _blocks(n):
+    return max(1, min(math.ceil(n / THREADS), 1024))
+
+
+@cuda.jit(cache=True)
+def _scale3_kernel(x, alpha):
+    """x *= alpha for 3-D ``x`` of any strides (alpha == 0 writes zeros, no NaN)."""
+    A, B, C = x.shape
+    for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
+        i, r = k // (B * C), k % (B * C)
+        j, m = r // C, r % C
+        x[i, j, m] = 0 if alpha == 0 else x[i, j, m] * alpha
+
+
+@cuda.jit(cache=True)
+def _mul3_kernel(a, b, out):
+    """out = a * b, 3-D, any strides."""
+    A, B, C = out.shape
+    for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
+        i, r = k // (B * C), k % (B * C)
+        j, m = r // C, r % C
+        out[i, j, m] = a[i, j, m] * b[i, j, m]
+
+
+@cuda.jit(cache=True)
+def _add3_kernel(out, a):
+    """out += a, 3-D, any strides."""
+    A, B, C = out.shape
+    for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
+        i, r = k // (B * C), k % (B * C)
+        j, m = r // C, r % C
+        out[i, j, m] += a[i, j, m]
+
+
+@cuda.jit(cache=True)
+def _copy3_kernel(src, out):
+    """out = src, 3-D, any strides (``src`` may be a permuted view)."""
+    A, B, C = out.shape
+    for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
+        i, r = k // (B * C), k % (B * C)
+        j, m = r // C, r % C
+        out[i, j, m] = src[i, j, m]
+
+
+@cuda.jit(cache=True)
+def _column_sum_kernel(a, out):
+    """out[j] = sum_i a[i, j]."""
+    for j in range(cuda.grid(1), a.shape[1], cuda.gridsize(1)):
+        acc = a[0, j] * 0
+        for i in range(a.shape[0]):
+            acc += a[i, j]
+        out[j] = acc
+
+
+def _as3(x):
+    return x.reshape((1, 1) + x.shape) if x.ndim == 1 else \
+        (x.reshape((1,) + x.shape) if x.ndim == 2 else x)
+
+
+def zeros(shape, dtype):
+    out = _device.empty(shape, dtype)
+    return scale(out, 0)
+
+
+def scale(x, alpha):
+    """``x *= alpha`` in place (``alpha == 0``: zeros, whatever ``x`` held)."""
+    if x.size:
+        _device.launch(_scale3_kernel, _blocks(x.size), THREADS, _as3(x), x.dtype.type(alpha))
+    return x
+
+
+def multiply(a, b, out=None):
+    out = _device.empty(a.shape, a.dtype) if out is None else out
+    if out.size:
+        _device.launch(_mul3_kernel, _blocks(out.size), THREADS, _as3(a), _as3(b), _as3(out))
+    return out
+
+
+def add_into(out, a):
+    if out.size:
+        _device.launch(_add3_kernel, _blocks(out.size), THREADS, _as3(out), _as3(a))
+    return out
+
+
+def copy(src, out=None):
+    """Copy of a 1-3-D device array (into ``out`` if given, which may be a strided view)."""
+    out = _device.empty(src.shape, src.dtype) if out is None else out
+    if out.size:
+        _device.launch(_copy3_kernel, _blocks(out.size), THREADS, _as3(src), _as3(out))
+    return out
+
+
+def swap01(x):
+    """Contiguous (B, A, C) copy of a 3-D (A, B, C) device array."""
+    A, B, C = x.shape
+    out = _device.empty((B, A, C), x.dtype)
+    if out.size:
+        _device.launch(_swap01_kernel, _blocks(out.size), THREADS, x, out)
+    return out
+
+
+@cuda.jit(cache=True)
+def _swap01_kernel(src, out):
+    A, B, C = out.shape
+    for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
+        i, r = k // (B * C), k % (B * C)
+        j, m = r // C, r % C
+        out[i, j, m] = src[j, i, m]
+
+
+def transpose(a):
+    """Contiguous copy of a 2-D device array's transpose."""
+    out = _device.empty((a.shape[1], a.shape[0]), a.dtype)
+    if out.size:
+        _device.launch(_swap01_kernel, _blocks(out.size), THREADS,
+                       a.reshape((a.shape[0], a.shape[1], 1)), out.reshape(out.shape + (1,)))
+    return out
+
+
+def column_sum(a, out):
+    """``out[:] = a.sum(axis=0)`` for 2-D ``a``."""
+    if out.size:
+        if a.shape[0] == 0:
+            return scale(out, 0)
+        _device.launch(_column_sum_kernel, _blocks(out.size), THREADS, a, out)
+    return out
