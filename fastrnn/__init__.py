@@ -5,7 +5,7 @@ Layers (``RNN``, ``LSTM``, ``GRU``) and cells (``RNNCell``, ``LSTMCell``,
 The core depends on NumPy and Numba only; it never imports torch.
 """
 
-from . import attention, reference
+from . import attention, cuda, reference
 from .cells import GRUCell, LSTMCell, RNNCell
 from .io import load, save
 from .layers import GRU, LSTM, RNN
@@ -14,4 +14,4 @@ from .training import Gradients, Tape, clip_grad_norm
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "save", "load",
-           "clip_grad_norm", "Gradients", "Tape", "attention", "reference", "__version__"]
+           "clip_grad_norm", "Gradients", "Tape", "attention", "cuda", "reference", "__version__"]

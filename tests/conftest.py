@@ -1,10 +1,20 @@
-"""Shared helpers: build a fastrnn model and a torch.nn twin with the same weights."""
+"""Shared helpers: build a fastrnn model and a torch.nn twin with the same weights.
 
-import numpy as np
-import pytest
-import torch
+CUDA tests run on Numba's CUDA simulator unless ``FASTRNN_TEST_GPU=1`` (``make
+test-gpu``) asks for the real device; the choice has to be made before anything
+imports ``numba.cuda``, hence here.
+"""
 
-import fastrnn
+import os
+
+if os.environ.get("FASTRNN_TEST_GPU", "0") in ("", "0"):
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fastrnn  # noqa: E402
 
 torch.set_num_threads(1)
 

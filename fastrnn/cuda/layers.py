@@ -142,7 +142,10 @@ def _pack_state(model, h, c, unbatched):
 
 def run(model, params, x, h, c, lens, tape=None, masks=(), plan=None):
     """All layers over contiguous device ``x`` (T, B, I); ``h``/``c`` become the final
-    state. Records the tape (device arrays) when ``tape`` is given."""
+    state. Records the tape (device arrays) when ``tape`` is given, and then applies
+    its inter-layer dropout masks."""
+    if tape is not None:
+        masks = tape.masks
     T, B, _ = x.shape
     D, P, H = model.num_directions, model.output_size, model.hidden_size
     kind = _KIND[model.mode]

@@ -1,0 +1,226 @@
+"""The CUDA engine (``fastrnn.cuda``) against torch.nn: outputs, states, every gradient.
+
+Runs on Numba's CUDA simulator at tiny sizes (see conftest), or with
+``FASTRNN_TEST_GPU=1`` on a real GPU at real sizes (``make test-gpu``).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import KINDS, TOL, make_pair
+from test_bptt import _flat, assert_grad, torch_grads
+
+import fastrnn
+from fastrnn import cuda as fcuda
+
+pytestmark = pytest.mark.skipif(not fcuda.is_available(),
+                                reason="no CUDA device and the simulator is off")
+
+REAL_GPU = not fcuda.is_simulator()
+# (T, B, I, H): the simulator runs each thread in Python, so it gets tiny problems.
+SIZES = (12, 8, 16, 64) if REAL_GPU else (4, 2, 3, 4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_thread_switching():
+    """The simulator's block manager polls its threads; a short GIL switch interval
+    makes its barriers ~5x faster."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(old)
+
+
+def _dev(a):
+    from numba import cuda
+    if a is None:
+        return None
+    if isinstance(a, tuple):
+        return tuple(_dev(b) for b in a)
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def _host(a):
+    if isinstance(a, tuple):
+        return tuple(_host(b) for b in a)
+    return a.copy_to_host()
+
+
+def check_device_grads(kind, dtype, rng, *, num_layers=1, bidirectional=False,
+                       batch_first=False, bias=True, with_hx=True, with_lengths=False,
+                       unbatched=False, sizes=SIZES, **extra):
+    """Forward, forward_train and backward on device arrays vs torch.nn."""
+    T, B, I, H = sizes
+    m, tm = make_pair(kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
+                      batch_first=batch_first, bias=bias, **extra)
+    if unbatched:
+        shape, bsz = (T, I), None
+    else:
+        shape, bsz = ((B, T, I) if batch_first else (T, B, I)), B
+    x = rng.standard_normal(shape).astype(dtype)
+    st = m.initial_state(bsz)
+    hx = None
+    if with_hx:
+        hx = tuple(rng.standard_normal(a.shape).astype(dtype) for a in _flat(st))
+        hx = hx if isinstance(st, tuple) else hx[0]
+    lengths = None
+    if with_lengths:
+        lengths = rng.integers(1, T + 1, size=B)
+        lengths[0] = T
+    y_cpu, state_cpu = m(x, hx, lengths=lengths)
+    y, state = m(_dev(x), _dev(hx), lengths=lengths)
+    assert fcuda.is_device_array(y)
+    y_tr, state_tr, tape = m.forward_train(_dev(x), _dev(hx), lengths=lengths)
+    np.testing.assert_array_equal(_host(y), _host(y_tr))
+    gy = rng.standard_normal(y_cpu.shape).astype(dtype)
+    gstate = tuple(rng.standard_normal(a.shape).astype(dtype) for a in _flat(state_cpu))
+    grads = m.backward(tape, _dev(gy), _dev(gstate if isinstance(state_cpu, tuple)
+                                            else gstate[0]))
+    tgx, thx = torch_grads(tm, x, hx, lengths, batch_first, gy, gstate)
+    # torch's forward, for outputs and final states
+    ty, tstate = _torch_forward(tm, x, hx, lengths, batch_first)
+    assert_grad(_host(y), ty, dtype, "output")
+    for a, b, name in zip(_flat(_host(state)), _flat(tstate), ("h_n", "c_n")):
+        assert_grad(a, b, dtype, name)
+    assert_grad(_host(grads.input), tgx, dtype, "input")
+    if hx is not None:
+        for a, b, name in zip(_flat(_host(grads.hx)), thx, ("h0", "c0")):
+            assert_grad(a, b, dtype, name)
+    for name, p in tm.named_parameters():
+        assert_grad(_host(grads.params[name]), p.grad, dtype, name)
+    return m
+
+
+def _torch_forward(tm, x, hx, lengths, batch_first):
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    xt = torch.from_numpy(x)
+    hxt = None if hx is None else (tuple(torch.from_numpy(h) for h in hx)
+                                   if isinstance(hx, tuple) else torch.from_numpy(hx))
+    with torch.no_grad():
+        if lengths is None:
+            return tm(xt, hxt)
+        T = x.shape[1] if batch_first else x.shape[0]
+        packed = pack_padded_sequence(xt, torch.as_tensor(lengths), batch_first=batch_first,
+                                      enforce_sorted=False)
+        y, state = tm(packed, hxt)
+        return pad_packed_sequence(y, batch_first=batch_first, total_length=T)[0], state
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_device_forward_and_gradients_match_torch(kind, dtype, rng):
+    check_device_grads(kind, dtype, rng, num_layers=2, bidirectional=True, with_lengths=True)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("variant", ["batch_first", "no_bias", "no_hx", "unbatched"])
+def test_device_options_match_torch(kind, variant, rng):
+    opts = {"batch_first": dict(batch_first=True, with_lengths=True),
+            "no_bias": dict(bias=False),
+            "no_hx": dict(with_hx=False, num_layers=2),
+            "unbatched": dict(unbatched=True, bidirectional=True)}[variant]
+    check_device_grads(kind, "float64", rng, **opts)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_phased_launches_on_several_blocks_match_torch(kind, rng, monkeypatch):
+    """The per-phase driver on a multi-block grid (what the simulator cannot run
+    cooperatively): unit slices, partial last slices, the k-split sums."""
+    from fastrnn.cuda import recurrence
+
+    real = recurrence.Plan.__init__
+
+    def three_blocks(self, H, P, weight_rows, G, itemsize, blocks=None, persistent=None):
+        real(self, H, P, weight_rows, G, itemsize, blocks=3, persistent=False)
+    monkeypatch.setattr(recurrence.Plan, "__init__", three_blocks)
+    check_device_grads(kind, "float64", rng, bidirectional=True, with_lengths=True,
+                       sizes=(3, 2, 3, 5))
+
+
+@pytest.mark.parametrize("kind", ["lstm_proj", "gru"])
+def test_weights_read_from_global_memory_match_torch(kind, rng, monkeypatch):
+    """Slices too big for shared memory are read from global memory instead."""
+    from fastrnn.cuda import recurrence
+    monkeypatch.setattr(recurrence, "SHARED_WEIGHT_BYTES", 0)
+    check_device_grads(kind, "float32", rng, with_lengths=True)
+
+
+def test_dropout_masks_on_device_equal_cpu(rng):
+    m = fastrnn.GRU(3, 4, num_layers=3, dropout=0.5, dtype="float64", seed=0)
+    x = rng.standard_normal((4, 2, 3))
+    keep = [rng.random((4, 2, 4)) >= 0.5 for _ in range(2)]
+    y, _, tape = m.forward_train(x, dropout_masks=keep)
+    yd, _, taped = m.forward_train(_dev(x), dropout_masks=[_dev(k) for k in keep])
+    np.testing.assert_allclose(_host(yd), y, atol=1e-12)
+    gy = rng.standard_normal(y.shape)
+    g, gd = m.backward(tape, gy), m.backward(taped, _dev(gy))
+    np.testing.assert_allclose(_host(gd.input), g.input, atol=1e-12)
+    for name in g.params:
+        np.testing.assert_allclose(_host(gd.params[name]), g.params[name], atol=1e-12)
+
+
+class HostInterface:
+    """An object exposing only ``__cuda_array_interface__`` (over host memory, which is
+    what the simulator calls device memory): like a CuPy array or a torch CUDA tensor."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape, self.dtype = array.shape, array.dtype
+        self.__cuda_array_interface__ = {
+            "shape": array.shape, "typestr": array.dtype.str, "strides": None,
+            "data": (array.ctypes.data, False), "version": 3}
+
+
+@pytest.mark.skipif(REAL_GPU, reason="host memory stands for device memory only in the simulator")
+def test_cuda_array_interface_objects_are_used_without_copies(rng):
+    m, tm = make_pair("lstm", 3, 4, "float64")
+    x = rng.standard_normal((4, 2, 3))
+    y, (h, c) = m(HostInterface(x))
+    ty, (th, tc) = tm(torch.from_numpy(x))
+    np.testing.assert_allclose(_host(y), ty.detach().numpy(), atol=TOL["float64"])
+    view = fcuda.as_device_array(HostInterface(x))
+    x[0, 0, 0] = 42.0  # the device array sees the owner's memory
+    assert _host(view)[0, 0, 0] == 42.0
+
+
+def test_resident_weights_follow_load_state_dict(rng):
+    m, tm = make_pair("gru", 3, 4, "float32")
+    m.to_device()
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(_host(m(_dev(x))[0]), m(x)[0], atol=TOL["float32"])
+    other = torch.nn.GRU(3, 4)
+    m.load_state_dict(other.state_dict())
+    expected = other(torch.from_numpy(x))[0].detach().numpy()
+    np.testing.assert_allclose(_host(m(_dev(x))[0]), expected, atol=TOL["float32"])
+
+
+def test_large_inputs_saturate_on_device():
+    m = fastrnn.LSTM(3, 4, dtype="float32", seed=0)
+    x = np.full((3, 2, 3), 1e30, np.float32)
+    y, (h, c) = m(_dev(x))
+    assert np.all(np.isfinite(_host(y))) and np.all(np.abs(_host(y)) <= 1)
+    np.testing.assert_allclose(_host(y), m(x)[0], atol=1e-6)
+
+
+def test_device_input_errors_name_the_argument(rng):
+    m = fastrnn.LSTM(3, 4, dtype="float32")
+    with pytest.raises(TypeError, match="input must have dtype float32.*got float64"):
+        m(_dev(rng.standard_normal((4, 2, 3))))
+    with pytest.raises(ValueError, match=r"input must have shape \(seq_len, batch, 3\)"):
+        m(_dev(rng.standard_normal((4, 2, 5)).astype(np.float32)))
+    x = _dev(rng.standard_normal((4, 2, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 2, 4\)"):
+        m(x, (_dev(np.zeros((1, 3, 4), np.float32)), _dev(np.zeros((1, 2, 4), np.float32))))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, seq_len=4\]"):
+        m(x, lengths=[5, 1])
+
+
+def test_import_fastrnn_does_not_import_numba_cuda():
+    code = "import sys, fastrnn; fastrnn.cuda.is_simulator(); print('numba.cuda' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ}, check=True)
+    assert out.stdout.strip() == "False"
