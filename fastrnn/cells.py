@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _validation as check
 from . import rnn
+from .cuda import is_device_array
 from ._params import ParameterMixin
 from .layers import GRU, LSTM, RNN
 from .training import Tape
@@ -52,15 +53,31 @@ class _CellBase(ParameterMixin):
             extra += ", nonlinearity='relu'"
         return f"{type(self).__name__}({self.input_size}, {self.hidden_size}{extra})"
 
+    def to_device(self):
+        """Keep the parameters resident on the GPU (see ``fastrnn.LSTM.to_device``)."""
+        self._layer.to_device()
+        return self
+
+    @property
+    def _device_params(self):
+        return self._layer._device_params
+
+    def _array(self, name, value, shape_text):
+        """``check.array``, or its device twin for device arrays (no copy, no cast)."""
+        if type(value) is not np.ndarray and is_device_array(value):
+            from .cuda.layers import _array
+            return _array(name, value, self.dtype, shape_text)
+        return check.array(name, value, self.dtype, shape_text)
+
     def _check(self, x, hx):
         """Validate; return ``(x, hx)`` as a length-1 sequence and state for the layer."""
-        x = check.array("input", x, self.dtype, f"(batch, {self.input_size})")
-        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+        x = self._array("input", x, f"(batch, {self.input_size})")
+        if x.ndim not in (1, 2) or x.shape[x.ndim - 1] != self.input_size:
             raise ValueError(f"input must have shape (batch, {self.input_size}) or "
-                             f"({self.input_size},); got {x.shape}")
-        shape = x.shape[:-1] + (self.hidden_size,)
+                             f"({self.input_size},); got {tuple(x.shape)}")
+        shape = tuple(x.shape[:x.ndim - 1]) + (self.hidden_size,)
         if hx is None:
-            return x[None], None
+            return _lead1(x), None
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"hx for LSTMCell must be a tuple (h, c); got "
@@ -70,10 +87,10 @@ class _CellBase(ParameterMixin):
             parts = [("hx", hx)]
         states = []
         for name, value in parts:
-            value = check.array(name, value, self.dtype, str(shape))
+            value = self._array(name, value, str(shape))
             check.shape(name, value, shape)
-            states.append(value[None])
-        return x[None], (tuple(states) if self.mode == "LSTM" else states[0])
+            states.append(_lead1(value))
+        return _lead1(x), (tuple(states) if self.mode == "LSTM" else states[0])
 
     def __call__(self, x, hx=None):
         """Advance one step.
@@ -120,13 +137,23 @@ class _CellBase(ParameterMixin):
             for name, g in named_grads:
                 if g is None:
                     g = np.zeros(shape, self.dtype)
-                g = check.array(name, g, self.dtype, str(shape))
+                g = self._array(name, g, str(shape))
                 check.shape(name, g, shape)
-                state.append(g[None])
+                state.append(_lead1(g))
             state = tuple(state) if self.mode == "LSTM" else state[0]
         grads = self._layer.backward(tape, None, state)
         params = {name[:-3]: g for name, g in grads.params.items()}
         return grads.input[0], grads.hx, params
+
+
+def _lead1(a):
+    """``a[None]``, also for device arrays (which have no ``None`` indexing)."""
+    if isinstance(a, np.ndarray):
+        return a[None]
+    if not a.is_c_contiguous():
+        from .cuda.linalg import copy
+        a = copy(a)
+    return a.reshape((1,) + tuple(a.shape))
 
 
 class RNNCell(_CellBase):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import KINDS, TOL, make_pair
+from conftest import CELLS, KINDS, TOL, make_pair
 from test_bptt import _flat, assert_grad, torch_grads
 
 import fastrnn
@@ -224,3 +224,33 @@ def test_import_fastrnn_does_not_import_numba_cuda():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ}, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_device_cells_match_torch(kind, dtype, rng):
+    T, B, I, H = SIZES
+    cell, tcell = make_pair(kind, I, H, dtype, table=CELLS)
+    x = rng.standard_normal((B, I)).astype(dtype)
+    lstm = kind == "lstm"
+    hx = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in range(2 if lstm else 1))
+    xt = torch.from_numpy(x).requires_grad_()
+    hxt = tuple(torch.from_numpy(h).requires_grad_() for h in hx)
+    out_t = tcell(xt, hxt if lstm else hxt[0])
+    out_t = out_t if lstm else (out_t,)
+    gouts = [rng.standard_normal((B, H)).astype(dtype) for _ in out_t]
+    sum((o * torch.from_numpy(g)).sum() for o, g in zip(out_t, gouts)).backward()
+    hx_dev = _dev(hx) if lstm else _dev(hx[0])
+    out = cell(_dev(x), hx_dev)
+    trained = cell.forward_train(_dev(x), hx_dev)
+    for a, b in zip(_flat(out), out_t):
+        assert_grad(_host(a), b, dtype, "output")
+    if lstm:
+        gx, gh, params = cell.backward(trained[2], _dev(gouts[0]), _dev(gouts[1]))
+    else:
+        gx, gh, params = cell.backward(trained[1], _dev(gouts[0]))
+    assert_grad(_host(gx), xt.grad, dtype, "input")
+    for a, b in zip(_flat(_host(gh) if lstm else (_host(gh),)), hxt):
+        assert_grad(a, b.grad, dtype, "hx")
+    for name, p in tcell.named_parameters():
+        assert_grad(_host(params[name]), p.grad, dtype, name)
