@@ -74,7 +74,7 @@ def check_device_grads(kind, dtype, rng, *, num_layers=1, bidirectional=False,
     y_cpu, state_cpu = m(x, hx, lengths=lengths)
     y, state = m(_dev(x), _dev(hx), lengths=lengths)
     assert fcuda.is_device_array(y)
-    y_tr, state_tr, tape = m.forward_train(_dev(x), _dev(hx), lengths=lengths)
+    y_tr, _, tape = m.forward_train(_dev(x), _dev(hx), lengths=lengths)
     np.testing.assert_array_equal(_host(y), _host(y_tr))
     gy = rng.standard_normal(y_cpu.shape).astype(dtype)
     gstate = tuple(rng.standard_normal(a.shape).astype(dtype) for a in _flat(state_cpu))
@@ -179,8 +179,8 @@ class HostInterface:
 def test_cuda_array_interface_objects_are_used_without_copies(rng):
     m, tm = make_pair("lstm", 3, 4, "float64")
     x = rng.standard_normal((4, 2, 3))
-    y, (h, c) = m(HostInterface(x))
-    ty, (th, tc) = tm(torch.from_numpy(x))
+    y, _ = m(HostInterface(x))
+    ty, _ = tm(torch.from_numpy(x))
     np.testing.assert_allclose(_host(y), ty.detach().numpy(), atol=TOL["float64"])
     view = fcuda.as_device_array(HostInterface(x))
     x[0, 0, 0] = 42.0  # the device array sees the owner's memory
@@ -188,7 +188,7 @@ def test_cuda_array_interface_objects_are_used_without_copies(rng):
 
 
 def test_resident_weights_follow_load_state_dict(rng):
-    m, tm = make_pair("gru", 3, 4, "float32")
+    m, _ = make_pair("gru", 3, 4, "float32")
     m.to_device()
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(_host(m(_dev(x))[0]), m(x)[0], atol=TOL["float32"])
@@ -201,7 +201,7 @@ def test_resident_weights_follow_load_state_dict(rng):
 def test_large_inputs_saturate_on_device():
     m = fastrnn.LSTM(3, 4, dtype="float32", seed=0)
     x = np.full((3, 2, 3), 1e30, np.float32)
-    y, (h, c) = m(_dev(x))
+    y, _ = m(_dev(x))
     assert np.all(np.isfinite(_host(y))) and np.all(np.abs(_host(y)) <= 1)
     np.testing.assert_allclose(_host(y), m(x)[0], atol=1e-6)
 
@@ -229,7 +229,7 @@ def test_import_fastrnn_does_not_import_numba_cuda():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", sorted(CELLS))
 def test_device_cells_match_torch(kind, dtype, rng):
-    T, B, I, H = SIZES
+    _, B, I, H = SIZES
     cell, tcell = make_pair(kind, I, H, dtype, table=CELLS)
     x = rng.standard_normal((B, I)).astype(dtype)
     lstm = kind == "lstm"

@@ -28,6 +28,8 @@ import fastrnn
 from fastrnn import gru, lstm, rnn
 from fastrnn.training import Tape
 
+from . import _cuda
+
 _CORE = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
 _KERNELS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
 
@@ -118,6 +120,8 @@ def _tape_shapes(config, T, B):
 
 def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
     """The forward on tensors: ``(y, h_n, c_n, tape)``; ``tape`` is [] unless ``train``."""
+    if _cuda.on_gpu(x):
+        return _cuda.forward(core_model(config), x, weights, h0, c0, lengths, masks, train)
     mode, L, D, H, P = _sizes(config)
     m = _bound(config, weights)
     xa = x.detach().numpy()
@@ -146,6 +150,9 @@ def backward_impl(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, co
     one flag per weight; a weight not asked for costs no product (its gradient is
     zeros), and with none asked for the list is empty; ``grad_x`` is (0,) unless
     ``input_grad``."""
+    if _cuda.on_gpu(x):
+        return _cuda.backward(core_model(config), grad_y, grad_hn, grad_cn, x, weights,
+                              lengths, masks, tape, input_grad, param_grads)
     mode, L, D, H, P = _sizes(config)
     m = _bound(config, weights)
     xa = x.detach().numpy()

@@ -20,6 +20,7 @@ import json
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from . import _cuda
 from ._ops import rnn
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
@@ -28,9 +29,13 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def _supported(x, weights):
-    """Whether the kernels can run on these tensors (else torch.nn runs)."""
-    return (x.device.type == "cpu" and x.dtype in _DTYPES and not x.is_sparse
-            and all(w.device.type == "cpu" and w.dtype == x.dtype for w in weights))
+    """Whether the kernels can run on these tensors (else torch.nn runs): the CPU
+    kernels, or the CUDA ones for CUDA tensors where ``fastrnn.cuda`` is available."""
+    if x.dtype not in _DTYPES or x.is_sparse:
+        return False
+    if not (x.device.type == "cpu" or (x.device.type == "cuda" and _cuda.available())):
+        return False
+    return all(w.device == x.device and w.dtype == x.dtype for w in weights)
 
 
 def _needs_grad(tensors):
@@ -117,8 +122,8 @@ class _RNNMixin:
         h0, c0 = hx if lstm else (hx, x.new_empty((0,)))
         masks = []
         if self.training and self.dropout > 0 and self.num_layers > 1:
-            masks = [torch.empty((x.shape[0], B, D * P), dtype=x.dtype).bernoulli_(
-                1 - self.dropout) for _ in range(self.num_layers - 1)]
+            masks = [x.new_empty((x.shape[0], B, D * P)).bernoulli_(1 - self.dropout)
+                     for _ in range(self.num_layers - 1)]
         train = _needs_grad([x, h0, c0] + list(weights))
         config = _config(self, self._mode, self.num_layers, x.dtype)
         y, hn, cn, _ = rnn(x.contiguous(), list(weights), h0.contiguous(), c0.contiguous(),
@@ -134,10 +139,9 @@ class _RNNMixin:
         return (y.transpose(0, 1) if self.batch_first else y), state
 
     def _zeros(self, x, D, P, lstm):
-        h = torch.zeros(self.num_layers * D, x.shape[1], P, dtype=x.dtype)
+        h = x.new_zeros((self.num_layers * D, x.shape[1], P))
         if lstm:
-            return h, torch.zeros(self.num_layers * D, x.shape[1], self.hidden_size,
-                                  dtype=x.dtype)
+            return h, x.new_zeros((self.num_layers * D, x.shape[1], self.hidden_size))
         return h
 
 
@@ -216,7 +220,7 @@ class _CellMixin:
             raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} "
                                f"expected {self.input_size}")
         if hx is None:
-            z = torch.zeros(B, self.hidden_size, dtype=x.dtype)
+            z = x.new_zeros((B, self.hidden_size))
             parts = (z, z) if lstm else (z,)
         else:
             parts = tuple(h.unsqueeze(0) if unbatched else h for h in parts)

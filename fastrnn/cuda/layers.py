@@ -168,7 +168,7 @@ def run(model, params, x, h, c, lens, tape=None, masks=(), plan=None):
             linalg.copy(h[k], h_buf[0])
             if tape is not None:
                 tapes = (_device.empty((T, B, TG * H), dt), _device.empty((T, B, P), dt),
-                         _device.empty((T, B, H), dt) if kind == 0 else _dummy(dt, 3))
+                         _device.empty((T if kind == 0 else 0, B, H), dt))
                 tape.steps.append(tapes)
             else:
                 tapes = (_dummy(dt, 3), _device.empty((0, 1, 1), dt), _dummy(dt, 3))
