@@ -25,12 +25,14 @@ rules store their key projections (already needed for the forward GEMM) and
 recompute the tanh in the backward pass.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _validation as check
+from .cuda import is_device_array
 from ._jit import kernel
 from .activations import exp_nonpos, tanh
 from .linalg import gemm
@@ -174,6 +176,22 @@ class AttentionTape:
     saved: dict
 
 
+def _device_twin(fn):
+    """Send device arrays (and tapes recorded on the device) to ``fastrnn.cuda.attention``'s
+    function of the same name."""
+    @functools.wraps(fn)
+    def dispatch(first, *args, **kwargs):
+        if isinstance(first, AttentionTape):
+            on_device = first.saved.get("device", False)
+        else:
+            on_device = type(first) is not np.ndarray and is_device_array(first)
+        if on_device:
+            from .cuda import attention as gpu
+            return getattr(gpu, fn.__name__)(first, *args, **kwargs)
+        return fn(first, *args, **kwargs)
+    return dispatch
+
+
 def _floats(names, arrays, dtype=None):
     """Check that the named arrays are float32/float64 arrays of one dtype."""
     out = []
@@ -288,6 +306,7 @@ def _sdpa_run(p, probs=False):
 
 # ----------------------------------------------------------------------------- scaled dot product
 
+@_device_twin
 def scaled_dot_product(q, k, v, mask=None, causal=False, scale=None):
     """Scaled dot-product attention ``softmax(q kᵀ · scale + mask) v``.
 
@@ -313,6 +332,7 @@ def scaled_dot_product(q, k, v, mask=None, causal=False, scale=None):
     return out.reshape(p["batch"] + out.shape[1:])
 
 
+@_device_twin
 def scaled_dot_product_train(q, k, v, mask=None, causal=False, scale=None):
     """:func:`scaled_dot_product` that also returns a tape for the backward pass."""
     p = _sdpa_prepare(q, k, v, mask, causal, scale)
@@ -321,6 +341,7 @@ def scaled_dot_product_train(q, k, v, mask=None, causal=False, scale=None):
     return out.reshape(p["batch"] + out.shape[1:]), AttentionTape("sdpa", p)
 
 
+@_device_twin
 def scaled_dot_product_backward(tape, grad_out):
     """Gradients ``(dq, dk, dv)`` of :func:`scaled_dot_product`, shaped like q, k, v.
 
@@ -403,6 +424,7 @@ def _additive_run(p):
     return context, weights
 
 
+@_device_twin
 def additive(query, keys, values, W_q, W_k, v, mask=None):
     """Bahdanau (additive) attention.
 
@@ -428,6 +450,7 @@ def additive(query, keys, values, W_q, W_k, v, mask=None):
     return _additive_run(_additive_prepare(query, keys, values, W_q, W_k, v, None, mask))
 
 
+@_device_twin
 def additive_train(query, keys, values, W_q, W_k, v, mask=None, bias=None):
     """:func:`additive` plus a tape; ``bias`` (hidden,) is added inside the tanh if given."""
     p = _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask)
@@ -436,6 +459,7 @@ def additive_train(query, keys, values, W_q, W_k, v, mask=None, bias=None):
     return context, weights, AttentionTape("additive", p)
 
 
+@_device_twin
 def additive_backward(tape, grad_context, grad_weights=None):
     """Gradients of :func:`additive`: a dict with ``query, keys, values, W_q, W_k, v, bias``.
 
@@ -491,6 +515,7 @@ def _luong_weights(method, weights, H):
     return W, b, v
 
 
+@_device_twin
 def luong_train(query, keys, values=None, method="dot", weights=None, mask=None):
     """:func:`luong` plus a tape for :func:`luong_backward`."""
     values = keys if values is None else values
@@ -519,6 +544,7 @@ def luong_train(query, keys, values=None, method="dot", weights=None, mask=None)
     return out[:, 0], probs[:, 0], AttentionTape("luong", saved)
 
 
+@_device_twin
 def luong(query, keys, values=None, method="dot", weights=None, mask=None):
     """Luong attention for one query per batch row.
 
@@ -542,6 +568,7 @@ def luong(query, keys, values=None, method="dot", weights=None, mask=None):
     return ctx, w
 
 
+@_device_twin
 def luong_backward(tape, grad_context, grad_weights=None):
     """Gradients of :func:`luong`: dict with ``query, keys, values`` and ``W``
     (``general``/``concat``), ``b`` (if given) and ``v`` (``concat``).
@@ -580,6 +607,7 @@ def luong_backward(tape, grad_context, grad_weights=None):
 
 # ----------------------------------------------------------------------------- tutorial Attn
 
+@_device_twin
 def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     """The seq2seq tutorial's ``Attn`` with a tape; see :func:`concat_attn`."""
     Q, K, V, W_attn, b_attn, W_combine, b_combine = _floats(
@@ -611,6 +639,7 @@ def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     return out, w, AttentionTape("concat_attn", saved)
 
 
+@_device_twin
 def concat_attn(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     """The ``Attn`` module of PyTorch's seq2seq tutorial, on arrays.
 
@@ -634,6 +663,7 @@ def concat_attn(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     return out, w
 
 
+@_device_twin
 def concat_attn_backward(tape, grad_output, grad_weights=None):
     """Gradients of :func:`concat_attn`: dict with ``Q, K, V, W_attn, b_attn, W_combine,
     b_combine``."""

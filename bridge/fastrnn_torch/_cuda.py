@@ -73,8 +73,12 @@ def as_tensor(a, like):
 def _cublas_gemm(a, b, c, alpha, beta, trans_a, trans_b):
     """fastrnn.cuda's product through torch (cuBLAS) on the current stream."""
     ta, tb, tc = (torch.as_tensor(v, device="cuda") for v in (a, b, c))
-    torch.addmm(tc, ta.T if trans_a else ta, tb.T if trans_b else tb, beta=beta, alpha=alpha,
-                out=tc)
+    ta = ta.mT if trans_a else ta
+    tb = tb.mT if trans_b else tb
+    if tc.dim() == 3:
+        torch.baddbmm(tc, ta, tb, beta=beta, alpha=alpha, out=tc)
+    else:
+        torch.addmm(tc, ta, tb, beta=beta, alpha=alpha, out=tc)
     return c
 
 

@@ -53,7 +53,7 @@ def to_device(array):
 
 
 def __getattr__(name):
-    if name == "attention":
-        from . import attention
-        return attention
+    if name == "attention":  # imported on first use: it compiles kernels
+        import importlib
+        return importlib.import_module(f"{__name__}.attention")
     raise AttributeError(f"module 'fastrnn.cuda' has no attribute {name!r}")

@@ -20,13 +20,13 @@ _KIND = {"LSTM": 0, "GRU": 1, "RNN": 2}
 # ----------------------------------------------------------------------------- arrays
 
 
-def _array(name, value, dtype, shape_text):
+def _array(name, value, dtype, shape_text, why="the model's dtype"):
     """A device array of ``dtype`` (host arrays are copied over; no silent casts)."""
     if not hasattr(value, "dtype") or not hasattr(value, "shape"):
         raise TypeError(f"{name} must be an array of shape {shape_text} and dtype {dtype}; "
                         f"got {type(value).__name__}")
     if np.dtype(value.dtype) != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (the model's dtype); got {value.dtype}")
+        raise TypeError(f"{name} must have dtype {dtype} ({why}); got {value.dtype}")
     if isinstance(value, np.ndarray):
         return _device.to_device(value)
     from . import as_device_array

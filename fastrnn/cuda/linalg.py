@@ -41,13 +41,9 @@ def _tile_pass(a, b, ta, tb, M, N, K, sa, sb, row, col, k0, acc):
     return acc
 
 
-@cuda.jit(cache=True)
-def _gemm_kernel(a, b, c, ta, tb, alpha, beta, wide):
-    """``c = alpha * op(a) @ op(b) + beta * c``; ``wide`` selects float64 tiles."""
-    sa32 = cuda.shared.array((TILE, TILE), float32)
-    sb32 = cuda.shared.array((TILE, TILE), float32)
-    sa64 = cuda.shared.array((TILE, TILE), float64)
-    sb64 = cuda.shared.array((TILE, TILE), float64)
+@cuda.jit(device=True)
+def _gemm_body(a, b, c, ta, tb, alpha, beta, wide, sa32, sb32, sa64, sb64):
+    """One output tile of ``c = alpha * op(a) @ op(b) + beta * c`` (2-D operands)."""
     row = cuda.blockIdx.y * TILE + cuda.threadIdx.y
     col = cuda.blockIdx.x * TILE + cuda.threadIdx.x
     M, N = c.shape
@@ -65,14 +61,38 @@ def _gemm_kernel(a, b, c, ta, tb, alpha, beta, wide):
             c[row, col] = alpha * acc + beta * c[row, col]
 
 
+@cuda.jit(cache=True)
+def _gemm_kernel(a, b, c, ta, tb, alpha, beta, wide):
+    """2-D product; ``wide`` selects float64 tiles (float32 otherwise)."""
+    sa32 = cuda.shared.array((TILE, TILE), float32)
+    sb32 = cuda.shared.array((TILE, TILE), float32)
+    sa64 = cuda.shared.array((TILE, TILE), float64)
+    sb64 = cuda.shared.array((TILE, TILE), float64)
+    _gemm_body(a, b, c, ta, tb, alpha, beta, wide, sa32, sb32, sa64, sb64)
+
+
+@cuda.jit(cache=True)
+def _batched_gemm_kernel(a, b, c, ta, tb, alpha, beta, wide):
+    """3-D (batched) product, one batch entry per ``blockIdx.z``."""
+    sa32 = cuda.shared.array((TILE, TILE), float32)
+    sb32 = cuda.shared.array((TILE, TILE), float32)
+    sa64 = cuda.shared.array((TILE, TILE), float64)
+    sb64 = cuda.shared.array((TILE, TILE), float64)
+    z = cuda.blockIdx.z
+    _gemm_body(a[z], b[z], c[z], ta, tb, alpha, beta, wide, sa32, sb32, sa64, sb64)
+
+
 def tiled_gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
-    """The built-in product kernel (see :func:`gemm`)."""
-    M, N = c.shape
-    if M == 0 or N == 0:
+    """The built-in product kernel (see :func:`gemm`); 2-D or batched 3-D operands."""
+    M, N = c.shape[c.ndim - 2:]
+    if M == 0 or N == 0 or c.size == 0:
         return c
     scalar = c.dtype.type
     blocks = (math.ceil(N / TILE), math.ceil(M / TILE))
-    _device.launch(_gemm_kernel, blocks, (TILE, TILE), a, b, c, trans_a, trans_b,
+    kernel = _gemm_kernel
+    if c.ndim == 3:
+        blocks, kernel = blocks + (c.shape[0],), _batched_gemm_kernel
+    _device.launch(kernel, blocks, (TILE, TILE), a, b, c, trans_a, trans_b,
                    scalar(alpha), scalar(beta), c.dtype == np.float64)
     return c
 
@@ -84,10 +104,12 @@ def gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     """``c[:] = alpha * op(a) @ op(b) + beta * c`` on the device; returns ``c``.
 
     ``op(a)`` (M, K), ``op(b)`` (K, N), ``c`` (M, N): 2-D device arrays of one dtype,
-    any strides; ``op`` transposes where ``trans_*`` is set. ``beta=0`` ignores
+    any strides, or 3-D with a leading batch axis (one product per entry); ``op``
+    transposes the last two axes where ``trans_*`` is set. ``beta=0`` ignores
     ``c``'s contents (it may be uninitialised).
     """
-    if (a.shape[0] if trans_a else a.shape[1]) == 0:  # empty sum: only c's scaling is left
+    ka = a.shape[a.ndim - 2] if trans_a else a.shape[a.ndim - 1]
+    if ka == 0:  # empty sum: only c's scaling is left
         return scale(c, beta)
     return _GEMM[0](a, b, c, alpha, beta, trans_a, trans_b)
 
@@ -158,8 +180,19 @@ def _column_sum_kernel(a, out):
 
 
 def _as3(x):
-    return x.reshape((1, 1) + x.shape) if x.ndim == 1 else \
-        (x.reshape((1,) + x.shape) if x.ndim == 2 else x)
+    """A 3-D view of a 1-, 2- or 3-D device array (strided views included), for the
+    elementwise kernels: leading axes of length 1 are added, nothing is copied."""
+    if x.ndim == 3:
+        return x
+    lead = (1,) * (3 - x.ndim)
+    if x.is_c_contiguous():
+        return x.reshape(lead + tuple(x.shape))
+    if is_simulator():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return FakeCUDAArray(x._ary[(None,) * len(lead)])
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    return DeviceNDArray(lead + tuple(x.shape), (0,) * len(lead) + tuple(x.strides), x.dtype,
+                         gpu_data=x.gpu_data, stream=x.stream)
 
 
 def zeros(shape, dtype):
@@ -188,7 +221,7 @@ def add_into(out, a):
 
 
 def copy(src, out=None):
-    """Copy of a 1-3-D device array (into ``out`` if given, which may be a strided view)."""
+    """Copy of a 1-3-D device array or view (into ``out`` if given, which may be a view)."""
     out = _device.empty(src.shape, src.dtype) if out is None else out
     if out.size:
         _device.launch(_copy3_kernel, _blocks(out.size), THREADS, _as3(src), _as3(out))
