@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: bench test docs asv asv-check asv-history asv-preview clean
+.PHONY: bench test test-gpu docs asv asv-check asv-history asv-preview clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) tests
+
+# On a machine with an NVIDIA GPU: the CUDA tests at real sizes on the device (not the
+# simulator), then fastrnn's kernels vs torch.nn on cuDNN. The bridge's GPU tests and the
+# benchmark need a CUDA build of torch (they skip or say so with the CPU wheel).
+GPU_TESTS := tests/test_cuda_layers.py tests/test_cuda_attention.py tests/test_bridge_cuda.py
+test-gpu: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[cuda]'
+	FASTRNN_TEST_GPU=1 $(PY) -m pytest -q $(GPU_TESTS)
+	$(VENV)/bin/fastrnn bench --gpu
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict

@@ -29,6 +29,8 @@ def main(argv=None):
     bench.add_argument("--full", action="store_true", help="more sizes and batches")
     bench.add_argument("--cell", choices=["lstm", "gru", "rnn", "all"], default="all")
     bench.add_argument("--hidden", type=int, default=256, help="hidden size (default 256)")
+    bench.add_argument("--gpu", action="store_true",
+                       help="fastrnn's CUDA kernels vs torch.nn on cuDNN (needs a GPU)")
     bench.add_argument("--out", default="bench-results",
                        help="folder for latest.json and ratios.png ('' to skip)")
     args = parser.parse_args(argv)
@@ -41,6 +43,9 @@ def main(argv=None):
                   "install with: pip install 'fastrnn[torch]'", file=sys.stderr)
             return 1
         modes = ("LSTM", "GRU", "RNN") if args.cell == "all" else (args.cell.upper(),)
+        if args.gpu:
+            from fastrnn_torch import bench_gpu
+            return bench_gpu.main(quick=args.quick, modes=modes, out=args.out)
         runner.main(quick=args.quick, cores=args.cores, full=args.full, modes=modes,
                     hidden=args.hidden, out=args.out)
         return 0

@@ -8,10 +8,12 @@
   (``dot``/``general``/``concat``, as in PyTorch's chatbot tutorial).
 
 Each runs as a ``torch.autograd.Function`` over the core's ``*_train`` /
-``*_backward`` pair for CPU float32/float64 tensors; anything else (CUDA,
-half precision, attention dropout) uses the plain torch formula.
+``*_backward`` pair for float32/float64 tensors: CPU tensors on the NumPy
+kernels, CUDA tensors on ``fastrnn.cuda``'s (zero copies, torch's stream);
+anything else (half precision, attention dropout) uses the plain torch formula.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -20,21 +22,39 @@ import torch.nn.functional as F
 
 from fastrnn import attention as core
 
+from . import _cuda
+
 __all__ = ["scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAttention"]
 
 
 def _kernels_can_run(*tensors):
     ts = [t for t in tensors if t is not None]
-    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+    device = ts[0].device
+    if not (device.type == "cpu" or (device.type == "cuda" and _cuda.available())):
+        return False
+    return all(t.device == device and t.dtype in (torch.float32, torch.float64)
                and t.dtype == ts[0].dtype for t in ts)
 
 
 def _np(t):
-    return None if t is None else t.detach().numpy()
+    """The core's view of a tensor: a NumPy array, or a device array for CUDA tensors."""
+    if t is None:
+        return None
+    return _cuda.device_array(t) if _cuda.on_gpu(t) else t.detach().numpy()
 
 
-def _t(a):
-    return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+def _t(a, like):
+    """A core result as a tensor on ``like``'s device (no copy)."""
+    if a is None:
+        return None
+    if isinstance(a, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return _cuda.as_tensor(a, like)
+
+
+def _engine(x):
+    """The context the core runs in: torch's stream and allocator for CUDA tensors."""
+    return _cuda.context(x) if _cuda.on_gpu(x) else contextlib.nullcontext()
 
 
 class _CoreFunction(torch.autograd.Function):
@@ -43,24 +63,29 @@ class _CoreFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, train, backward, *tensors):
-        outputs, tape = train(*[_np(t) for t in tensors])
-        ctx.tape, ctx.core_backward = tape, backward
-        return tuple(_t(o) for o in outputs)
+        x = tensors[0]
+        with _engine(x):
+            outputs, tape = train(*[_np(t) for t in tensors])
+            ctx.tape, ctx.core_backward, ctx.like = tape, backward, x.new_empty(0)
+            return tuple(_t(o, x) for o in outputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        grads = ctx.core_backward(ctx.tape, *[None if g is None else _np(g.contiguous())
-                                              for g in grads])
-        return (None, None, *[_t(g) for g in grads])
+        x = ctx.like
+        with _engine(x):
+            grads = ctx.core_backward(ctx.tape, *[None if g is None else _np(g.contiguous())
+                                                  for g in grads])
+            return (None, None, *[_t(g, x) for g in grads])
 
 
 def _run(train, backward, *tensors):
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _CoreFunction.apply(train, backward, *tensors)
-    with torch.no_grad():
+    x = tensors[0]
+    with torch.no_grad(), _engine(x):
         outputs, _ = train(*[_np(t) for t in tensors])
-    return tuple(_t(o) for o in outputs)
+        return tuple(_t(o, x) for o in outputs)
 
 
 # ----------------------------------------------------------------------------- functions

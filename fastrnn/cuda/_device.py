@@ -16,6 +16,47 @@ from . import is_simulator
 _state = threading.local()
 
 
+def _lock_simulator_shared_arrays():
+    """Make the simulator's ``cuda.shared.array`` safe for the threads of a block.
+
+    The simulator creates a block's shared array on the first call from any of its
+    threads, with an unlocked check-then-insert: two threads can each create their
+    own array, and then a barrier does not make one thread's writes visible to the
+    other (seen as rare wrong results in this project's tests). Serialising the
+    creation restores CUDA's semantics. Only ever applied under the simulator.
+    """
+    import sys
+    import traceback
+
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+    shared = getattr(kernelapi, "FakeCUDAShared", None)
+    if shared is None or getattr(shared, "_fastrnn_locked", False):
+        return
+    create = shared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory: one fixed buffer
+            return create(self, shape, dtype, alignment)
+        # the simulator's own key: the calling line
+        caller = tuple(traceback.extract_stack(sys._getframe(1), limit=1)[-1])[0:2]
+        if not isinstance(dtype, np.dtype) and hasattr(dtype, "bitwidth"):
+            dtype = numpy_support.as_dtype(dtype)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = np.empty(shape, dtype)
+                self._allocations[caller] = res
+        return res
+    shared.array = array
+    shared._fastrnn_locked = True
+
+
+if is_simulator():
+    _lock_simulator_shared_arrays()
+
+
 def _current():
     if not hasattr(_state, "stream"):
         _state.stream, _state.alloc = 0, None
