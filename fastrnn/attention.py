@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validation as check
-from .cuda import is_device_array
 from ._jit import kernel
 from .activations import exp_nonpos, tanh
+from .cuda import is_device_array
 from .linalg import gemm
 
 __all__ = ["scaled_dot_product", "scaled_dot_product_train", "scaled_dot_product_backward",

@@ -10,8 +10,8 @@ import numpy as np
 
 from . import _validation as check
 from . import rnn
-from .cuda import is_device_array
 from ._params import ParameterMixin
+from .cuda import is_device_array
 from .layers import GRU, LSTM, RNN
 from .training import Tape
 

@@ -617,6 +617,9 @@ class _RNNBase(ParameterMixin):
             raise ValueError("step() needs a unidirectional model: the reverse direction of a "
                              "bidirectional model depends on future inputs")
         if not (type(x_t) is np.ndarray and x_t.dtype == self.dtype):  # fast path first
+            if is_device_array(x_t):
+                raise TypeError("x_t is a device array; step() streams on the CPU. On the GPU, "
+                                "call the model on a length-1 sequence with the state")
             x_t = check.array("x_t", x_t, self.dtype, f"(batch, {self.input_size})")
         if x_t.ndim not in (1, 2) or x_t.shape[-1] != self.input_size:
             raise ValueError(f"x_t must have shape (batch, {self.input_size}) or "

@@ -7,9 +7,11 @@ run again, collected here; on a real GPU, CUDA tensors are compared with torch.
 
 import sys
 
+import fastrnn_torch as frt
 import pytest
 import torch
 import torch.nn.functional as F
+from fastrnn_torch import _cuda
 from test_bridge_attention import (  # noqa: F401  (collected here, run on the CUDA path)
     grads_match,
     test_additive_module,
@@ -19,8 +21,6 @@ from test_bridge_attention import (  # noqa: F401  (collected here, run on the C
 )
 
 import fastrnn
-import fastrnn_torch as frt
-from fastrnn_torch import _cuda
 
 SIMULATED = fastrnn.cuda.is_simulator()
 pytestmark = pytest.mark.skipif(not SIMULATED, reason="simulator routing of CPU tensors; "

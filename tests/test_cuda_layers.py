@@ -141,6 +141,22 @@ def test_phased_launches_on_several_blocks_match_torch(kind, rng, monkeypatch):
                        sizes=(3, 2, 3, 5))
 
 
+@pytest.mark.skipif(REAL_GPU, reason="the simulator reads PRE_CAP at run time; a GPU kernel "
+                    "has it compiled in")
+@pytest.mark.parametrize("kind", ["lstm_proj", "gru"])
+def test_batch_chunks_match_torch(kind, rng, monkeypatch):
+    """Batches larger than a block's pre-activation buffer are done in chunks."""
+    from fastrnn.cuda import recurrence
+
+    real = recurrence.Plan.__init__
+
+    def three_blocks(self, H, P, weight_rows, G, itemsize, blocks=None, persistent=None):
+        real(self, H, P, weight_rows, G, itemsize, blocks=3, persistent=False)
+    monkeypatch.setattr(recurrence.Plan, "__init__", three_blocks)
+    monkeypatch.setattr(recurrence, "PRE_CAP", 8)
+    check_device_grads(kind, "float64", rng, with_lengths=True, sizes=(3, 5, 3, 5))
+
+
 @pytest.mark.parametrize("kind", ["lstm_proj", "gru"])
 def test_weights_read_from_global_memory_match_torch(kind, rng, monkeypatch):
     """Slices too big for shared memory are read from global memory instead."""
@@ -254,3 +270,21 @@ def test_device_cells_match_torch(kind, dtype, rng):
         assert_grad(a, b.grad, dtype, "hx")
     for name, p in tcell.named_parameters():
         assert_grad(_host(params[name]), p.grad, dtype, name)
+
+
+def test_step_refuses_device_arrays_clearly(rng):
+    m = fastrnn.GRU(3, 4)
+    with pytest.raises(TypeError, match="x_t is a device array; step.. streams on the CPU"):
+        m.step(_dev(rng.standard_normal((2, 3)).astype(np.float32)))
+
+
+def test_without_numba_cuda_the_cpu_engine_is_unaffected():
+    """``numba-cuda`` missing: ``is_available()`` is False, and import and CPU use work."""
+    code = ("import sys; sys.modules['numba.cuda'] = None\n"
+            "import numpy as np, fastrnn\n"
+            "assert not fastrnn.cuda.is_available()\n"
+            "y, _ = fastrnn.LSTM(3, 4, seed=0)(np.ones((2, 1, 3), np.float32))\n"
+            "print(y.shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "(2, 1, 4)"

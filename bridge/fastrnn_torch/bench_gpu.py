@@ -21,7 +21,7 @@ BATCHES = (1, 8, 64)
 HIDDEN = (256, 1024)
 
 
-def _median_ms(fn, repeats):
+def median_ms(fn, repeats):
     times = []
     for _ in range(repeats):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -33,7 +33,7 @@ def _median_ms(fn, repeats):
     return statistics.median(times)
 
 
-def _pair(mode, hidden):
+def pair(mode, hidden):
     torch.manual_seed(0)
     theirs = getattr(torch.nn, mode)(hidden, hidden).cuda()
     ours = getattr(modules, mode)(hidden, hidden).cuda()
@@ -41,14 +41,14 @@ def _pair(mode, hidden):
     return ours, theirs
 
 
-def _forward(model, x):
+def forward_fn(model, x):
     def run():
         with torch.no_grad():
             return model(x)[0]
     return run
 
 
-def _training(model, x):
+def training_fn(model, x):
     def run():
         model.zero_grad(set_to_none=True)
         x.grad = None
@@ -62,16 +62,16 @@ def run(modes=("LSTM", "GRU", "RNN"), quick=False):
     rows = []
     for mode in modes:
         for hidden in HIDDEN:
-            ours, theirs = _pair(mode, hidden)
+            ours, theirs = pair(mode, hidden)
             for batch in BATCHES:
                 x = torch.randn(T, batch, hidden, device="cuda", requires_grad=True)
                 with torch.no_grad():
                     diff = (ours(x)[0] - theirs(x)[0]).abs().max().item()
-                for task, make in (("forward", _forward), ("training", _training)):
+                for task, make in (("forward", forward_fn), ("training", training_fn)):
                     f_ours, f_theirs = make(ours, x), make(theirs, x)
                     f_ours(), f_theirs()  # warm-up: compiles, fills caches
-                    ours_ms = _median_ms(f_ours, repeats)
-                    theirs_ms = _median_ms(f_theirs, repeats)
+                    ours_ms = median_ms(f_ours, repeats)
+                    theirs_ms = median_ms(f_theirs, repeats)
                     rows.append(dict(mode=mode, hidden=hidden, batch=batch, task=task,
                                      fastrnn_ms=ours_ms, torch_ms=theirs_ms,
                                      ratio=theirs_ms / ours_ms, max_abs_diff=diff))

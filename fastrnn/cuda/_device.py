@@ -119,17 +119,17 @@ def as_device_array(obj):
     ``obj`` has ``__cuda_array_interface__`` (or already is a Numba device array).
     The interface's stream is not synchronised: the caller's stream orders the work.
     """
-    if cuda.is_cuda_array(obj) if hasattr(cuda, "is_cuda_array") else False:
-        if isinstance(obj, cuda.devicearray.DeviceNDArray):
-            return obj
-        return cuda.from_cuda_array_interface(obj.__cuda_array_interface__, owner=obj,
-                                              sync=False)
-    if is_simulator():
-        if type(obj).__name__ == "FakeCUDAArray":
+    if not is_simulator():
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+        if isinstance(obj, DeviceNDArray):
             return obj
         if hasattr(obj, "__cuda_array_interface__"):
-            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-            host = np.asarray(_HostView(obj, obj.__cuda_array_interface__))
-            return FakeCUDAArray(host)
+            return cuda.from_cuda_array_interface(obj.__cuda_array_interface__, owner=obj,
+                                                  sync=False)
+    elif type(obj).__name__ == "FakeCUDAArray":
+        return obj
+    elif hasattr(obj, "__cuda_array_interface__"):
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return FakeCUDAArray(np.asarray(_HostView(obj, obj.__cuda_array_interface__)))
     raise TypeError(f"expected a device array (an object with __cuda_array_interface__); "
                     f"got {type(obj).__name__}")

@@ -110,10 +110,6 @@ def _products(x, b0, nb, w, sw32, sw64, smode, n0, nu, G, stride, part, pre):
         cuda.syncthreads()
 
 
-def _batch_chunk(B, G, nu):
-    return max(1, min(B, PRE_CAP // (G * nu)))
-
-
 # ----------------------------------------------------------------------------- forward
 
 
@@ -128,7 +124,7 @@ def _forward_gates(kind, mode, t, gx, w_t, sw32, sw64, smode, b_ih, b_hh, h_cur,
     H = b_ih.shape[0] // G
     B = h_cur.shape[0]
     train = tape_h.shape[0] > 0
-    Bc = max(1, min(B, 2048 // (G * nu)))
+    Bc = max(1, min(B, PRE_CAP // (G * nu)))
     for b0 in range(0, B, Bc):
         nb = min(Bc, B - b0)
         _products(h_cur, b0, nb, w_t, sw32, sw64, smode, n0, nu, G, H, part, pre)
@@ -194,7 +190,7 @@ def _forward_project(t, w_hr_t, m, h_cur, h_next, y, lengths, tape_h, sw32, sw64
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     B, P = h_cur.shape
     train = tape_h.shape[0] > 0
-    Bc = max(1, min(B, 2048 // nu))
+    Bc = max(1, min(B, PRE_CAP // nu))
     for b0 in range(0, B, Bc):
         nb = min(Bc, B - b0)
         _products(m, b0, nb, w_hr_t, sw32, sw64, 0, n0, nu, 1, P, part, pre)
@@ -282,7 +278,7 @@ def _backward_gates(kind, mode, t, gates, h_prev, c_prev, w_hr, proj, dh_cur, dc
     G = 4 if kind == 0 else (3 if kind == 1 else 1)
     H = dgx.shape[2] // G
     B = dh_cur.shape[0]
-    Bc = max(1, min(B, 2048 // nu))
+    Bc = max(1, min(B, PRE_CAP // nu))
     for b0 in range(0, B, Bc):
         nb = min(Bc, B - b0)
         if proj:  # dm = dh W_hr for this block's units
@@ -343,7 +339,7 @@ def _backward_hidden(kind, t, t_next, w_hh, sw32, sw64, smode, gates, dgh, dy, d
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     B, P = dh_cur.shape
     H = gates.shape[2] // 4 if kind == 1 else 0
-    Bc = max(1, min(B, 2048 // nu))
+    Bc = max(1, min(B, PRE_CAP // nu))
     for b0 in range(0, B, Bc):
         nb = min(Bc, B - b0)
         _products(dgh[t], b0, nb, w_hh, sw32, sw64, smode, n0, nu, 1, P, part, pre)
