@@ -241,17 +241,66 @@ def _unbroadcast(grad, shape):
     return grad.sum(axis=axes, keepdims=True) if axes else grad
 
 
-def _sdpa_prepare(q, k, v, mask, causal, scale):
-    q, k, v = _floats(("query", "key", "value"), (q, k, v))
+def _sdpa_shapes(q, k, v):
+    """Check q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv) (any array type)."""
     for name, a in (("query", q), ("key", k), ("value", v)):
         if a.ndim < 2:
             raise ValueError(f"{name} must have shape (..., L, features); got {a.shape}")
-    if q.shape[-1] != k.shape[-1]:
+    if q.shape[q.ndim - 1] != k.shape[k.ndim - 1]:
         raise ValueError(f"query and key must have the same last dimension; got {q.shape} "
                          f"and {k.shape}")
-    if k.shape[-2] != v.shape[-2]:
+    if k.shape[k.ndim - 2] != v.shape[v.ndim - 2]:
         raise ValueError(f"key and value must have the same length (dimension -2); got "
                          f"{k.shape} and {v.shape}")
+
+
+def _additive_shapes(query, keys, values, W_q, W_k, v):
+    """Check the additive-attention operands; returns ``(B, L, H)``."""
+    if query.ndim != 2:
+        raise ValueError(f"query must have shape (batch, query_size); got {query.shape}")
+    B, qs = query.shape
+    if keys.ndim != 3 or keys.shape[0] != B:
+        raise ValueError(f"keys must have shape ({B}, L, key_size); got {keys.shape}")
+    L, ks = keys.shape[1:]
+    if values.ndim != 3 or tuple(values.shape[:2]) != (B, L):
+        raise ValueError(f"values must have shape ({B}, {L}, value_size); got {values.shape}")
+    if W_q.ndim != 2 or W_q.shape[1] != qs:
+        raise ValueError(f"W_q must have shape (hidden, {qs}); got {W_q.shape}")
+    H = W_q.shape[0]
+    check.shape("W_k", W_k, (H, ks))
+    check.shape("v", v, (H,))
+    return B, L, H
+
+
+def _luong_shapes(query, keys):
+    if query.ndim != 2 or keys.ndim != 3 or keys.shape[0] != query.shape[0] \
+            or keys.shape[2] != query.shape[1]:
+        raise ValueError(f"query must have shape (batch, hidden) and keys (batch, L, hidden); "
+                         f"got {query.shape} and {keys.shape}")
+
+
+def _concat_attn_shapes(Q, K, V, W_attn, b_attn, W_combine, b_combine):
+    """Check the tutorial ``Attn``'s operands; returns ``(B, qs, L, vs2)``."""
+    if Q.ndim != 3 or Q.shape[0] != 1:
+        raise ValueError(f"Q must have shape (1, batch, query_size); got {Q.shape}")
+    B, qs = Q.shape[1:]
+    if K.ndim != 3 or tuple(K.shape[:2]) != (1, B):
+        raise ValueError(f"K must have shape (1, {B}, key_size); got {K.shape}")
+    if V.ndim != 3 or V.shape[0] != B:
+        raise ValueError(f"V must have shape ({B}, value_size1, value_size2); got {V.shape}")
+    L, vs2 = V.shape[1:]
+    check.shape("W_attn", W_attn, (L, qs + K.shape[2]))
+    check.shape("b_attn", b_attn, (L,))
+    if W_combine.ndim != 2 or W_combine.shape[1] != qs + vs2:
+        raise ValueError(f"W_combine must have shape (output_size, {qs + vs2}); got "
+                         f"{W_combine.shape}")
+    check.shape("b_combine", b_combine, (W_combine.shape[0],))
+    return B, qs, L, vs2
+
+
+def _sdpa_prepare(q, k, v, mask, causal, scale):
+    q, k, v = _floats(("query", "key", "value"), (q, k, v))
+    _sdpa_shapes(q, k, v)
     try:
         batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except ValueError:
@@ -386,19 +435,8 @@ def _tape(tape, kind):
 def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
     query, keys, values, W_q, W_k, v = _floats(
         ("query", "keys", "values", "W_q", "W_k", "v"), (query, keys, values, W_q, W_k, v))
-    if query.ndim != 2:
-        raise ValueError(f"query must have shape (batch, query_size); got {query.shape}")
-    B, qs = query.shape
-    if keys.ndim != 3 or keys.shape[0] != B:
-        raise ValueError(f"keys must have shape ({B}, L, key_size); got {keys.shape}")
-    L, ks = keys.shape[1:]
-    if values.ndim != 3 or values.shape[:2] != (B, L):
-        raise ValueError(f"values must have shape ({B}, {L}, value_size); got {values.shape}")
-    if W_q.ndim != 2 or W_q.shape[1] != qs:
-        raise ValueError(f"W_q must have shape (hidden, {qs}); got {W_q.shape}")
-    H = W_q.shape[0]
-    check.shape("W_k", W_k, (H, ks))
-    check.shape("v", v, (H,))
+    B, L, H = _additive_shapes(query, keys, values, W_q, W_k, v)
+    ks = keys.shape[2]
     if bias is None:
         bias = np.zeros(H, query.dtype)
     check.shape("bias", bias, (H,))
@@ -520,10 +558,7 @@ def luong_train(query, keys, values=None, method="dot", weights=None, mask=None)
     """:func:`luong` plus a tape for :func:`luong_backward`."""
     values = keys if values is None else values
     query, keys, values = _floats(("query", "keys", "values"), (query, keys, values))
-    if query.ndim != 2 or keys.ndim != 3 or keys.shape[0] != query.shape[0] \
-            or keys.shape[2] != query.shape[1]:
-        raise ValueError(f"query must have shape (batch, hidden) and keys (batch, L, hidden); "
-                         f"got {query.shape} and {keys.shape}")
+    _luong_shapes(query, keys)
     H = query.shape[1]
     params = _luong_weights(method, weights, H)
     if method == "concat":
@@ -613,20 +648,7 @@ def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     Q, K, V, W_attn, b_attn, W_combine, b_combine = _floats(
         ("Q", "K", "V", "W_attn", "b_attn", "W_combine", "b_combine"),
         (Q, K, V, W_attn, b_attn, W_combine, b_combine))
-    if Q.ndim != 3 or Q.shape[0] != 1:
-        raise ValueError(f"Q must have shape (1, batch, query_size); got {Q.shape}")
-    B, qs = Q.shape[1:]
-    if K.ndim != 3 or K.shape[:2] != (1, B):
-        raise ValueError(f"K must have shape (1, {B}, key_size); got {K.shape}")
-    if V.ndim != 3 or V.shape[0] != B:
-        raise ValueError(f"V must have shape ({B}, value_size1, value_size2); got {V.shape}")
-    L, vs2 = V.shape[1:]
-    check.shape("W_attn", W_attn, (L, qs + K.shape[2]))
-    check.shape("b_attn", b_attn, (L,))
-    if W_combine.ndim != 2 or W_combine.shape[1] != qs + vs2:
-        raise ValueError(f"W_combine must have shape (output_size, {qs + vs2}); got "
-                         f"{W_combine.shape}")
-    check.shape("b_combine", b_combine, (W_combine.shape[0],))
+    B, qs, L, vs2 = _concat_attn_shapes(Q, K, V, W_attn, b_attn, W_combine, b_combine)
     x = np.concatenate([Q[0], K[0]], axis=1)                  # (B, qs + ks)
     logits = gemm(x, W_attn.T) + b_attn
     logits = logits - logits.max(axis=1, keepdims=True)

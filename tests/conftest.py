@@ -6,6 +6,7 @@ imports ``numba.cuda``, hence here.
 """
 
 import os
+import sys
 
 if os.environ.get("FASTRNN_TEST_GPU", "0") in ("", "0"):
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
@@ -60,3 +61,27 @@ def assert_close(actual, expected, dtype, what=""):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def fast_simulator():
+    """The CUDA simulator's block manager polls its threads: a short GIL switch interval
+    makes its barriers about 5x faster."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(old)
+
+
+@pytest.fixture
+def cuda_launches(monkeypatch):
+    """Names of the ``fastrnn.cuda`` kernels launched during the test (proof of dispatch)."""
+    from fastrnn.cuda import _device
+    names = []
+    real = _device.launch
+
+    def counting(kernel, *args, **kwargs):
+        names.append(getattr(kernel, "__name__", repr(kernel)))
+        return real(kernel, *args, **kwargs)
+    monkeypatch.setattr(_device, "launch", counting)
+    return names

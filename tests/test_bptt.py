@@ -51,25 +51,31 @@ def torch_grads(tm, x, hx, lengths, batch_first, gy, gstate):
     return xt.grad, None if hxt is None else tuple(h.grad for h in _flat(hxt))
 
 
-def check_grads(kind, dtype, rng, *, T=5, B=3, I=4, H=5, num_layers=1, bidirectional=False,
-                batch_first=False, bias=True, with_hx=True, with_lengths=False, unbatched=False):
-    m, tm = make_pair(kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
-                      batch_first=batch_first, bias=bias)
-    tm = tm.to(torch.float64 if dtype == "float64" else torch.float32)
-    if unbatched:
-        shape, bsz = (T, I), None
-    else:
-        shape, bsz = ((B, T, I) if batch_first else (T, B, I)), B
+def random_inputs(m, rng, shape, batch, dtype, with_hx, with_lengths):
+    """``(x, hx, lengths)`` for model ``m``: random input of ``shape``, a random initial
+    state (or None) and random lengths with the longest first (or None)."""
     x = rng.standard_normal(shape).astype(dtype)
+    st = m.initial_state(batch)
     hx = None
-    st = m.initial_state(bsz)
     if with_hx:
         hx = tuple(rng.standard_normal(a.shape).astype(dtype) for a in _flat(st))
         hx = hx if isinstance(st, tuple) else hx[0]
     lengths = None
     if with_lengths:
-        lengths = rng.integers(1, T + 1, size=B)
+        T = shape[1] if m.batch_first and batch is not None else shape[0]
+        lengths = rng.integers(1, T + 1, size=batch)
         lengths[0] = T
+    return x, hx, lengths
+
+
+def check_grads(kind, dtype, rng, *, T=5, B=3, I=4, H=5, num_layers=1, bidirectional=False,
+                batch_first=False, bias=True, with_hx=True, with_lengths=False, unbatched=False):
+    m, tm = make_pair(kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
+                      batch_first=batch_first, bias=bias)
+    tm = tm.to(torch.float64 if dtype == "float64" else torch.float32)
+    shape, bsz = ((T, I), None) if unbatched else \
+        (((B, T, I) if batch_first else (T, B, I)), B)
+    x, hx, lengths = random_inputs(m, rng, shape, bsz, dtype, with_hx, with_lengths)
     y, state, tape = m.forward_train(x, hx, lengths=lengths)
     y_ref, state_ref = m(x, hx, lengths=lengths)
     np.testing.assert_array_equal(y, y_ref)

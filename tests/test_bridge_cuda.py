@@ -21,25 +21,12 @@ SIMULATED = fastrnn.cuda.is_simulator()
 
 
 @pytest.fixture
-def launches(monkeypatch):
-    """Kernel launches made by fastrnn.cuda during the test (proof of dispatch);
-    under the simulator, CPU tensors are routed to the CUDA path."""
-    import sys
-
-    from fastrnn.cuda import _device
-    old_interval = sys.getswitchinterval()
+def launches(monkeypatch, cuda_launches, fast_simulator):
+    """The kernels fastrnn.cuda launched; under the simulator, CPU tensors are routed to
+    the CUDA path."""
     if SIMULATED:
         monkeypatch.setattr(_cuda, "on_gpu", lambda x: True)
-        sys.setswitchinterval(1e-4)  # the simulator's barriers poll threads
-    names = []
-    real = _device.launch
-
-    def counting(kernel, *args, **kwargs):
-        names.append(getattr(kernel, "__name__", repr(kernel)))
-        return real(kernel, *args, **kwargs)
-    monkeypatch.setattr(_device, "launch", counting)
-    yield names
-    sys.setswitchinterval(old_interval)
+    return cuda_launches
 
 
 @pytest.mark.skipif(not SIMULATED, reason="simulator routing of CPU tensors")

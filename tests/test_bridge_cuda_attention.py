@@ -5,7 +5,6 @@ Under Numba's CUDA simulator, CPU tensors are sent down the CUDA path (as in
 run again, collected here; on a real GPU, CUDA tensors are compared with torch.
 """
 
-import sys
 
 import fastrnn_torch as frt
 import pytest
@@ -28,21 +27,10 @@ pytestmark = pytest.mark.skipif(not SIMULATED, reason="simulator routing of CPU 
 
 
 @pytest.fixture(autouse=True)
-def through_cuda(monkeypatch):
-    from fastrnn.cuda import _device
-    names = []
-    real = _device.launch
-
-    def counting(kernel, *args, **kwargs):
-        names.append(getattr(kernel, "__name__", repr(kernel)))
-        return real(kernel, *args, **kwargs)
-    monkeypatch.setattr(_device, "launch", counting)
+def through_cuda(monkeypatch, cuda_launches, fast_simulator):
     monkeypatch.setattr(_cuda, "on_gpu", lambda x: True)
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield names
-    sys.setswitchinterval(old)
-    assert names, "no fastrnn.cuda kernel ran"
+    yield
+    assert cuda_launches, "no fastrnn.cuda kernel ran"
 
 
 @pytest.mark.parametrize("kw", [{}, {"is_causal": True}, {"mask": "bool"}, {"mask": "float"}])

@@ -7,8 +7,6 @@ proxy that copies inputs to the device and results back, so each call takes the
 GPU path of ``fastrnn.attention`` (simulator or real GPU).
 """
 
-import sys
-
 import numpy as np
 import pytest
 import test_attention
@@ -64,12 +62,8 @@ calls = []
 
 
 @pytest.fixture(autouse=True)
-def on_device(monkeypatch):
+def on_device(monkeypatch, fast_simulator):
     monkeypatch.setattr(test_attention, "attention", _OnDevice())
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)  # the simulator's barriers poll threads
-    yield
-    sys.setswitchinterval(old)
 
 
 def test_device_inputs_take_the_gpu_path(rng):

@@ -12,27 +12,19 @@ import numpy as np
 import pytest
 import torch
 from conftest import CELLS, KINDS, TOL, make_pair
-from test_bptt import _flat, assert_grad, torch_grads
+from test_bptt import _flat, assert_grad, random_inputs, torch_grads
+from test_layers import torch_forward
 
 import fastrnn
 from fastrnn import cuda as fcuda
 
-pytestmark = pytest.mark.skipif(not fcuda.is_available(),
-                                reason="no CUDA device and the simulator is off")
+pytestmark = [pytest.mark.skipif(not fcuda.is_available(),
+                                 reason="no CUDA device and the simulator is off"),
+              pytest.mark.usefixtures("fast_simulator")]
 
 REAL_GPU = not fcuda.is_simulator()
 # (T, B, I, H): the simulator runs each thread in Python, so it gets tiny problems.
 SIZES = (12, 8, 16, 64) if REAL_GPU else (4, 2, 3, 4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_thread_switching():
-    """The simulator's block manager polls its threads; a short GIL switch interval
-    makes its barriers ~5x faster."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-4)
-    yield
-    sys.setswitchinterval(old)
 
 
 def _dev(a):
@@ -57,20 +49,9 @@ def check_device_grads(kind, dtype, rng, *, num_layers=1, bidirectional=False,
     T, B, I, H = sizes
     m, tm = make_pair(kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
                       batch_first=batch_first, bias=bias, **extra)
-    if unbatched:
-        shape, bsz = (T, I), None
-    else:
-        shape, bsz = ((B, T, I) if batch_first else (T, B, I)), B
-    x = rng.standard_normal(shape).astype(dtype)
-    st = m.initial_state(bsz)
-    hx = None
-    if with_hx:
-        hx = tuple(rng.standard_normal(a.shape).astype(dtype) for a in _flat(st))
-        hx = hx if isinstance(st, tuple) else hx[0]
-    lengths = None
-    if with_lengths:
-        lengths = rng.integers(1, T + 1, size=B)
-        lengths[0] = T
+    shape, bsz = ((T, I), None) if unbatched else \
+        (((B, T, I) if batch_first else (T, B, I)), B)
+    x, hx, lengths = random_inputs(m, rng, shape, bsz, dtype, with_hx, with_lengths)
     y_cpu, state_cpu = m(x, hx, lengths=lengths)
     y, state = m(_dev(x), _dev(hx), lengths=lengths)
     assert fcuda.is_device_array(y)
@@ -82,7 +63,7 @@ def check_device_grads(kind, dtype, rng, *, num_layers=1, bidirectional=False,
                                             else gstate[0]))
     tgx, thx = torch_grads(tm, x, hx, lengths, batch_first, gy, gstate)
     # torch's forward, for outputs and final states
-    ty, tstate = _torch_forward(tm, x, hx, lengths, batch_first)
+    ty, tstate = torch_forward(tm, x, hx, lengths, batch_first)
     assert_grad(_host(y), ty, dtype, "output")
     for a, b, name in zip(_flat(_host(state)), _flat(tstate), ("h_n", "c_n")):
         assert_grad(a, b, dtype, name)
@@ -93,21 +74,6 @@ def check_device_grads(kind, dtype, rng, *, num_layers=1, bidirectional=False,
     for name, p in tm.named_parameters():
         assert_grad(_host(grads.params[name]), p.grad, dtype, name)
     return m
-
-
-def _torch_forward(tm, x, hx, lengths, batch_first):
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-    xt = torch.from_numpy(x)
-    hxt = None if hx is None else (tuple(torch.from_numpy(h) for h in hx)
-                                   if isinstance(hx, tuple) else torch.from_numpy(hx))
-    with torch.no_grad():
-        if lengths is None:
-            return tm(xt, hxt)
-        T = x.shape[1] if batch_first else x.shape[0]
-        packed = pack_padded_sequence(xt, torch.as_tensor(lengths), batch_first=batch_first,
-                                      enforce_sorted=False)
-        y, state = tm(packed, hxt)
-        return pad_packed_sequence(y, batch_first=batch_first, total_length=T)[0], state
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

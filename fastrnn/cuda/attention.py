@@ -16,6 +16,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from .. import _validation as check
 from .. import attention as cpu
 from . import _device, linalg
 from .layers import _array
@@ -163,11 +164,6 @@ def _inputs(names, arrays, dtype=None):
     return out
 
 
-def _shape(name, a, expected):
-    if tuple(a.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {tuple(expected)}; got {tuple(a.shape)}")
-
-
 def _host(a):
     if a is None or isinstance(a, np.ndarray):
         return a
@@ -192,16 +188,8 @@ def _view3(a, shape):
 
 def _sdpa_prepare(q, k, v, mask, causal, scale):
     q, k, v = _inputs(("query", "key", "value"), (q, k, v))
-    for name, a in (("query", q), ("key", k), ("value", v)):
-        if a.ndim < 2:
-            raise ValueError(f"{name} must have shape (..., L, features); got {a.shape}")
+    cpu._sdpa_shapes(q, k, v)
     nq, nk, nv = q.ndim, k.ndim, v.ndim
-    if q.shape[nq - 1] != k.shape[nk - 1]:
-        raise ValueError(f"query and key must have the same last dimension; got {q.shape} "
-                         f"and {k.shape}")
-    if k.shape[nk - 2] != v.shape[nv - 2]:
-        raise ValueError(f"key and value must have the same length (dimension -2); got "
-                         f"{k.shape} and {v.shape}")
     batch = tuple(q.shape[:nq - 2])
     if tuple(k.shape[:nk - 2]) != batch or tuple(v.shape[:nv - 2]) != batch:
         raise ValueError(f"on the GPU, query {q.shape}, key {k.shape} and value {v.shape} "
@@ -273,7 +261,7 @@ def scaled_dot_product_backward(tape, grad_out):
     out = p["out"]
     dt = np.dtype(out.dtype)
     (grad_out,) = _inputs(("grad_out",), (grad_out,), dt)
-    _shape("grad_out", grad_out, p["batch"] + tuple(out.shape[1:]))
+    check.shape("grad_out", grad_out, p["batch"] + tuple(out.shape[1:]))
     do_all = _view3(grad_out, out.shape)
     q, k, v = p["q"], p["k"], p["v"]
     N, Lq, _ = q.shape
@@ -325,25 +313,14 @@ def _softmax_backward(w, dw):
 def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
     query, keys, values, W_q, W_k, v = _inputs(
         ("query", "keys", "values", "W_q", "W_k", "v"), (query, keys, values, W_q, W_k, v))
-    if query.ndim != 2:
-        raise ValueError(f"query must have shape (batch, query_size); got {query.shape}")
-    B, qs = query.shape
-    if keys.ndim != 3 or keys.shape[0] != B:
-        raise ValueError(f"keys must have shape ({B}, L, key_size); got {keys.shape}")
-    L, ks = keys.shape[1:]
-    if values.ndim != 3 or tuple(values.shape[:2]) != (B, L):
-        raise ValueError(f"values must have shape ({B}, {L}, value_size); got {values.shape}")
-    if W_q.ndim != 2 or W_q.shape[1] != qs:
-        raise ValueError(f"W_q must have shape (hidden, {qs}); got {W_q.shape}")
-    H = W_q.shape[0]
-    _shape("W_k", W_k, (H, ks))
-    _shape("v", v, (H,))
+    B, L, H = cpu._additive_shapes(query, keys, values, W_q, W_k, v)
+    ks = keys.shape[2]
     dt = np.dtype(query.dtype)
     if bias is None:
         bias = linalg.zeros((H,), dt)
     else:
         (bias,) = _inputs(("bias",), (bias,), dt)
-    _shape("bias", bias, (H,))
+    check.shape("bias", bias, (H,))
     mb = _device.empty((0, 0), np.bool_)
     if mask is not None:
         mask = _host(mask)
@@ -395,12 +372,12 @@ def additive_backward(tape, grad_context, grad_weights=None):
     H = p["v"].shape[0]
     dt = np.dtype(w.dtype)
     (gc,) = _inputs(("grad_context",), (grad_context,), dt)
-    _shape("grad_context", gc, (B, V))
+    check.shape("grad_context", gc, (B, V))
     gc3 = _view3(gc, (B, 1, V))
     dw = linalg.gemm(gc3, values, _device.empty((B, 1, L), dt), trans_b=True)
     if grad_weights is not None:
         (gw,) = _inputs(("grad_weights",), (grad_weights,), dt)
-        _shape("grad_weights", gw, (B, L))
+        check.shape("grad_weights", gw, (B, L))
         linalg.add_into(dw, _view3(gw, (B, 1, L)))
     dvalues = linalg.gemm(w, gc3, _device.empty((B, L, V), dt), trans_a=True)
     dscore = _softmax_backward(w, dw)
@@ -430,10 +407,7 @@ def luong_train(query, keys, values=None, method="dot", weights=None, mask=None)
     """:func:`fastrnn.attention.luong_train` on device arrays."""
     values = keys if values is None else values
     query, keys, values = _inputs(("query", "keys", "values"), (query, keys, values))
-    if query.ndim != 2 or keys.ndim != 3 or keys.shape[0] != query.shape[0] \
-            or keys.shape[2] != query.shape[1]:
-        raise ValueError(f"query must have shape (batch, hidden) and keys (batch, L, hidden); "
-                         f"got {query.shape} and {keys.shape}")
+    cpu._luong_shapes(query, keys)
     B, H = query.shape
     dt = np.dtype(query.dtype)
     params = cpu._luong_weights(method, weights, H)
@@ -488,13 +462,13 @@ def luong_backward(tape, grad_context, grad_weights=None):
     B, _, V = out.shape
     dt = np.dtype(out.dtype)
     (gc,) = _inputs(("grad_context",), (grad_context,), dt)
-    _shape("grad_context", gc, (B, V))
+    check.shape("grad_context", gc, (B, V))
     dqq, dk, dv = scaled_dot_product_backward(s["inner"], _view3(gc, (B, 1, V)))
     if grad_weights is not None:  # through the returned weights: softmax backward
         w = s["probs"]
         L = w.shape[2]
         (gw,) = _inputs(("grad_weights",), (grad_weights,), dt)
-        _shape("grad_weights", gw, (B, L))
+        check.shape("grad_weights", gw, (B, L))
         dscore = _softmax_backward(w, linalg.copy(_view3(gw, (B, 1, L))))
         linalg.gemm(dscore, p["k"], dqq, beta=1.0)
         linalg.gemm(dscore, _view3(s["qq"], (B, 1, s["H"])), dk, beta=1.0, trans_a=True)
@@ -527,20 +501,7 @@ def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     Q, K, V, W_attn, b_attn, W_combine, b_combine = _inputs(
         ("Q", "K", "V", "W_attn", "b_attn", "W_combine", "b_combine"),
         (Q, K, V, W_attn, b_attn, W_combine, b_combine))
-    if Q.ndim != 3 or Q.shape[0] != 1:
-        raise ValueError(f"Q must have shape (1, batch, query_size); got {Q.shape}")
-    B, qs = Q.shape[1:]
-    if K.ndim != 3 or tuple(K.shape[:2]) != (1, B):
-        raise ValueError(f"K must have shape (1, {B}, key_size); got {K.shape}")
-    if V.ndim != 3 or V.shape[0] != B:
-        raise ValueError(f"V must have shape ({B}, value_size1, value_size2); got {V.shape}")
-    L, vs2 = V.shape[1:]
-    _shape("W_attn", W_attn, (L, qs + K.shape[2]))
-    _shape("b_attn", b_attn, (L,))
-    if W_combine.ndim != 2 or W_combine.shape[1] != qs + vs2:
-        raise ValueError(f"W_combine must have shape (output_size, {qs + vs2}); got "
-                         f"{W_combine.shape}")
-    _shape("b_combine", b_combine, (W_combine.shape[0],))
+    B, qs, L, vs2 = cpu._concat_attn_shapes(Q, K, V, W_attn, b_attn, W_combine, b_combine)
     dt = np.dtype(Q.dtype)
     x = _concat_columns(Q[0], K[0])                                    # (B, qs + ks)
     w = linalg.gemm(x, W_attn, _device.empty((B, L), dt), trans_b=True)
@@ -571,14 +532,14 @@ def concat_attn_backward(tape, grad_output, grad_weights=None):
     qs = s["qs"]
     dt = np.dtype(w.dtype)
     (go,) = _inputs(("grad_output",), (grad_output,), dt)
-    _shape("grad_output", go, (1, B, s["W_combine"].shape[0]))
+    check.shape("grad_output", go, (1, B, s["W_combine"].shape[0]))
     go = go.reshape(tuple(go.shape[1:]))
     dz = linalg.gemm(go, s["W_combine"], _device.empty(z.shape, dt))
     dapplied = linalg.copy(dz[:, qs:]).reshape((B, 1, vs2))
     dw = linalg.gemm(dapplied, V, _device.empty((B, 1, L), dt), trans_b=True)
     if grad_weights is not None:
         (gw,) = _inputs(("grad_weights",), (grad_weights,), dt)
-        _shape("grad_weights", gw, (B, L))
+        check.shape("grad_weights", gw, (B, L))
         linalg.add_into(dw, _view3(gw, (B, 1, L)))
     dV = linalg.gemm(w, dapplied, _device.empty(V.shape, dt), trans_a=True)
     dlogits = _softmax_backward(w, dw).reshape((B, L))

@@ -129,44 +129,26 @@ def _blocks(n):
     return max(1, min(math.ceil(n / THREADS), 1024))
 
 
-@cuda.jit(cache=True)
-def _scale3_kernel(x, alpha):
-    """x *= alpha for 3-D ``x`` of any strides (alpha == 0 writes zeros, no NaN)."""
-    A, B, C = x.shape
-    for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
-        i, r = k // (B * C), k % (B * C)
-        j, m = r // C, r % C
-        x[i, j, m] = 0 if alpha == 0 else x[i, j, m] * alpha
+SCALE, MULTIPLY, ADD, COPY = range(4)
 
 
 @cuda.jit(cache=True)
-def _mul3_kernel(a, b, out):
-    """out = a * b, 3-D, any strides."""
+def _map3_kernel(op, out, a, b, alpha):
+    """Elementwise over 3-D arrays of any strides: ``out *= alpha`` (SCALE; alpha == 0
+    writes zeros, never NaN), ``out = a * b`` (MULTIPLY), ``out += a`` (ADD), ``out = a``
+    (COPY)."""
     A, B, C = out.shape
     for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
         i, r = k // (B * C), k % (B * C)
         j, m = r // C, r % C
-        out[i, j, m] = a[i, j, m] * b[i, j, m]
-
-
-@cuda.jit(cache=True)
-def _add3_kernel(out, a):
-    """out += a, 3-D, any strides."""
-    A, B, C = out.shape
-    for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
-        i, r = k // (B * C), k % (B * C)
-        j, m = r // C, r % C
-        out[i, j, m] += a[i, j, m]
-
-
-@cuda.jit(cache=True)
-def _copy3_kernel(src, out):
-    """out = src, 3-D, any strides (``src`` may be a permuted view)."""
-    A, B, C = out.shape
-    for k in range(cuda.grid(1), A * B * C, cuda.gridsize(1)):
-        i, r = k // (B * C), k % (B * C)
-        j, m = r // C, r % C
-        out[i, j, m] = src[i, j, m]
+        if op == SCALE:
+            out[i, j, m] = 0 if alpha == 0 else out[i, j, m] * alpha
+        elif op == MULTIPLY:
+            out[i, j, m] = a[i, j, m] * b[i, j, m]
+        elif op == ADD:
+            out[i, j, m] += a[i, j, m]
+        else:
+            out[i, j, m] = a[i, j, m]
 
 
 @cuda.jit(cache=True)
@@ -200,32 +182,31 @@ def zeros(shape, dtype):
     return scale(out, 0)
 
 
+def _map(op, out, a=None, b=None, alpha=0):
+    if out.size:
+        o = _as3(out)
+        _device.launch(_map3_kernel, _blocks(out.size), THREADS, op, o,
+                       o if a is None else _as3(a), o if b is None else _as3(b),
+                       out.dtype.type(alpha))
+    return out
+
+
 def scale(x, alpha):
     """``x *= alpha`` in place (``alpha == 0``: zeros, whatever ``x`` held)."""
-    if x.size:
-        _device.launch(_scale3_kernel, _blocks(x.size), THREADS, _as3(x), x.dtype.type(alpha))
-    return x
+    return _map(SCALE, x, alpha=alpha)
 
 
 def multiply(a, b, out=None):
-    out = _device.empty(a.shape, a.dtype) if out is None else out
-    if out.size:
-        _device.launch(_mul3_kernel, _blocks(out.size), THREADS, _as3(a), _as3(b), _as3(out))
-    return out
+    return _map(MULTIPLY, _device.empty(a.shape, a.dtype) if out is None else out, a, b)
 
 
 def add_into(out, a):
-    if out.size:
-        _device.launch(_add3_kernel, _blocks(out.size), THREADS, _as3(out), _as3(a))
-    return out
+    return _map(ADD, out, a)
 
 
 def copy(src, out=None):
     """Copy of a 1-3-D device array or view (into ``out`` if given, which may be a view)."""
-    out = _device.empty(src.shape, src.dtype) if out is None else out
-    if out.size:
-        _device.launch(_copy3_kernel, _blocks(out.size), THREADS, _as3(src), _as3(out))
-    return out
+    return _map(COPY, _device.empty(src.shape, src.dtype) if out is None else out, src)
 
 
 def swap01(x):
