@@ -92,17 +92,22 @@ def test_device_options_match_torch(kind, variant, rng):
     check_device_grads(kind, "float64", rng, **opts)
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_phased_launches_on_several_blocks_match_torch(kind, rng, monkeypatch):
-    """The per-phase driver on a multi-block grid (what the simulator cannot run
-    cooperatively): unit slices, partial last slices, the k-split sums."""
+@pytest.fixture
+def three_block_grid(monkeypatch):
+    """Every recurrence runs phase by phase on a three-block grid."""
     from fastrnn.cuda import recurrence
 
     real = recurrence.Plan.__init__
 
-    def three_blocks(self, H, P, weight_rows, G, itemsize, blocks=None, persistent=None):
-        real(self, H, P, weight_rows, G, itemsize, blocks=3, persistent=False)
+    def three_blocks(self, H, P, G, itemsize, blocks=None, persistent=None):
+        real(self, H, P, G, itemsize, blocks=3, persistent=False)
     monkeypatch.setattr(recurrence.Plan, "__init__", three_blocks)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_phased_launches_on_several_blocks_match_torch(kind, rng, three_block_grid):
+    """The per-phase driver on a multi-block grid (what the simulator cannot run
+    cooperatively): unit slices, partial last slices, the k-split sums."""
     check_device_grads(kind, "float64", rng, bidirectional=True, with_lengths=True,
                        sizes=(3, 2, 3, 5))
 
@@ -110,15 +115,9 @@ def test_phased_launches_on_several_blocks_match_torch(kind, rng, monkeypatch):
 @pytest.mark.skipif(REAL_GPU, reason="the simulator reads PRE_CAP at run time; a GPU kernel "
                     "has it compiled in")
 @pytest.mark.parametrize("kind", ["lstm_proj", "gru"])
-def test_batch_chunks_match_torch(kind, rng, monkeypatch):
+def test_batch_chunks_match_torch(kind, rng, monkeypatch, three_block_grid):
     """Batches larger than a block's pre-activation buffer are done in chunks."""
     from fastrnn.cuda import recurrence
-
-    real = recurrence.Plan.__init__
-
-    def three_blocks(self, H, P, weight_rows, G, itemsize, blocks=None, persistent=None):
-        real(self, H, P, weight_rows, G, itemsize, blocks=3, persistent=False)
-    monkeypatch.setattr(recurrence.Plan, "__init__", three_blocks)
     monkeypatch.setattr(recurrence, "PRE_CAP", 8)
     check_device_grads(kind, "float64", rng, with_lengths=True, sizes=(3, 5, 3, 5))
 

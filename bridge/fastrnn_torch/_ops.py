@@ -12,7 +12,8 @@ it the output shapes):
 
 Tensors are handed to the NumPy kernels with ``Tensor.numpy()`` and the
 results come back with ``torch.from_numpy``: no copies of the inputs, the
-weights or the outputs. ``config`` is a JSON string with the model's
+weights or the outputs. CUDA tensors take ``fastrnn.cuda``'s kernels instead
+(``_cuda.py``), with the same tape layout. ``config`` is a JSON string with the model's
 constructor arguments; it selects a cached core model that is re-bound to the
 tensors' memory on each call.
 """

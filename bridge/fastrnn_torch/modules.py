@@ -3,8 +3,9 @@
 The layers derive from ``torch.nn.RNNBase`` and the cells from their torch.nn
 class, so constructor arguments, defaults, parameters, initialisation,
 ``state_dict`` and ``repr`` are torch's own; only ``forward`` changes, to call
-fastrnn's kernels through the ``fastrnn::rnn`` operator. Inputs the kernels do
-not handle (tensors not on the CPU, or not float32/float64) fall back to
+fastrnn's kernels through the ``fastrnn::rnn`` operator: the NumPy kernels for CPU
+tensors, ``fastrnn.cuda``'s for CUDA tensors (when numba-cuda is installed). Inputs
+the kernels do not handle (other devices, or not float32/float64) fall back to
 torch.nn's implementation.
 
 Why ``RNNBase`` and not ``torch.nn.LSTM`` itself: TorchDynamo refuses to trace

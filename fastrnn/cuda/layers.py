@@ -152,7 +152,7 @@ def run(model, params, x, h, c, lens, tape=None, masks=(), plan=None):
     G, TG = recurrence.GATES[kind], recurrence.TAPE_GATES[kind]
     dt = model.dtype
     proj = model.proj_size > 0
-    plan = plan or recurrence.Plan(H, P, G * H, G, dt.itemsize)
+    plan = plan or recurrence.Plan(H, P, G, dt.itemsize)
     layer_input = x
     for layer in range(model.num_layers):
         if tape is not None:
@@ -228,7 +228,7 @@ def run_backward(model, params, tape, dy_all, dh_all, dc_all, input_grad=True,
     G = recurrence.GATES[kind]
     dt = model.dtype
     proj = model.proj_size > 0
-    plan = plan or recurrence.Plan(H, P, G * H, G, dt.itemsize)
+    plan = plan or recurrence.Plan(H, P, G, dt.itemsize)
     lens = tape.device
     wanted = set(model._params) if param_grads is True else set(param_grads or ())
     grads = {}

@@ -426,9 +426,9 @@ def seed_kernel(dh_out, dh, dy, t, lengths):
 class Plan:
     """Grid shape of one recurrence: ``blocks`` blocks own ``nu`` units and ``nu_p``
     output features each; ``persistent`` says whether one cooperative launch runs
-    the whole sequence; ``smode``/``shared_bytes`` place the weight slice."""
+    the whole sequence; :meth:`shared` places a block's weight slice."""
 
-    def __init__(self, H, P, weight_rows, G, itemsize, blocks=None, persistent=None):
+    def __init__(self, H, P, G, itemsize, blocks=None, persistent=None):
         if blocks is None:
             if is_simulator():
                 blocks = 1
@@ -442,8 +442,6 @@ class Plan:
         # persistent: one-block grids in the simulator, at most one block per SM on a GPU
         self.persistent = (blocks == 1 or not is_simulator()) if persistent is None \
             else persistent
-        self.weight_rows = weight_rows
-        self.G = G
         self.itemsize = itemsize
 
     def shared(self, K, G, nu):
