@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: bench test test-gpu docs asv asv-check asv-history asv-preview clean
+.PHONY: bench test test-gpu cuda-ptx docs asv asv-check asv-history asv-preview clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-gpu: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[cuda]'
 	FASTRNN_TEST_GPU=1 $(PY) -m pytest -q $(GPU_TESTS)
 	$(VENV)/bin/fastrnn bench --gpu
+
+# Without a GPU: compile every CUDA kernel to PTX for sm_90 with the CUDA toolkit's NVVM
+# (found under /usr/local/cuda here) and NVRTC (a 140 MB wheel, so not in the dev extras).
+cuda-ptx: $(STAMP)
+	$(PY) -m pip install --quiet 'nvidia-cuda-nvrtc==13.*'
+	$(PY) tools/check_cuda_ptx.py
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
