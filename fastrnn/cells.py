@@ -150,10 +150,8 @@ def _lead1(a):
     """``a[None]``, also for device arrays (which have no ``None`` indexing)."""
     if isinstance(a, np.ndarray):
         return a[None]
-    if not a.is_c_contiguous():
-        from .cuda.linalg import copy
-        a = copy(a)
-    return a.reshape((1,) + tuple(a.shape))
+    from .cuda.linalg import reshaped
+    return reshaped(a, (1,) + tuple(a.shape))
 
 
 class RNNCell(_CellBase):

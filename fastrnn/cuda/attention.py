@@ -178,11 +178,6 @@ def _device_masks(madd, mbool):
             _device.to_device(np.ascontiguousarray(mbool)))
 
 
-def _view3(a, shape):
-    """A contiguous device array viewed with another shape (copied first if strided)."""
-    return (a if a.is_c_contiguous() else linalg.copy(a)).reshape(tuple(shape))
-
-
 # ----------------------------------------------------------------------------- scaled dot product
 
 
@@ -202,7 +197,7 @@ def _sdpa_prepare(q, k, v, mask, causal, scale):
     madd, mbool = cpu._mask4(_host(mask), batch, Lq, Lk, B0, B1, np.dtype(q.dtype))
     madd, mbool = _device_masks(madd, mbool)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    return dict(q=_view3(q, (N, Lq, d)), k=_view3(k, (N, Lk, d)), v=_view3(v, (N, Lk, dv)),
+    return dict(q=linalg.reshaped(q, (N, Lq, d)), k=linalg.reshaped(k, (N, Lk, d)), v=linalg.reshaped(v, (N, Lk, dv)),
                 madd=madd, mbool=mbool, causal=bool(causal), scale=scale, B1=max(B1, 1),
                 batch=batch, device=True)
 
@@ -262,7 +257,7 @@ def scaled_dot_product_backward(tape, grad_out):
     dt = np.dtype(out.dtype)
     (grad_out,) = _inputs(("grad_out",), (grad_out,), dt)
     check.shape("grad_out", grad_out, p["batch"] + tuple(out.shape[1:]))
-    do_all = _view3(grad_out, out.shape)
+    do_all = linalg.reshaped(grad_out, out.shape)
     q, k, v = p["q"], p["k"], p["v"]
     N, Lq, _ = q.shape
     Lk = k.shape[1]
@@ -328,10 +323,10 @@ def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
             raise ValueError(f"mask must have shape ({B}, {L}) (True = attend); got {mask.shape}")
         mb = _device.to_device(np.ascontiguousarray(mask != 0))
     pq = linalg.gemm(query, W_q, _device.empty((B, H), dt), trans_b=True)
-    keys2 = _view3(keys, (B * L, ks))
+    keys2 = linalg.reshaped(keys, (B * L, ks))
     pk = linalg.gemm(keys2, W_k, _device.empty((B * L, H), dt), trans_b=True)
     return dict(query=query, keys2=keys2, keys_shape=tuple(keys.shape),
-                values=_view3(values, values.shape), W_q=W_q, W_k=W_k, v=v, bias=bias,
+                values=linalg.reshaped(values, values.shape), W_q=W_q, W_k=W_k, v=v, bias=bias,
                 mask=mb, pq=pq, pk=pk.reshape((B, L, H)), device=True)
 
 
@@ -373,12 +368,12 @@ def additive_backward(tape, grad_context, grad_weights=None):
     dt = np.dtype(w.dtype)
     (gc,) = _inputs(("grad_context",), (grad_context,), dt)
     check.shape("grad_context", gc, (B, V))
-    gc3 = _view3(gc, (B, 1, V))
+    gc3 = linalg.reshaped(gc, (B, 1, V))
     dw = linalg.gemm(gc3, values, _device.empty((B, 1, L), dt), trans_b=True)
     if grad_weights is not None:
         (gw,) = _inputs(("grad_weights",), (grad_weights,), dt)
         check.shape("grad_weights", gw, (B, L))
-        linalg.add_into(dw, _view3(gw, (B, 1, L)))
+        linalg.add_into(dw, linalg.reshaped(gw, (B, 1, L)))
     dvalues = linalg.gemm(w, gc3, _device.empty((B, L, V), dt), trans_a=True)
     dscore = _softmax_backward(w, dw)
     da = _device.empty((B, L, H), dt)
@@ -430,7 +425,7 @@ def luong_train(query, keys, values=None, method="dot", weights=None, mask=None)
         if mask3.shape != (B, keys.shape[1]):
             raise ValueError(f"mask must have shape {(B, keys.shape[1])}; got {mask3.shape}")
         mask3 = mask3[:, None, :]
-    p = _sdpa_prepare(_view3(qq, (B, 1, H)), keys, values, mask3, False, 1.0)
+    p = _sdpa_prepare(linalg.reshaped(qq, (B, 1, H)), keys, values, mask3, False, 1.0)
     out, lse, probs = _sdpa_run(p, probs=True)
     p.update(out=out, lse=lse)
     saved = dict(method=method, inner=cpu.AttentionTape("sdpa", p), H=H, query=query,
@@ -463,15 +458,15 @@ def luong_backward(tape, grad_context, grad_weights=None):
     dt = np.dtype(out.dtype)
     (gc,) = _inputs(("grad_context",), (grad_context,), dt)
     check.shape("grad_context", gc, (B, V))
-    dqq, dk, dv = scaled_dot_product_backward(s["inner"], _view3(gc, (B, 1, V)))
+    dqq, dk, dv = scaled_dot_product_backward(s["inner"], linalg.reshaped(gc, (B, 1, V)))
     if grad_weights is not None:  # through the returned weights: softmax backward
         w = s["probs"]
         L = w.shape[2]
         (gw,) = _inputs(("grad_weights",), (grad_weights,), dt)
         check.shape("grad_weights", gw, (B, L))
-        dscore = _softmax_backward(w, linalg.copy(_view3(gw, (B, 1, L))))
+        dscore = _softmax_backward(w, linalg.copy(linalg.reshaped(gw, (B, 1, L))))
         linalg.gemm(dscore, p["k"], dqq, beta=1.0)
-        linalg.gemm(dscore, _view3(s["qq"], (B, 1, s["H"])), dk, beta=1.0, trans_a=True)
+        linalg.gemm(dscore, linalg.reshaped(s["qq"], (B, 1, s["H"])), dk, beta=1.0, trans_a=True)
     dqq = dqq.reshape((B, s["H"]))
     result = dict(keys=dk, values=dv)
     if s["method"] == "dot":
@@ -507,11 +502,11 @@ def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     w = linalg.gemm(x, W_attn, _device.empty((B, L), dt), trans_b=True)
     _launch_rows(_add_row_kernel, B * L, w, b_attn)
     w = _softmax_rows(w.reshape((B, 1, L)))
-    applied = linalg.gemm(w, _view3(V, V.shape), _device.empty((B, 1, vs2), dt))
+    applied = linalg.gemm(w, linalg.reshaped(V, V.shape), _device.empty((B, 1, vs2), dt))
     z = _concat_columns(Q[0], applied.reshape((B, vs2)))
     out = linalg.gemm(z, W_combine, _device.empty((B, W_combine.shape[0]), dt), trans_b=True)
     _launch_rows(_add_row_kernel, out.size, out, b_combine)
-    saved = dict(V=_view3(V, V.shape), x=x, w=w, z=z, W_attn=W_attn, W_combine=W_combine,
+    saved = dict(V=linalg.reshaped(V, V.shape), x=x, w=w, z=z, W_attn=W_attn, W_combine=W_combine,
                  qs=qs, device=True)
     return out.reshape((1,) + tuple(out.shape)), w.reshape((B, L)), \
         cpu.AttentionTape("concat_attn", saved)
@@ -540,7 +535,7 @@ def concat_attn_backward(tape, grad_output, grad_weights=None):
     if grad_weights is not None:
         (gw,) = _inputs(("grad_weights",), (grad_weights,), dt)
         check.shape("grad_weights", gw, (B, L))
-        linalg.add_into(dw, _view3(gw, (B, 1, L)))
+        linalg.add_into(dw, linalg.reshaped(gw, (B, 1, L)))
     dV = linalg.gemm(w, dapplied, _device.empty(V.shape, dt), trans_a=True)
     dlogits = _softmax_backward(w, dw).reshape((B, L))
     dx = linalg.gemm(dlogits, s["W_attn"], _device.empty(s["x"].shape, dt))

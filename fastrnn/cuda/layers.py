@@ -33,15 +33,6 @@ def _array(name, value, dtype, shape_text, why="the model's dtype"):
     return as_device_array(value)
 
 
-def _contiguous(a):
-    return a if a.is_c_contiguous() else linalg.copy(a)
-
-
-def _fresh(a):
-    """A contiguous device copy (the drivers update states in place)."""
-    return linalg.copy(a)
-
-
 def _dummy(dtype, ndim, size=1):
     return _device.empty((size,) * ndim, dtype)
 
@@ -78,7 +69,7 @@ def _check_input(model, x):
         raise ValueError(f"input must have shape {shape_text} or (seq_len, {model.input_size}) "
                          f"unbatched; got shape {tuple(x.shape)}")
     unbatched = x.ndim == 2
-    x = _contiguous(x)
+    x = linalg.reshaped(x, x.shape)
     if unbatched:
         x = x.reshape((x.shape[0], 1, x.shape[1]))
     elif model.batch_first:
@@ -106,10 +97,12 @@ def _check_state(model, hx, B, unbatched, names=("h0", "c0", "hx")):
         parts = [(names[2], hx, want_h, h_shape)]
     out = []
     for name, value, want, full in parts:
+        on_host = isinstance(value, np.ndarray)
         value = _array(name, value, model.dtype, str(want))
         if tuple(value.shape) != want:
             raise ValueError(f"{name} must have shape {want}; got {tuple(value.shape)}")
-        out.append(_fresh(_contiguous(value)).reshape(full))
+        # the drivers update states in place: never the caller's own device memory
+        out.append((value if on_host else linalg.copy(value)).reshape(full))
     if len(out) == 1:
         out.append(linalg.zeros(c_shape, model.dtype))
     return out[0], out[1]
@@ -296,7 +289,7 @@ def backward(model, tape, grad_y=None, grad_state=None):
         dy = _array("grad_y", grad_y, model.dtype, str(tape.y_shape))
         if tuple(dy.shape) != tuple(tape.y_shape):
             raise ValueError(f"grad_y must have shape {tape.y_shape}; got {tuple(dy.shape)}")
-        dy = _contiguous(dy)
+        dy = linalg.reshaped(dy, dy.shape)
         if tape.unbatched:
             dy_all = dy.reshape((T, 1, D * P))
         else:

@@ -209,6 +209,11 @@ def copy(src, out=None):
     return _map(COPY, _device.empty(src.shape, src.dtype) if out is None else out, src)
 
 
+def reshaped(a, shape):
+    """``a`` with another shape, viewed when contiguous, else copied first."""
+    return (a if a.is_c_contiguous() else copy(a)).reshape(tuple(shape))
+
+
 def swap01(x):
     """Contiguous (B, A, C) copy of a 3-D (A, B, C) device array."""
     A, B, C = x.shape
