@@ -93,3 +93,22 @@ def test_cuda_tensors_match_cudnn(kind, launches):
         scale = max(1.0, q.grad.abs().max().item())
         assert (p.grad - q.grad).abs().max().item() < 1e-4 * scale, name
     assert "forward_persistent" in launches
+
+
+@pytest.mark.skipif(not SIMULATED, reason="simulator routing of CPU tensors")
+@pytest.mark.parametrize("kind", ["gru", "lstm_proj"])
+def test_compiled_graph_runs_the_cuda_path(kind, launches):
+    """Under torch.compile the custom operator dispatches to the CUDA kernels too, and its
+    fake implementation's tape shapes match what they record."""
+    m, tm = twins(LAYERS, kind, "float64", 3, 4, bidirectional=True)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    y, _ = compiled(x)
+    y.sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    tm(x2)[0].sum().backward()
+    assert (y - tm(x)[0]).abs().max() < TOL["float64"]
+    assert (x.grad - x2.grad).abs().max() < TOL["float64"]
+    for p, q in zip(m.parameters(), tm.parameters()):
+        assert (p.grad - q.grad).abs().max() < TOL["float64"]
+    assert "forward_persistent" in launches and "backward_persistent" in launches
