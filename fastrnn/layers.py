@@ -578,6 +578,17 @@ class _RNNBase(ParameterMixin):
         self._device_params = {name: to_device(p) for name, p in self._params.items()}
         return self
 
+    def device_state_dict(self):
+        """The resident GPU parameters (after :meth:`to_device`), under torch's names.
+
+        The model's own device arrays, like :meth:`state_dict`'s host arrays: an
+        optimizer step written into them in place updates the model on the GPU (copy
+        them back with ``load_state_dict({k: v.copy_to_host() ...})``).
+        """
+        if self._device_params is None:
+            raise RuntimeError("device_state_dict: call to_device() first")
+        return dict(self._device_params)
+
     def _bind(self, params):
         """A view of this model computing with ``params`` (arrays used as they are).
 

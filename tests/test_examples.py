@@ -46,3 +46,10 @@ def test_seq2seq_engines_agree():
     ours = _run_example("seq2seq_attention.py", argv + ["--engine", "fastrnn"])
     theirs = _run_example("seq2seq_attention.py", argv + ["--engine", "torch"])
     assert abs(ours - theirs) <= 0.01 and ours > 0.2
+
+
+def test_gpu_training_example_matches_the_cpu(fast_simulator):
+    gpu, cpu = _run_example("gpu_training.py", ["--steps", "3", "--hidden", "4", "--length",
+                                                "5", "--batch", "2"])
+    assert max(abs(a - b) for a, b in zip(gpu, cpu)) < 1e-12
+    assert gpu[-1] < gpu[0]
