@@ -58,6 +58,10 @@ class _CellBase(ParameterMixin):
         self._layer.to_device()
         return self
 
+    def device_state_dict(self):
+        """The resident GPU parameters under the cell's names (see ``LSTM.device_state_dict``)."""
+        return {name[:-3]: a for name, a in self._layer.device_state_dict().items()}
+
     @property
     def _device_params(self):
         return self._layer._device_params

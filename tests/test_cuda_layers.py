@@ -170,7 +170,10 @@ def test_cuda_array_interface_objects_are_used_without_copies(rng):
 
 def test_resident_weights_follow_load_state_dict(rng):
     m, _ = make_pair("gru", 3, 4, "float32")
+    with pytest.raises(RuntimeError, match=r"call to_device\(\) first"):
+        m.device_state_dict()
     m.to_device()
+    assert list(m.device_state_dict()) == list(m.state_dict())
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
     np.testing.assert_allclose(_host(m(_dev(x))[0]), m(x)[0], atol=TOL["float32"])
     other = torch.nn.GRU(3, 4)
@@ -235,6 +238,10 @@ def test_device_cells_match_torch(kind, dtype, rng):
         assert_grad(a, b.grad, dtype, "hx")
     for name, p in tcell.named_parameters():
         assert_grad(_host(params[name]), p.grad, dtype, name)
+    cell.to_device()
+    assert set(cell.device_state_dict()) == set(cell.state_dict())
+    for a, b in zip(_flat(cell(_dev(x), hx_dev)), out_t):
+        assert_grad(_host(a), b, dtype, "output with resident weights")
 
 
 def test_step_refuses_device_arrays_clearly(rng):
