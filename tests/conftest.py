@@ -48,6 +48,24 @@ def make_pair(kind, input_size, hidden_size, dtype, table=KINDS, **kwargs):
     return m, tm
 
 
+def random_inputs(m, rng, shape, batch, dtype, with_hx, with_lengths):
+    """``(x, hx, lengths)`` for model ``m``: random input of ``shape``, a random initial
+    state (or None) and random lengths, the first one full (torch pads to the longest),
+    or None."""
+    x = rng.standard_normal(shape).astype(dtype)
+    st = m.initial_state(batch)
+    hx = None
+    if with_hx:
+        hx = tuple(rng.standard_normal(a.shape).astype(dtype) for a in (st if isinstance(st, tuple) else (st,)))
+        hx = hx if isinstance(st, tuple) else hx[0]
+    lengths = None
+    if with_lengths:
+        T = shape[1] if m.batch_first and batch is not None else shape[0]
+        lengths = rng.integers(1, T + 1, size=batch)
+        lengths[0] = T
+    return x, hx, lengths
+
+
 def assert_close(actual, expected, dtype, what=""):
     """Max-abs comparison at the dtype's parity tolerance."""
     if isinstance(expected, torch.Tensor):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import CELLS, KINDS, TOL, make_pair
+from conftest import CELLS, KINDS, TOL, make_pair, random_inputs
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
@@ -49,23 +49,6 @@ def torch_grads(tm, x, hx, lengths, batch_first, gy, gstate):
         loss = loss + (s * torch.from_numpy(g)).sum()
     loss.backward()
     return xt.grad, None if hxt is None else tuple(h.grad for h in _flat(hxt))
-
-
-def random_inputs(m, rng, shape, batch, dtype, with_hx, with_lengths):
-    """``(x, hx, lengths)`` for model ``m``: random input of ``shape``, a random initial
-    state (or None) and random lengths with the longest first (or None)."""
-    x = rng.standard_normal(shape).astype(dtype)
-    st = m.initial_state(batch)
-    hx = None
-    if with_hx:
-        hx = tuple(rng.standard_normal(a.shape).astype(dtype) for a in _flat(st))
-        hx = hx if isinstance(st, tuple) else hx[0]
-    lengths = None
-    if with_lengths:
-        T = shape[1] if m.batch_first and batch is not None else shape[0]
-        lengths = rng.integers(1, T + 1, size=batch)
-        lengths[0] = T
-    return x, hx, lengths
 
 
 def check_grads(kind, dtype, rng, *, T=5, B=3, I=4, H=5, num_layers=1, bidirectional=False,

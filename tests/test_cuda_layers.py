@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CELLS, KINDS, TOL, make_pair
-from test_bptt import _flat, assert_grad, random_inputs, torch_grads
+from conftest import CELLS, KINDS, TOL, make_pair, random_inputs
+from test_bptt import _flat, assert_grad, torch_grads
 from test_layers import torch_forward
 
 import fastrnn

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import KINDS, TORCH_DTYPE, assert_close, make_pair
+from conftest import KINDS, TORCH_DTYPE, assert_close, make_pair, random_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -34,15 +34,7 @@ def compare(kind, dtype, rng, *, T=5, B=3, I=4, H=6, num_layers=1, bidirectional
     m, tm = make_pair(kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
                       batch_first=batch_first, bias=bias)
     shape = (B, T, I) if batch_first else (T, B, I)
-    x = rng.standard_normal(shape).astype(dtype)
-    hx = None
-    if with_hx:
-        st = m.initial_state(B)
-        hx = tuple(rng.standard_normal(a.shape).astype(dtype) for a in st) \
-            if isinstance(st, tuple) else rng.standard_normal(st.shape).astype(dtype)
-    lengths = rng.integers(1, T + 1, size=B) if with_lengths else None
-    if with_lengths:
-        lengths[0] = T  # torch pads to the longest; keep one full-length row
+    x, hx, lengths = random_inputs(m, rng, shape, B, dtype, with_hx, with_lengths)
     y, state = m(x, hx, lengths=lengths)
     ty, tstate = torch_forward(tm, x, hx, lengths, batch_first)
     assert_close(y, ty, dtype, "output")
