@@ -260,3 +260,16 @@ def test_without_numba_cuda_the_cpu_engine_is_unaffected():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "(2, 1, 4)"
+
+
+def test_strided_device_input_and_device_lengths(rng):
+    """A non-contiguous device view and lengths given as a device array."""
+    m, tm = make_pair("lstm", 3, 4, "float64", bidirectional=True)
+    x = rng.standard_normal((8, 2, 3))
+    lengths = np.array([4, 2])
+    view = _dev(x)[::2]  # every other step: a strided device view
+    y, (h, c) = m(view, lengths=_dev(lengths))
+    ty, (th, tc) = torch_forward(tm, np.ascontiguousarray(x[::2]), None, lengths, False)
+    assert_grad(_host(y), ty, "float64", "output")
+    assert_grad(_host(h), th, "float64", "h_n")
+    assert_grad(_host(c), tc, "float64", "c_n")
