@@ -92,14 +92,19 @@ def context(x):
         return device_array(t)
 
     if fastrnn.cuda.is_simulator():
-        stream = 0
-    else:
-        from numba import cuda
-        if linalg._GEMM[0] is linalg.tiled_gemm:
-            linalg.set_gemm(_cublas_gemm)
+        with _device.using(0, alloc):
+            yield
+        return
+    from numba import cuda
+    if linalg._GEMM[0] is linalg.tiled_gemm:
+        linalg.set_gemm(_cublas_gemm)
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    # torch and Numba both work on the tensor's GPU (through its primary context), so
+    # the products' device="cuda" and Numba's allocations land there
+    with torch.cuda.device(index), cuda.gpus[index]:
         stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
-    with _device.using(stream, alloc):
-        yield
+        with _device.using(stream, alloc):
+            yield
 
 
 _TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64,
