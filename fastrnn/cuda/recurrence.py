@@ -8,8 +8,8 @@ outside these kernels (``linalg.gemm``); what is here is only what is sequential
 Work split. Every block owns a slice of ``nu`` hidden units (all their gates) for
 the gate phase, and a slice of ``nu_p`` output features for the phase that
 needs whole rows of the previous phase (the projection ``W_hr`` forward, the
-recurrent gradient ``dh = da W_hh`` backward). Within a block, each threads
-group computes a few dot products of a batch chunk, split along ``k`` over
+recurrent gradient ``dh = da W_hh`` backward). Within a block, each group of
+threads computes a few dot products of a batch chunk, split along ``k`` over
 ``KS`` threads and summed through shared memory; the gate math is fused right
 after. The block's slice of the recurrent weights is copied to shared memory
 once (when it fits) and read from there at every step.
@@ -20,9 +20,11 @@ Two drivers run the same phases:
   meet at a grid-wide barrier (``cuda.cg.this_grid().sync()``, a cooperative
   launch) after each phase, so there is no launch per step — the latency-bound
   case of small batches, where cuDNN is weakest.
-* ``*_phase``: one launch per phase and step, for grids too large for a
-  cooperative launch, and for the simulator, which runs only one-block grids
-  cooperatively (tests run both, the phased one with several blocks).
+* ``*_phase``: one launch per phase and step. The simulator runs only one-block
+  grids cooperatively, so the tests use this driver for multi-block grids; it is
+  also the fallback (``Plan(persistent=False)``) where cooperative launches are
+  not available. On a GPU, :class:`Plan` uses at most one block per SM, which a
+  cooperative launch always fits.
 
 Products accumulate in the arrays' dtype; the per-row partial sums are added in
 float64, and the gate math is done in float64 from there (cheap: it is
