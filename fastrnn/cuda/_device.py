@@ -98,10 +98,6 @@ def to_device(array):
     return cuda.to_device(array, stream=stream())
 
 
-def to_host(array):
-    return array.copy_to_host(stream=stream())
-
-
 class _HostView:
     """``__array_interface__`` over memory that the simulator's "device" pointer names
     (host memory): lets the simulator accept ``__cuda_array_interface__`` objects."""
