@@ -12,6 +12,8 @@ import numba
 
 FASTMATH = {"reassoc", "contract"}
 
-kernel = functools.partial(
-    numba.njit, cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH
-)
+#: Options of every CPU kernel (also given to ``numba.extending.overload`` implementations).
+KERNEL_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)
+
+kernel = functools.partial(numba.njit, **KERNEL_OPTIONS)
+

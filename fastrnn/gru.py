@@ -47,10 +47,12 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
         for j in range(H):
             mn[j] = nn[j] + a[H + j] * (hn[j] - nn[j])
         if store:
-            g = gates_t[n]
-            g[:2 * H] = a[:2 * H]
-            g[2 * H:H3] = nn[:H]
-            g[H3:] = a[2 * H:]
+            g = gates_t[n]  # r, z, n, W_hn h + b_hn
+            for k in range(2 * H):
+                g[k] = a[k]
+            for j in range(H):
+                g[2 * H + j] = nn[j]
+                g[H3 + j] = a[2 * H + j]
     commit_rows(h, m, y_t, t, lengths)
 
 

@@ -62,8 +62,8 @@ def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, 
         # streams weight rows without horizontal sums.
         w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T),
                                                    np.empty(0, dtype))
-        recurrence.sequence(recurrence.KIND[kern], gx, w_t, s_hh, b_ih, b_hh, w_hr, h, c, y,
-                            lengths, reverse, mode, gh, m, hp, tape_gates, tape_h, tape_c)
+        recurrence.LOOPS[kern].sequence(gx, w_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths,
+                                        reverse, mode, gh, m, hp, tape_gates, tape_h, tape_c)
         return
     w_hh_t = w_hh.T
     train = tapes is not None
@@ -656,9 +656,9 @@ class _RNNBase(ParameterMixin):
         inp = x_t.reshape(B, self.input_size)
         if not inp.flags.c_contiguous:
             inp = np.ascontiguousarray(inp)
-        step_layer, kind, scratch = recurrence.step_layer, ws["kind"], ws["scratch"]
+        step_layer, scratch = ws["step_layer"], ws["scratch"]
         for layer, params in enumerate(ws["params"]):
-            step_layer(kind, inp, *params, h[layer], c[layer], self._mode_code, *scratch)
+            step_layer(inp, *params, h[layer], c[layer], self._mode_code, *scratch)
             inp = h[layer]
         ws["order"] = (older, latest)
         return ws["outputs"][older], ws["returned"][older]
@@ -698,7 +698,7 @@ class _RNNBase(ParameterMixin):
         ws = {
             "params": [self._cell_params(layer, 0) + self._int8_params(layer)
                        for layer in range(L)],
-            "kind": recurrence.KIND[self._kern],
+            "step_layer": recurrence.LOOPS[self._kern].step_layer,
             # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
             "scratch": (np.empty((B, GH), dt), np.empty((B, GH), dt), np.empty((B, H), dt),
                         np.empty((B, max(P, H)), dt), np.ones(B, np.int64),

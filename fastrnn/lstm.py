@@ -60,7 +60,9 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
         for j in range(H):
             mn[j] = a[3 * H + j] * tanh(cn[j])
         if store:
-            gates_t[n, :] = a
+            gt = gates_t[n]
+            for k in range(H4):
+                gt[k] = a[k]
     if w_hr.shape[0] > 0:
         matmul_nt(m, w_hr, hp)
         commit_rows(h, hp, y_t, t, lengths)
@@ -110,7 +112,9 @@ def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
         for j in range(P):
             dhn[j] += dy_t[n, j]
         if proj:
-            dhp_t[n, :] = dhn
+            dhpn = dhp_t[n]
+            for j in range(P):
+                dhpn[j] = dhn[j]
             dmn = dm[n]
             dmn[:] = 0
             for p in range(P):

@@ -1,31 +1,35 @@
 """The time loops shared by every cell type: forward sequence, streaming step, backward.
 
 The cell-specific math lives next to its backward in ``lstm.py``, ``gru.py`` and
-``rnn.py`` (``cell_step`` / ``backward_step``, one shared argument list); the loops
-here dispatch on ``kind`` (``KIND[mode]``), so each loop is written once. All
-three cells are compiled into each loop; the branch costs nothing next to a step.
+``rnn.py`` (``cell_step`` / ``backward_step``, one shared argument list). The loops
+here are written once and specialised per cell type at compile time:
+``LOOPS[cell]`` holds the three loops of one cell module, compiled (lazily, and
+cached) with only that cell's math in them, so the first call of an LSTM compiles
+no GRU or RNN code.
 """
+
+import types
+from typing import NamedTuple
 
 from . import gru, lstm, rnn
 from ._jit import kernel
 from .linalg import matmul2_nt, matmul_nn_acc, matmul_t
 
-KIND = {lstm: 0, gru: 1, rnn: 2}  # cell module -> the ``kind`` argument of the loops
+__all__ = ["LOOPS", "Loops"]
+
+# The loops below are templates: ``cell_step`` and ``backward_step`` are the free names
+# that ``_specialise`` binds to one cell module's functions.
 
 
-@kernel
-def cell_step(kind, gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, gates_t):
-    """The ``cell_step`` of cell type ``kind``."""
-    if kind == 0:
-        lstm.cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, gates_t)
-    elif kind == 1:
-        gru.cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, gates_t)
-    else:
-        rnn.cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, gates_t)
+class Loops(NamedTuple):
+    """The compiled time loops of one cell type (see ``_specialise``)."""
+
+    sequence: object
+    step_layer: object
+    backward_sequence: object
 
 
-@kernel
-def sequence(kind, gx, w_hh_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
+def _sequence(gx, w_hh_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
              gh, m, hp, tape_gates, tape_h, tape_c):
     """Run the recurrence over ``gx`` (T, B, G·H), writing ``y`` (T, B, P).
 
@@ -38,61 +42,73 @@ def sequence(kind, gx, w_hh_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
     ``w_hh_t`` is the recurrent weight transposed, (H_out, G·H): float, or int8 in a
     quantized model with its row scales ``s_hh`` (empty otherwise).
     """
-    T = gx.shape[0]
+    T, B, P = y.shape
+    H = c.shape[1]
     train = tape_h.shape[0] > 0
+    cell_tape = tape_c.shape[0] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
         if train:
-            tape_h[t, :, :] = h
-            if tape_c.shape[0] > 0:
-                tape_c[t, :, :] = c
+            for n in range(B):
+                for j in range(P):
+                    tape_h[t, n, j] = h[n, j]
+                if cell_tape:
+                    for j in range(H):
+                        tape_c[t, n, j] = c[n, j]
         matmul_t(h, w_hh_t, s_hh, gh)
-        cell_step(kind, gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
+        cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
                   tape_gates[t if train else 0])
 
-
-@kernel
-def step_layer(kind, x, w_ih, w_hh, b_ih, b_hh, w_hr, q_ih, s_ih, q_hh, s_hh, h, c, mode,
+def _step_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, q_ih, s_ih, q_hh, s_hh, h, c, mode,
                gx, gh, m, hp, ones, no_gates):
-    """Streaming step of one layer, every row running: the input and recurrent products
-    in one pass over both weight matrices (or over their int8 copies ``q_*`` with row
-    scales ``s_*`` in a quantized model), then the fused cell step (``h``/``c`` in place)."""
+    """Streaming step of one layer, every row running: the input and recurrent
+    products in one pass over both weight matrices (or over their int8 copies ``q_*``
+    with row scales ``s_*`` in a quantized model), then the fused cell step
+    (``h``/``c`` in place)."""
     if s_hh.shape[0] > 0:
         matmul_t(x, q_ih, s_ih, gx)
         matmul_t(h, q_hh, s_hh, gh)
     else:
         matmul2_nt(x, w_ih, gx, h, w_hh, gh)
-    cell_step(kind, gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
+    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
 
-
-@kernel
-def backward_step(kind, t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
-                  dgx_t, dgh_t, dhp_t, m_t, dm, mode):
-    """The ``backward_step`` of cell type ``kind``."""
-    if kind == 0:
-        lstm.backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
-                           dgx_t, dgh_t, dhp_t, m_t, dm, mode)
-    elif kind == 1:
-        gru.backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
-                          dgx_t, dgh_t, dhp_t, m_t, dm, mode)
-    else:
-        rnn.backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
-                          dgx_t, dgh_t, dhp_t, m_t, dm, mode)
-
-
-@kernel
-def backward_sequence(kind, gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
+def _backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
                       dh, dc, dgx, dgh, dhp, mt, dm):
-    """Walk the recurrence backwards: fills ``dgx`` and ``dgh`` (T, B, G·H) (the same array
-    unless the cell type tells them apart) and, with projection, ``dhp`` (T, B, P) and
-    ``mt`` (T, B, H); ``dh``/``dc`` enter as the final-state gradients and leave as the
-    initial-state gradients. Empty placeholders (1, 0, 0) stand for absent tapes."""
+    """Walk the recurrence backwards: fills ``dgx`` and ``dgh`` (T, B, G·H) (the same
+    array unless the cell type tells them apart) and, with projection, ``dhp``
+    (T, B, P) and ``mt`` (T, B, H); ``dh``/``dc`` enter as the final-state gradients
+    and leave as the initial-state gradients. Empty placeholders (1, 0, 0) stand for
+    absent tapes."""
     T = gates.shape[0]
     proj = w_hr.shape[0] > 0
     cell_tape = c_prev.shape[0] == T and c_prev.shape[1] > 0
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t if proj else 0
-        backward_step(kind, t, lengths, gates[t], h_prev[t], c_prev[t if cell_tape else 0],
+        backward_step(t, lengths, gates[t], h_prev[t], c_prev[t if cell_tape else 0],
                       w_hr, dy[t], dh, dc, dgx[t], dgh[t], dhp[tp], mt[tp], dm, mode)
         matmul_nn_acc(dgh[t], w_hh, dh)
+
+
+
+
+def _specialise(cell):
+    """The three loops with ``cell``'s ``cell_step``/``backward_step`` bound as globals.
+
+    Numba compiles a call to a global jitted function as a direct call, so each cell
+    type gets loops with only its own math in them (one level of calls, nothing to
+    branch on). Each copy has its own qualified name, hence its own cache files.
+    """
+    name = cell.__name__.rsplit(".", 1)[1]
+    bound = dict(globals(), cell_step=cell.cell_step, backward_step=cell.backward_step)
+    loops = []
+    for template in (_sequence, _step_layer, _backward_sequence):
+        fn = types.FunctionType(template.__code__, bound, f"{name}{template.__name__}")
+        fn.__qualname__ = fn.__name__
+        fn.__doc__ = template.__doc__
+        loops.append(kernel(fn))
+    return Loops(*loops)
+
+
+#: Cell module (``lstm``, ``gru``, ``rnn``) -> its compiled :class:`Loops`.
+LOOPS = {cell: _specialise(cell) for cell in (lstm, gru, rnn)}

@@ -36,7 +36,9 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
             for j in range(H):
                 mn[j] = relu(a[j])
         if store:
-            gates_t[n, :] = mn
+            gt = gates_t[n]
+            for j in range(H):
+                gt[j] = mn[j]
     commit_rows(h, m, y_t, t, lengths)
 
 

@@ -93,8 +93,9 @@ def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, revers
     if c_prev.shape[0] == 0:
         c_prev = empty3(dtype)
     if B < blas_min_batch:
-        recurrence.backward_sequence(recurrence.KIND[kern], gates, h_prev, c_prev, w_hh, w_hr,
-                                     lengths, reverse, mode, dy, dh, dc, dgx, dgh, dhp, mt, dm)
+        recurrence.LOOPS[kern].backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths,
+                                                 reverse, mode, dy, dh, dc, dgx, dgh, dhp, mt,
+                                                 dm)
         return dgx, dgh, dhp, mt
     tmp = np.empty_like(dh)
     last_c = c_prev.shape[0] - 1
