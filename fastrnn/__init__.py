@@ -11,7 +11,7 @@ from .io import load, save
 from .layers import GRU, LSTM, RNN
 from .training import Gradients, Tape, clip_grad_norm
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "save", "load",
            "clip_grad_norm", "Gradients", "Tape", "attention", "cuda", "reference", "__version__"]

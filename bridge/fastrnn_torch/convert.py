@@ -17,7 +17,7 @@ _SWAPS = {torch.nn.RNN: modules.RNN, torch.nn.LSTM: modules.LSTM, torch.nn.GRU: 
 __all__ = ["convert", "export"]
 
 
-def convert(model):
+def convert(model, *, return_swapped=False):
     """Make every torch.nn RNN/LSTM/GRU(+Cell) inside ``model`` (itself included) run on fastrnn.
 
     The swap happens in place by changing each module's class to its fastrnn_torch
@@ -25,15 +25,32 @@ def convert(model):
     stay the same, so an optimizer built before the call keeps working, and
     ``state_dict`` is unchanged.
 
+    After the swap ``isinstance(m, torch.nn.LSTM)`` is False for the layers (they
+    derive from ``torch.nn.RNNBase``, which ``torch.compile`` can trace); find
+    converted modules with ``isinstance(m, (fastrnn_torch.RNN, fastrnn_torch.LSTM,
+    fastrnn_torch.GRU))`` or ``return_swapped=True``. ``torch.save(model)`` writes
+    them as their torch.nn classes: the checkpoint loads without fastrnn_torch
+    (``convert`` again after loading).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    return_swapped : bool, default False
+        Also return the qualified names (as in ``model.named_modules()``, ``""``
+        for ``model`` itself) of the modules that were swapped.
+
     Returns
     -------
     model : torch.nn.Module
+        With ``return_swapped``, the tuple ``(model, names)``.
     """
-    for module in model.modules():
+    swapped = []
+    for name, module in model.named_modules():
         replacement = _SWAPS.get(type(module))
         if replacement is not None:
             module.__class__ = replacement
-    return model
+            swapped.append(name)
+    return (model, swapped) if return_swapped else model
 
 
 def _core_description(module):

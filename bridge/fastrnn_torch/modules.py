@@ -8,6 +8,15 @@ tensors, ``fastrnn.cuda``'s for CUDA tensors (when numba-cuda is installed). Inp
 the kernels do not handle (other devices, or not float32/float64) fall back to
 torch.nn's implementation.
 
+Checkpoints stay portable: a module pickles (``torch.save(model)``, ``copy.copy``)
+as its torch.nn class with the same state, so a checkpoint of a converted model
+needs exactly the globals a torch.nn model needs, loads under ``torch.load``'s
+default ``weights_only=True`` in a process that never imported fastrnn_torch, and
+comes back as plain torch.nn modules (``convert`` them again to run on fastrnn).
+``copy.deepcopy`` keeps the fastrnn class. ``torch.jit.trace`` and
+``torch.export`` record torch.nn's operators, so their artifacts load wherever
+torch.nn's do; ``torch.compile`` keeps fastrnn's kernels (the ``fastrnn::rnn`` op).
+
 Why ``RNNBase`` and not ``torch.nn.LSTM`` itself: TorchDynamo refuses to trace
 any instance of ``torch.nn.RNN/GRU/LSTM`` (unless a global experimental flag is
 set), which would make ``torch.compile`` break the graph at every layer. So
@@ -16,6 +25,7 @@ set), which would make ``torch.compile`` break the graph at every layer. So
 methods are reused as they are.
 """
 
+import copy
 import json
 
 import torch
@@ -68,6 +78,34 @@ def _config(module, mode, num_layers, dtype):
     return cache[key]
 
 
+def _recording_portable_graph():
+    """Whether torch is tracing (``jit.trace``) or exporting (``torch.export``): the
+    artifact must load without fastrnn, so torch.nn's operators are recorded."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+class _Portable:
+    """Pickling and copying: a checkpoint holds the torch.nn class, a deep copy ours."""
+
+    _torch_class = None
+    _PRIVATE = ("_fastrnn_config",)  # caches that a torch.nn module does not have
+
+    def __reduce_ex__(self, protocol):
+        # Unpickling constructs the torch.nn class (a small throwaway layer) and then
+        # sets this module's state: both steps are ones torch.load(weights_only=True)
+        # allows for an allowlisted torch.nn class.
+        state = self.__getstate__() if hasattr(self, "__getstate__") else self.__dict__
+        state = {k: v for k, v in state.items() if k not in self._PRIVATE}
+        return self._torch_class, (self.input_size, self.hidden_size), state
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = {k: v for k, v in self.__dict__.items() if k != "_flat_weight_refs"}
+        new.__setstate__(copy.deepcopy(state, memo))
+        return new
+
+
 def _packed_order(batch_sizes, sorted_indices):
     """(time, batch) indices of a PackedSequence's rows, in packed order."""
     T = len(batch_sizes)
@@ -78,7 +116,7 @@ def _packed_order(batch_sizes, sorted_indices):
     return t_idx, b_idx
 
 
-class _RNNMixin:
+class _RNNMixin(_Portable):
     """forward() shared by RNN, LSTM and GRU."""
 
     _mode = None
@@ -86,7 +124,7 @@ class _RNNMixin:
     def forward(self, input, hx=None):
         weights = self._flat_weights
         data = input.data if isinstance(input, PackedSequence) else input
-        if not _supported(data, weights):
+        if not _supported(data, weights) or _recording_portable_graph():
             return self._torch_class.forward(self, input, hx)
         lstm = self._mode == "LSTM"
         D = 2 if self.bidirectional else 1
@@ -194,7 +232,7 @@ class GRU(_RNNMixin, torch.nn.RNNBase):
         super().__init__("GRU", *args, **kwargs)
 
 
-class _CellMixin:
+class _CellMixin(_Portable):
     """forward() shared by the cells: one step of a one-layer model."""
 
     _mode = None
@@ -203,7 +241,7 @@ class _CellMixin:
         weights = [self.weight_ih, self.weight_hh]
         if self.bias:
             weights += [self.bias_ih, self.bias_hh]
-        if not _supported(input, weights):
+        if not _supported(input, weights) or _recording_portable_graph():
             return super().forward(input, hx)
         lstm = self._mode == "LSTM"
         name = type(self).__name__
@@ -247,15 +285,18 @@ class RNNCell(_CellMixin, torch.nn.RNNCell):
     """torch.nn.RNNCell computed by fastrnn's kernels."""
 
     _mode = "RNN"
+    _torch_class = torch.nn.RNNCell
 
 
 class LSTMCell(_CellMixin, torch.nn.LSTMCell):
     """torch.nn.LSTMCell computed by fastrnn's kernels."""
 
     _mode = "LSTM"
+    _torch_class = torch.nn.LSTMCell
 
 
 class GRUCell(_CellMixin, torch.nn.GRUCell):
     """torch.nn.GRUCell computed by fastrnn's kernels."""
 
     _mode = "GRU"
+    _torch_class = torch.nn.GRUCell
