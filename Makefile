@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: bench test test-gpu cuda-ptx docs asv asv-check asv-history asv-preview clean
+.PHONY: bench test test-gpu cuda-ptx docs lint wheel-check asv asv-check asv-history asv-preview clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ cuda-ptx: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Build the wheel and sdist, install the wheel (not editable) into a fresh virtual
+# environment and smoke-test it from outside the checkout.
+wheel-check: $(STAMP)
+	bash tools/wheel_check.sh $(PY)
 
 ASV := cd asv_bench && ../$(VENV)/bin/asv
 N ?= 5

@@ -80,12 +80,20 @@ def train_cpu(x, target, steps, hidden, lr):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--length", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=0.5)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=200, help="training steps (default: %(default)s)"
+    )
+    parser.add_argument("--hidden", type=int, default=32, help="hidden size (default: %(default)s)")
+    parser.add_argument(
+        "--length", type=int, default=50, help="sequence length (default: %(default)s)"
+    )
+    parser.add_argument("--batch", type=int, default=16, help="batch size (default: %(default)s)")
+    parser.add_argument(
+        "--lr", type=float, default=0.5, help="learning rate (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     x, target = data(args.length, args.batch, args.hidden)
     gpu = train_gpu(x, target, args.steps, args.hidden, args.lr)

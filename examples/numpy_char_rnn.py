@@ -10,12 +10,12 @@ NumPy. At the end the model writes a sample, one ``step`` at a time.
 
 import argparse
 import pathlib
-import sys
 import time
 
 import numpy as np
 
 import fastrnn
+from fastrnn.progress import progress
 
 TEXT = pathlib.Path(__file__).with_name("data") / "recurrence.txt"
 
@@ -34,8 +34,8 @@ class Adam:
             g = grads[k]
             self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
             self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * g * g
-            m_hat = self.m[k] / (1 - self.b1 ** self.t)
-            v_hat = self.v[k] / (1 - self.b2 ** self.t)
+            m_hat = self.m[k] / (1 - self.b1**self.t)
+            v_hat = self.v[k] / (1 - self.b2**self.t)
             p -= (self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(p.dtype)
 
 
@@ -50,20 +50,25 @@ def softmax_xent(logits, targets):
     return loss, p / n
 
 
-def progress(i, total, loss, start, width=30):
-    done = int(width * (i + 1) / total)
-    sys.stdout.write(f"\r[{'#' * done}{'.' * (width - done)}] {i + 1}/{total} "
-                     f"loss {loss:.3f}  {time.perf_counter() - start:5.1f}s")
-    sys.stdout.flush()
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--seq", type=int, default=48)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--steps", type=int, default=600, help="training steps (default: %(default)s)")
+    ap.add_argument("--hidden", type=int, default=128, help="hidden size (default: %(default)s)")
+    ap.add_argument(
+        "--seq",
+        type=int,
+        default=48,
+        help="characters/words per training chunk (default: %(default)s)",
+    )
+    ap.add_argument("--batch", type=int, default=16, help="batch size (default: %(default)s)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for data and weights (default: %(default)s)",
+    )
     args = ap.parse_args(argv)
 
     text = TEXT.read_text()
@@ -74,8 +79,10 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
 
     lstm = fastrnn.LSTM(V, H, seed=args.seed)
-    head = {"w": (rng.standard_normal((H, V)) / np.sqrt(H)).astype(np.float32),
-            "b": np.zeros(V, np.float32)}
+    head = {
+        "w": (rng.standard_normal((H, V)) / np.sqrt(H)).astype(np.float32),
+        "b": np.zeros(V, np.float32),
+    }
     params = {**lstm.state_dict(), **{"head." + k: v for k, v in head.items()}}
     opt = Adam(params)
     eye = np.eye(V, dtype=np.float32)
@@ -85,7 +92,7 @@ def main(argv=None):
     starts = np.arange(args.batch) * span
     state, pos, first_loss = None, 0, None
     start = time.perf_counter()
-    for i in range(args.steps):
+    for _ in progress(range(args.steps), desc="training"):
         if pos + args.seq + 1 > span:
             pos, state = 0, None
         idx = starts[None, :] + pos + np.arange(args.seq)[:, None]
@@ -94,14 +101,19 @@ def main(argv=None):
         logits = y.reshape(-1, H) @ head["w"] + head["b"]
         loss, dlogits = softmax_xent(logits, target.reshape(-1))
         grads = lstm.backward(tape, (dlogits @ head["w"].T).reshape(y.shape).astype(np.float32))
-        g = {**grads.params, "head.w": (y.reshape(-1, H).T @ dlogits).astype(np.float32),
-             "head.b": dlogits.sum(0).astype(np.float32)}
+        g = {
+            **grads.params,
+            "head.w": (y.reshape(-1, H).T @ dlogits).astype(np.float32),
+            "head.b": dlogits.sum(0).astype(np.float32),
+        }
         fastrnn.clip_grad_norm(g, 5.0)
         opt.step(g)
         pos += args.seq
         first_loss = loss if first_loss is None else first_loss
-        progress(i, args.steps, loss, start)
-    print(f"\nloss {first_loss:.3f} -> {loss:.3f} (uniform guess: {np.log(V):.3f})")
+    print(
+        f"loss {first_loss:.3f} -> {loss:.3f} (uniform guess: {np.log(V):.3f}), "
+        f"{time.perf_counter() - start:.1f} s"
+    )
 
     # Generate with the streaming API, one character at a time.
     state = lstm.initial_state(1)

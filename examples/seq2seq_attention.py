@@ -104,11 +104,13 @@ class CoreDecoder:
         H = model.hidden
         self.src_embed, self.tgt_embed = sd["src_embed.weight"], sd["tgt_embed.weight"]
         self.encoder = fastrnn.GRU(H, H, batch_first=True)
-        self.encoder.load_state_dict({k[len("encoder."):]: v for k, v in sd.items()
-                                      if k.startswith("encoder.")})
+        self.encoder.load_state_dict(
+            {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
+        )
         self.decoder = fastrnn.GRU(2 * H, H)
-        self.decoder.load_state_dict({k[len("decoder."):] + "_l0": v for k, v in sd.items()
-                                      if k.startswith("decoder.")})
+        self.decoder.load_state_dict(
+            {k[len("decoder.") :] + "_l0": v for k, v in sd.items() if k.startswith("decoder.")}
+        )
         self.W_q, self.W_k = sd["attention.W_q.weight"], sd["attention.W_k.weight"]
         self.v = sd["attention.v.weight"][0]
         self.W_out, self.b_out = sd["out.weight"], sd["out.bias"]
@@ -122,28 +124,41 @@ class CoreDecoder:
         inp = np.full(src.shape[0], SOS)
         out = []
         for _ in range(steps):
-            context, _ = fastrnn.attention.additive(state[0], keys, keys, self.W_q, self.W_k,
-                                                    self.v, mask)
+            context, _ = fastrnn.attention.additive(
+                state[0], keys, keys, self.W_q, self.W_k, self.v, mask
+            )
             x = np.concatenate([self.tgt_embed[inp], context], axis=1)
-            h_t, state = self.decoder.step(x, state)   # streaming step, no allocation
+            h_t, state = self.decoder.step(x, state)  # streaming step, no allocation
             inp = np.argmax(h_t @ self.W_out.T + self.b_out, axis=1)
             out.append(inp)
         return torch.from_numpy(np.stack(out, axis=1))
 
 
 def exact_match(pred, tgt, lengths):
-    ok = [(pred[i, :L + 1] == tgt[i, :L + 1]).all().item() for i, L in enumerate(lengths)]
+    ok = [(pred[i, : L + 1] == tgt[i, : L + 1]).all().item() for i, L in enumerate(lengths)]
     return float(np.mean(ok))
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engine", choices=["torch", "fastrnn"], default="fastrnn")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--engine",
+        choices=["torch", "fastrnn"],
+        default="fastrnn",
+        help="torch.nn, fastrnn_torch or both (default: %(default)s)",
+    )
+    ap.add_argument("--epochs", type=int, default=8, help="training epochs (default: %(default)s)")
     ap.add_argument("--batches", type=int, default=100, help="batches per epoch")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=64, help="batch size (default: %(default)s)")
+    ap.add_argument("--hidden", type=int, default=64, help="hidden size (default: %(default)s)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for data and weights (default: %(default)s)",
+    )
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -169,9 +184,11 @@ def main(argv=None):
             pred = model.greedy_torch(test_src, test_len, test_tgt.shape[1])
         decode_time = time.perf_counter() - start
         accuracy = exact_match(pred, test_tgt, test_len)
-        print(f"[{args.engine}] epoch {epoch + 1}: loss {loss.item():.4f}  held-out exact match "
-              f"{accuracy:6.1%}  train {train_time:5.2f} s/epoch  greedy decode of 500 "
-              f"{decode_time * 1e3:6.1f} ms")
+        print(
+            f"[{args.engine}] epoch {epoch + 1}: loss {loss.item():.4f}  held-out exact match "
+            f"{accuracy:6.1%}  train {train_time:5.2f} s/epoch  greedy decode of 500 "
+            f"{decode_time * 1e3:6.1f} ms"
+        )
     return accuracy
 
 

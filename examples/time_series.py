@@ -28,7 +28,7 @@ class Forecaster(torch.nn.Module):
         c = x.new_zeros(B, self.cell.hidden_size)
         outputs = []
         for t in range(x.shape[1]):
-            h, c = self.cell(x[:, t:t + 1], (h, c))
+            h, c = self.cell(x[:, t : t + 1], (h, c))
             outputs.append(self.head(h))
         for _ in range(future):
             h, c = self.cell(outputs[-1], (h, c))
@@ -66,19 +66,33 @@ def train(engine, args):
         forecast = model(test_x[:, :-20], future=20)[:, -20:]
         err = torch.nn.functional.mse_loss(forecast, test_y[:, -20:]).item()
     rate = args.steps * args.batch / elapsed
-    print(f"{engine:8} loss {first:.4f} -> {loss.item():.4f}  forecast mse {err:.4f}  "
-          f"{rate:8.0f} samples/s")
+    print(
+        f"{engine:8} loss {first:.4f} -> {loss.item():.4f}  forecast mse {err:.4f}  "
+        f"{rate:8.0f} samples/s"
+    )
     return loss.item(), rate
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engine", choices=["torch", "fastrnn", "both"], default="both")
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--length", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--engine",
+        choices=["torch", "fastrnn", "both"],
+        default="both",
+        help="torch.nn, fastrnn_torch or both (default: %(default)s)",
+    )
+    ap.add_argument("--steps", type=int, default=40, help="training steps (default: %(default)s)")
+    ap.add_argument("--hidden", type=int, default=64, help="hidden size (default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=32, help="batch size (default: %(default)s)")
+    ap.add_argument("--length", type=int, default=60, help="sequence length (default: %(default)s)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for data and weights (default: %(default)s)",
+    )
     args = ap.parse_args(argv)
     engines = ["torch", "fastrnn"] if args.engine == "both" else [args.engine]
     results = {e: train(e, args) for e in engines}

@@ -11,12 +11,18 @@ tape of one chunk at a time.
     python examples/truncated_bptt.py
 """
 
+import argparse
+
 import numpy as np
 
 import fastrnn
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.parse_args(argv)
     rng = np.random.default_rng(0)
     model = fastrnn.GRU(8, 32, num_layers=2, dtype="float64", seed=0)
     x = rng.standard_normal((120, 4, 8))
@@ -46,8 +52,9 @@ def main():
         grads = model.backward(tape, grad_y[idx])
         for k, g in grads.params.items():
             truncated[k] = truncated[k] + g
-    rel = np.linalg.norm(truncated["weight_hh_l0"] - full.params["weight_hh_l0"]) / \
-        np.linalg.norm(full.params["weight_hh_l0"])
+    rel = np.linalg.norm(truncated["weight_hh_l0"] - full.params["weight_hh_l0"]) / np.linalg.norm(
+        full.params["weight_hh_l0"]
+    )
     print(f"truncated (gradient stopped) vs full: relative difference of weight_hh_l0 = {rel:.2e}")
 
 

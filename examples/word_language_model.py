@@ -35,11 +35,11 @@ class WordLM(torch.nn.Module):
 
 def batches(ids, seq, batch):
     n = (len(ids) - 1) // batch
-    data = ids[:n * batch + 1]
-    cols = torch.stack([data[i * n:(i + 1) * n + 1] for i in range(batch)], dim=1)
+    data = ids[: n * batch + 1]
+    cols = torch.stack([data[i * n : (i + 1) * n + 1] for i in range(batch)], dim=1)
     while True:
         for pos in range(0, n - seq, seq):
-            yield cols[pos:pos + seq], cols[pos + 1:pos + seq + 1]
+            yield cols[pos : pos + seq], cols[pos + 1 : pos + seq + 1]
 
 
 def train(engine, ids, vocab, args):
@@ -66,19 +66,37 @@ def train(engine, ids, vocab, args):
         losses.append(loss.item())
     elapsed = time.perf_counter() - start
     tokens = args.steps * args.seq * args.batch
-    print(f"{engine:8} loss {losses[0]:.3f} -> {losses[-1]:.3f}   "
-          f"{tokens / elapsed:9.0f} tokens/s")
+    print(f"{engine:8} loss {losses[0]:.3f} -> {losses[-1]:.3f}   {tokens / elapsed:9.0f} tokens/s")
     return losses, tokens / elapsed
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engine", choices=["torch", "fastrnn", "both"], default="both")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--seq", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--engine",
+        choices=["torch", "fastrnn", "both"],
+        default="both",
+        help="torch.nn, fastrnn_torch or both (default: %(default)s)",
+    )
+    ap.add_argument("--steps", type=int, default=60, help="training steps (default: %(default)s)")
+    ap.add_argument(
+        "--size", type=int, default=128, help="embedding and hidden size (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--seq",
+        type=int,
+        default=20,
+        help="characters/words per training chunk (default: %(default)s)",
+    )
+    ap.add_argument("--batch", type=int, default=16, help="batch size (default: %(default)s)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for data and weights (default: %(default)s)",
+    )
     args = ap.parse_args(argv)
     words = re.findall(r"\w+|[^\w\s]", TEXT.read_text().lower())
     vocab = sorted(set(words))

@@ -6,12 +6,26 @@ The core depends on NumPy and Numba only; it never imports torch.
 """
 
 from . import attention, cuda, reference
+from ._version import __version__
 from .cells import GRUCell, LSTMCell, RNNCell
 from .io import load, save
 from .layers import GRU, LSTM, RNN
 from .training import Gradients, Tape, clip_grad_norm
 
-from ._version import __version__
-
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "save", "load",
-           "clip_grad_norm", "Gradients", "Tape", "attention", "cuda", "reference", "__version__"]
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "save",
+    "load",
+    "clip_grad_norm",
+    "Gradients",
+    "Tape",
+    "attention",
+    "cuda",
+    "reference",
+    "__version__",
+]

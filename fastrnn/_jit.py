@@ -16,4 +16,3 @@ FASTMATH = {"reassoc", "contract"}
 KERNEL_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)
 
 kernel = functools.partial(numba.njit, **KERNEL_OPTIONS)
-

@@ -13,8 +13,10 @@ class ParameterMixin:
         """torch's init: every parameter uniform in ±1/sqrt(hidden_size)."""
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.hidden_size)
-        return {name: rng.uniform(-bound, bound, size=shp).astype(self.dtype)
-                for name, shp in self._param_shapes().items()}
+        return {
+            name: rng.uniform(-bound, bound, size=shp).astype(self.dtype)
+            for name, shp in self._param_shapes().items()
+        }
 
     def state_dict(self):
         """The parameters under torch's names, in torch's order.
@@ -41,14 +43,18 @@ class ParameterMixin:
             On missing or unexpected keys, a wrong shape, or non-finite values.
         """
         if getattr(self, "_int8", None):
-            raise TypeError("load_state_dict on a quantized model: load into the float32 "
-                            "model and call quantize() again")
+            raise TypeError(
+                "load_state_dict on a quantized model: load into the float32 "
+                "model and call quantize() again"
+            )
         expected = self._param_shapes()
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]
         if missing or unexpected:
-            raise ValueError(f"state_dict does not match {self!r}: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
+            raise ValueError(
+                f"state_dict does not match {self!r}: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
+            )
         arrays = {}
         for name, shp in expected.items():
             value = check.to_numpy(state_dict[name])

@@ -33,12 +33,16 @@ def to_numpy(value):
 def array(name, value, dtype, shape_text):
     """Check that ``value`` is an array of ``dtype`` (no silent casts)."""
     if not hasattr(value, "dtype") or not hasattr(value, "shape"):
-        raise TypeError(f"{name} must be a numpy array of shape {shape_text} and dtype {dtype}; "
-                        f"got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy array of shape {shape_text} and dtype {dtype}; "
+            f"got {type(value).__name__}"
+        )
     value = to_numpy(value)
     if value.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} (the model's dtype); got {value.dtype}. "
-                        f"Cast it with .astype(np.{dtype}) or build the model with dtype='{value.dtype}'.")
+        raise TypeError(
+            f"{name} must have dtype {dtype} (the model's dtype); got {value.dtype}. "
+            f"Cast it with .astype(np.{dtype}) or build the model with dtype='{value.dtype}'."
+        )
     return value
 
 
@@ -62,6 +66,7 @@ def lengths(value, batch, seq_len):
         else:
             raise TypeError(f"lengths must be integers; got dtype {arr.dtype}")
     if arr.size and (arr.min() < 1 or arr.max() > seq_len):
-        raise ValueError(f"lengths must lie in [1, seq_len={seq_len}]; got min {arr.min()}, "
-                         f"max {arr.max()}")
+        raise ValueError(
+            f"lengths must lie in [1, seq_len={seq_len}]; got min {arr.min()}, max {arr.max()}"
+        )
     return np.ascontiguousarray(arr, dtype=np.int64)

@@ -24,8 +24,14 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-__all__ = ["tanh", "sigmoid", "relu", "exp_nonpos", "TANH_F32_MAX_ABS_ERROR",
-           "EXP_F32_MAX_REL_ERROR"]
+__all__ = [
+    "tanh",
+    "sigmoid",
+    "relu",
+    "exp_nonpos",
+    "TANH_F32_MAX_ABS_ERROR",
+    "EXP_F32_MAX_REL_ERROR",
+]
 
 #: Bound on ``|tanh_f32(x) - tanh(x)|`` over all x, checked by the tests.
 TANH_F32_MAX_ABS_ERROR = 5e-7
@@ -69,10 +75,10 @@ _tanh_f32 = numba.njit(_tanh_rational, error_model="numpy", nogil=True)
 EXP_F32_MAX_REL_ERROR = 3e-7
 
 _LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)          # Cody-Waite split of ln 2: exact high part
+_LN2_HI = np.float32(0.693359375)  # Cody-Waite split of ln 2: exact high part
 _LN2_LO = np.float32(-2.12194440e-4)
-_EXP_FLOOR = np.float32(-103.9)            # exp(-103.9) is below float32's smallest subnormal
-_POW2 = np.array([0.0] + [2.0 ** k for k in range(-149, 1)], np.float32)  # 2**(i - 150)
+_EXP_FLOOR = np.float32(-103.9)  # exp(-103.9) is below float32's smallest subnormal
+_POW2 = np.array([0.0] + [2.0**k for k in range(-149, 1)], np.float32)  # 2**(i - 150)
 _C0, _C1, _C2, _C3, _C4, _C5, _C6 = (np.float32(1.0 / math.factorial(i)) for i in range(7))
 
 

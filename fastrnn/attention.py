@@ -37,13 +37,25 @@ from .activations import exp_nonpos, tanh
 from .cuda import is_device_array
 from .linalg import gemm
 
-__all__ = ["scaled_dot_product", "scaled_dot_product_train", "scaled_dot_product_backward",
-           "additive", "additive_train", "additive_backward",
-           "luong", "luong_train", "luong_backward",
-           "concat_attn", "concat_attn_train", "concat_attn_backward", "AttentionTape"]
+__all__ = [
+    "scaled_dot_product",
+    "scaled_dot_product_train",
+    "scaled_dot_product_backward",
+    "additive",
+    "additive_train",
+    "additive_backward",
+    "luong",
+    "luong_train",
+    "luong_backward",
+    "concat_attn",
+    "concat_attn_train",
+    "concat_attn_backward",
+    "AttentionTape",
+]
 
 
 # ----------------------------------------------------------------------------- kernels
+
 
 @kernel
 def _mask_block(S, madd, mbool, causal, scale, B1, q0):
@@ -132,7 +144,7 @@ def _dscores_block(P, dP, dO, O, scale):
 
 @kernel
 def _additive_forward(pq, pk, bias, vvec, values, mbool, context, weights):
-    """score_bj = v · tanh(pq_b + pk_bj + bias), masked softmax over j, context_b = Σ w_bj values_bj.
+    """score_bj = v · tanh(pq_b + pk_bj + bias); masked softmax over j; context_b = Σ w_bj v_bj.
 
     ``pq`` (B, H), ``pk`` (B, L, H), ``values`` (B, L, dv), ``mbool`` (B, L) or empty.
     """
@@ -168,6 +180,7 @@ def _additive_forward(pq, pk, bias, vvec, values, mbool, context, weights):
 
 # ----------------------------------------------------------------------------- helpers
 
+
 @dataclass
 class AttentionTape:
     """What an attention ``*_backward`` needs from its ``*_train``."""
@@ -179,6 +192,7 @@ class AttentionTape:
 def _device_twin(fn):
     """Send device arrays (and tapes recorded on the device) to ``fastrnn.cuda.attention``'s
     function of the same name."""
+
     @functools.wraps(fn)
     def dispatch(first, *args, **kwargs):
         if isinstance(first, AttentionTape):
@@ -187,8 +201,10 @@ def _device_twin(fn):
             on_device = type(first) is not np.ndarray and is_device_array(first)
         if on_device:
             from .cuda import attention as gpu
+
             return getattr(gpu, fn.__name__)(first, *args, **kwargs)
         return fn(first, *args, **kwargs)
+
     return dispatch
 
 
@@ -219,8 +235,9 @@ def _mask4(mask, batch, Lq, Lk, B0, B1, dtype):
     try:
         full = np.broadcast_to(mask, target)
     except ValueError:
-        raise ValueError(f"mask must be broadcastable to {target} (batch..., Lq, Lk); got "
-                         f"{mask.shape}") from None
+        raise ValueError(
+            f"mask must be broadcastable to {target} (batch..., Lq, Lk); got {mask.shape}"
+        ) from None
     full = full.reshape(B0, B1, Lq, Lk)
     if mask.dtype == np.bool_:
         return none_f, full
@@ -228,8 +245,7 @@ def _mask4(mask, batch, Lq, Lk, B0, B1, dtype):
         return none_f, full != 0
     if mask.dtype.kind == "f":
         return full.astype(dtype, copy=False), none_b
-    raise TypeError(f"mask must be bool (True = attend) or a float additive mask; got "
-                    f"{mask.dtype}")
+    raise TypeError(f"mask must be bool (True = attend) or a float additive mask; got {mask.dtype}")
 
 
 def _unbroadcast(grad, shape):
@@ -247,11 +263,13 @@ def _sdpa_shapes(q, k, v):
         if a.ndim < 2:
             raise ValueError(f"{name} must have shape (..., L, features); got {a.shape}")
     if q.shape[q.ndim - 1] != k.shape[k.ndim - 1]:
-        raise ValueError(f"query and key must have the same last dimension; got {q.shape} "
-                         f"and {k.shape}")
+        raise ValueError(
+            f"query and key must have the same last dimension; got {q.shape} and {k.shape}"
+        )
     if k.shape[k.ndim - 2] != v.shape[v.ndim - 2]:
-        raise ValueError(f"key and value must have the same length (dimension -2); got "
-                         f"{k.shape} and {v.shape}")
+        raise ValueError(
+            f"key and value must have the same length (dimension -2); got {k.shape} and {v.shape}"
+        )
 
 
 def _additive_shapes(query, keys, values, W_q, W_k, v):
@@ -273,10 +291,16 @@ def _additive_shapes(query, keys, values, W_q, W_k, v):
 
 
 def _luong_shapes(query, keys):
-    if query.ndim != 2 or keys.ndim != 3 or keys.shape[0] != query.shape[0] \
-            or keys.shape[2] != query.shape[1]:
-        raise ValueError(f"query must have shape (batch, hidden) and keys (batch, L, hidden); "
-                         f"got {query.shape} and {keys.shape}")
+    if (
+        query.ndim != 2
+        or keys.ndim != 3
+        or keys.shape[0] != query.shape[0]
+        or keys.shape[2] != query.shape[1]
+    ):
+        raise ValueError(
+            f"query must have shape (batch, hidden) and keys (batch, L, hidden); "
+            f"got {query.shape} and {keys.shape}"
+        )
 
 
 def _concat_attn_shapes(Q, K, V, W_attn, b_attn, W_combine, b_combine):
@@ -292,8 +316,9 @@ def _concat_attn_shapes(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     check.shape("W_attn", W_attn, (L, qs + K.shape[2]))
     check.shape("b_attn", b_attn, (L,))
     if W_combine.ndim != 2 or W_combine.shape[1] != qs + vs2:
-        raise ValueError(f"W_combine must have shape (output_size, {qs + vs2}); got "
-                         f"{W_combine.shape}")
+        raise ValueError(
+            f"W_combine must have shape (output_size, {qs + vs2}); got {W_combine.shape}"
+        )
     check.shape("b_combine", b_combine, (W_combine.shape[0],))
     return B, qs, L, vs2
 
@@ -304,8 +329,10 @@ def _sdpa_prepare(q, k, v, mask, causal, scale):
     try:
         batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except ValueError:
-        raise ValueError(f"the leading dimensions of query {q.shape}, key {k.shape} and value "
-                         f"{v.shape} do not broadcast") from None
+        raise ValueError(
+            f"the leading dimensions of query {q.shape}, key {k.shape} and value "
+            f"{v.shape} do not broadcast"
+        ) from None
     Lq, d = q.shape[-2:]
     Lk, dv = v.shape[-2:]
     N = int(np.prod(batch, dtype=np.int64))
@@ -316,8 +343,18 @@ def _sdpa_prepare(q, k, v, mask, causal, scale):
     vf = np.ascontiguousarray(np.broadcast_to(v, batch + (Lk, dv))).reshape(N, Lk, dv)
     madd, mbool = _mask4(mask, batch, Lq, Lk, B0, B1, q.dtype)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    return dict(q=qf, k=kf, v=vf, madd=madd, mbool=mbool, causal=bool(causal), scale=scale,
-                B1=max(B1, 1), batch=batch, shapes=(q.shape, k.shape, v.shape))
+    return dict(
+        q=qf,
+        k=kf,
+        v=vf,
+        madd=madd,
+        mbool=mbool,
+        causal=bool(causal),
+        scale=scale,
+        B1=max(B1, 1),
+        batch=batch,
+        shapes=(q.shape, k.shape, v.shape),
+    )
 
 
 #: Scores held at once (elements): query rows are processed in blocks of this size
@@ -345,8 +382,7 @@ def _sdpa_run(p, probs=False):
     kT = k.transpose(0, 2, 1)
     for q0, q1 in _row_blocks(p):
         S = np.ascontiguousarray(gemm(q[:, q0:q1], kT))
-        _softmax_block(S, p["madd"], p["mbool"], p["causal"], dt.type(p["scale"]), p["B1"], q0,
-                       lse)
+        _softmax_block(S, p["madd"], p["mbool"], p["causal"], dt.type(p["scale"]), p["B1"], q0, lse)
         out[:, q0:q1] = gemm(S, v)
         if probs:
             pr[:, q0:q1] = S
@@ -354,6 +390,7 @@ def _sdpa_run(p, probs=False):
 
 
 # ----------------------------------------------------------------------------- scaled dot product
+
 
 @_device_twin
 def scaled_dot_product(q, k, v, mask=None, causal=False, scale=None):
@@ -419,22 +456,28 @@ def scaled_dot_product_backward(tape, grad_out):
         dq[:, q0:q1] = gemm(dP, k)
         dk += gemm(dP.transpose(0, 2, 1), q[:, q0:q1])
     batch = p["batch"]
-    return tuple(_unbroadcast(g.reshape(batch + g.shape[1:]), shape)
-                 for g, shape in zip((dq, dk, dv), p["shapes"]))
+    return tuple(
+        _unbroadcast(g.reshape(batch + g.shape[1:]), shape)
+        for g, shape in zip((dq, dk, dv), p["shapes"])
+    )
 
 
 def _tape(tape, kind):
     if not isinstance(tape, AttentionTape) or tape.kind != kind:
-        raise TypeError(f"tape must come from the matching *_train function ({kind}); got "
-                        f"{getattr(tape, 'kind', type(tape).__name__)}")
+        raise TypeError(
+            f"tape must come from the matching *_train function ({kind}); got "
+            f"{getattr(tape, 'kind', type(tape).__name__)}"
+        )
     return tape.saved
 
 
 # ----------------------------------------------------------------------------- additive
 
+
 def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
     query, keys, values, W_q, W_k, v = _floats(
-        ("query", "keys", "values", "W_q", "W_k", "v"), (query, keys, values, W_q, W_k, v))
+        ("query", "keys", "values", "W_q", "W_k", "v"), (query, keys, values, W_q, W_k, v)
+    )
     B, L, H = _additive_shapes(query, keys, values, W_q, W_k, v)
     ks = keys.shape[2]
     if bias is None:
@@ -448,8 +491,18 @@ def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
         mb = np.ascontiguousarray(mask != 0)
     pq = gemm(query, W_q.T)
     pk = gemm(np.ascontiguousarray(keys).reshape(B * L, ks), W_k.T).reshape(B, L, H)
-    return dict(query=query, keys=keys, values=np.ascontiguousarray(values), W_q=W_q, W_k=W_k,
-                v=np.ascontiguousarray(v), bias=np.ascontiguousarray(bias), mask=mb, pq=pq, pk=pk)
+    return dict(
+        query=query,
+        keys=keys,
+        values=np.ascontiguousarray(values),
+        W_q=W_q,
+        W_k=W_k,
+        v=np.ascontiguousarray(v),
+        bias=np.ascontiguousarray(bias),
+        mask=mb,
+        pq=pq,
+        pk=pk,
+    )
 
 
 def _additive_run(p):
@@ -457,8 +510,7 @@ def _additive_run(p):
     dt = p["pq"].dtype
     context = np.empty((B, p["values"].shape[2]), dt)
     weights = np.empty((B, L), dt)
-    _additive_forward(p["pq"], p["pk"], p["bias"], p["v"], p["values"], p["mask"], context,
-                      weights)
+    _additive_forward(p["pq"], p["pk"], p["bias"], p["v"], p["values"], p["mask"], context, weights)
     return context, weights
 
 
@@ -517,17 +569,24 @@ def additive_backward(tape, grad_context, grad_weights=None):
     dvalues = w[:, :, None] * grad_context[:, None, :]
     dscore = w * (dw - np.sum(w * dw, axis=1, keepdims=True))  # masked: w = 0 -> 0
     e = np.tanh(p["pq"][:, None, :] + p["pk"] + p["bias"])
-    da = dscore[:, :, None] * p["v"] * (1.0 - e * e)        # (B, L, H)
+    da = dscore[:, :, None] * p["v"] * (1.0 - e * e)  # (B, L, H)
     dpq = da.sum(axis=1)
     B, L, H = da.shape
     da2 = da.reshape(B * L, H)
     keys2 = np.ascontiguousarray(p["keys"]).reshape(B * L, -1)
-    return dict(query=gemm(dpq, p["W_q"]), keys=gemm(da2, p["W_k"]).reshape(p["keys"].shape),
-                values=dvalues, W_q=gemm(dpq.T, p["query"]), W_k=gemm(da2.T, keys2),
-                v=np.einsum("bl,blh->h", dscore, e), bias=da2.sum(axis=0))
+    return dict(
+        query=gemm(dpq, p["W_q"]),
+        keys=gemm(da2, p["W_k"]).reshape(p["keys"].shape),
+        values=dvalues,
+        W_q=gemm(dpq.T, p["query"]),
+        W_k=gemm(da2.T, keys2),
+        v=np.einsum("bl,blh->h", dscore, e),
+        bias=da2.sum(axis=0),
+    )
 
 
 # ----------------------------------------------------------------------------- Luong
+
 
 def _luong_weights(method, weights, H):
     if method == "dot":
@@ -563,19 +622,28 @@ def luong_train(query, keys, values=None, method="dot", weights=None, mask=None)
     params = _luong_weights(method, weights, H)
     if method == "concat":
         W, b, v = params
-        ctx, w, tape = additive_train(query, keys, values, W[:, :H], W[:, H:], v, mask,
-                                      None if b is None else b)
+        ctx, w, tape = additive_train(
+            query, keys, values, W[:, :H], W[:, H:], v, mask, None if b is None else b
+        )
         return ctx, w, AttentionTape("luong", dict(method=method, inner=tape, H=H))
     qq = query if method == "dot" else gemm(query, params[0])  # q · (W k + b) = (Wᵀq) · k + const
     mask3 = None if mask is None else check.to_numpy(mask)[:, None, :]
     if mask3 is not None and mask3.shape != (query.shape[0], 1, keys.shape[1]):
-        raise ValueError(f"mask must have shape {(query.shape[0], keys.shape[1])}; got "
-                         f"{mask.shape}")
+        raise ValueError(
+            f"mask must have shape {(query.shape[0], keys.shape[1])}; got {mask.shape}"
+        )
     p = _sdpa_prepare(qq[:, None, :], keys, values, mask3, False, 1.0)
     out, lse, probs = _sdpa_run(p, probs=True)
     p.update(out=out, lse=lse)
-    saved = dict(method=method, inner=AttentionTape("sdpa", p), H=H, query=query,
-                 params=params, qq=qq, probs=probs[:, 0])
+    saved = dict(
+        method=method,
+        inner=AttentionTape("sdpa", p),
+        H=H,
+        query=query,
+        params=params,
+        qq=qq,
+        probs=probs[:, 0],
+    )
     return out[:, 0], probs[:, 0], AttentionTape("luong", saved)
 
 
@@ -613,8 +681,14 @@ def luong_backward(tape, grad_context, grad_weights=None):
     s = _tape(tape, "luong")
     if s["method"] == "concat":
         g = additive_backward(s["inner"], grad_context, grad_weights)
-        out = dict(query=g["query"], keys=g["keys"], values=g["values"],
-                   W=np.concatenate([g["W_q"], g["W_k"]], axis=1), b=g["bias"], v=g["v"])
+        out = dict(
+            query=g["query"],
+            keys=g["keys"],
+            values=g["values"],
+            W=np.concatenate([g["W_q"], g["W_k"]], axis=1),
+            b=g["bias"],
+            v=g["v"],
+        )
         return out
     p = s["inner"].saved
     grad_context = _floats(("grad_context",), (grad_context,), p["out"].dtype)[0]
@@ -642,21 +716,23 @@ def luong_backward(tape, grad_context, grad_weights=None):
 
 # ----------------------------------------------------------------------------- tutorial Attn
 
+
 @_device_twin
 def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     """The seq2seq tutorial's ``Attn`` with a tape; see :func:`concat_attn`."""
     Q, K, V, W_attn, b_attn, W_combine, b_combine = _floats(
         ("Q", "K", "V", "W_attn", "b_attn", "W_combine", "b_combine"),
-        (Q, K, V, W_attn, b_attn, W_combine, b_combine))
+        (Q, K, V, W_attn, b_attn, W_combine, b_combine),
+    )
     B, qs, L, vs2 = _concat_attn_shapes(Q, K, V, W_attn, b_attn, W_combine, b_combine)
-    x = np.concatenate([Q[0], K[0]], axis=1)                  # (B, qs + ks)
+    x = np.concatenate([Q[0], K[0]], axis=1)  # (B, qs + ks)
     logits = gemm(x, W_attn.T) + b_attn
     logits = logits - logits.max(axis=1, keepdims=True)
     w = np.exp(logits)
-    w /= w.sum(axis=1, keepdims=True)                         # (B, L)
-    applied = np.einsum("bl,blv->bv", w, V)                   # (B, vs2)
+    w /= w.sum(axis=1, keepdims=True)  # (B, L)
+    applied = np.einsum("bl,blv->bv", w, V)  # (B, vs2)
     z = np.concatenate([Q[0], applied], axis=1)
-    out = (gemm(z, W_combine.T) + b_combine)[None]            # (1, B, out)
+    out = (gemm(z, W_combine.T) + b_combine)[None]  # (1, B, out)
     saved = dict(Q=Q, K=K, V=V, x=x, w=w, z=z, W_attn=W_attn, W_combine=W_combine, qs=qs)
     return out, w, AttentionTape("concat_attn", saved)
 
@@ -704,6 +780,12 @@ def concat_attn_backward(tape, grad_output, grad_weights=None):
     dV = w[:, :, None] * dapplied[:, None, :]
     dlogits = w * (dw - np.sum(w * dw, axis=1, keepdims=True))
     dx = gemm(dlogits, s["W_attn"])
-    return dict(Q=(dq_direct + dx[:, :qs])[None], K=dx[:, qs:][None], V=dV,
-                W_attn=gemm(dlogits.T, s["x"]), b_attn=dlogits.sum(axis=0),
-                W_combine=gemm(go.T, z), b_combine=go.sum(axis=0))
+    return dict(
+        Q=(dq_direct + dx[:, :qs])[None],
+        K=dx[:, qs:][None],
+        V=dV,
+        W_attn=gemm(dlogits.T, s["x"]),
+        b_attn=dlogits.sum(axis=0),
+        W_combine=gemm(go.T, z),
+        b_combine=go.sum(axis=0),
+    )

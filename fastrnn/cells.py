@@ -22,13 +22,15 @@ class _CellBase(ParameterMixin):
     mode = None
     _layer_class = None
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
-                 dtype="float32", seed=None):
+    def __init__(
+        self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype="float32", seed=None
+    ):
         if nonlinearity not in rnn.MODES:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
         extra = {"nonlinearity": nonlinearity} if self.mode == "RNN" else {}
-        self._layer = self._layer_class(input_size, hidden_size, bias=bias, dtype=dtype,
-                                        seed=seed, **extra)
+        self._layer = self._layer_class(
+            input_size, hidden_size, bias=bias, dtype=dtype, seed=seed, **extra
+        )
         self.input_size = self._layer.input_size
         self.hidden_size = self._layer.hidden_size
         self.bias = self._layer.bias
@@ -55,6 +57,9 @@ class _CellBase(ParameterMixin):
 
     def to_device(self):
         """Keep the parameters resident on the GPU (see ``fastrnn.LSTM.to_device``)."""
+        from .cuda import require
+
+        require(f"{type(self).__name__}.to_device()")
         self._layer.to_device()
         return self
 
@@ -70,6 +75,7 @@ class _CellBase(ParameterMixin):
         """``check.array``, or its device twin for device arrays (no copy, no cast)."""
         if type(value) is not np.ndarray and is_device_array(value):
             from .cuda.layers import _array
+
             return _array(name, value, self.dtype, shape_text)
         return check.array(name, value, self.dtype, shape_text)
 
@@ -77,15 +83,16 @@ class _CellBase(ParameterMixin):
         """Validate; return ``(x, hx)`` as a length-1 sequence and state for the layer."""
         x = self._array("input", x, f"(batch, {self.input_size})")
         if x.ndim not in (1, 2) or x.shape[x.ndim - 1] != self.input_size:
-            raise ValueError(f"input must have shape (batch, {self.input_size}) or "
-                             f"({self.input_size},); got {tuple(x.shape)}")
-        shape = tuple(x.shape[:x.ndim - 1]) + (self.hidden_size,)
+            raise ValueError(
+                f"input must have shape (batch, {self.input_size}) or "
+                f"({self.input_size},); got {tuple(x.shape)}"
+            )
+        shape = tuple(x.shape[: x.ndim - 1]) + (self.hidden_size,)
         if hx is None:
             return _lead1(x), None
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx for LSTMCell must be a tuple (h, c); got "
-                                f"{type(hx).__name__}")
+                raise TypeError(f"hx for LSTMCell must be a tuple (h, c); got {type(hx).__name__}")
             parts = list(zip(("h", "c"), hx))
         else:
             parts = [("hx", hx)]
@@ -155,6 +162,7 @@ def _lead1(a):
     if isinstance(a, np.ndarray):
         return a[None]
     from .cuda.linalg import reshaped
+
     return reshaped(a, (1,) + tuple(a.shape))
 
 
@@ -164,8 +172,9 @@ class RNNCell(_CellBase):
     mode = "RNN"
     _layer_class = RNN
 
-    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
-                 dtype="float32", seed=None):
+    def __init__(
+        self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype="float32", seed=None
+    ):
         super().__init__(input_size, hidden_size, bias, nonlinearity, dtype, seed)
 
     def backward(self, tape, grad_h):

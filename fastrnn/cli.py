@@ -1,14 +1,33 @@
-"""The ``fastrnn`` command line.
-
-``fastrnn bench`` prints a side-by-side table: fastrnn against torch.nn on the
-same weights (when the PyTorch bridge and torch are installed), with the max
-abs difference of the outputs, the time per call and the speed ratio.
-The comparison lives in ``fastrnn_torch.bench`` so the core never imports torch.
-"""
+"""The fastrnn command line: fastrnn bench, fastrnn warmup, fastrnn --version."""
 
 import argparse
 import os
 import sys
+import time
+
+from ._version import __version__
+
+DESCRIPTION = """\
+fastrnn: Numba-compiled RNN, LSTM and GRU over NumPy arrays.
+
+commands:
+  bench    time fastrnn against torch.nn and onnxruntime on the same weights
+  warmup   compile and cache the kernels ahead of time (for container images)
+
+Run 'fastrnn COMMAND --help' for a command's options."""
+
+BENCH_HELP = """\
+Time fastrnn against torch.nn (and onnxruntime when installed) on the same weights,
+side by side in one process, and print a table of times and ratios (other engine's
+time / fastrnn's: above 1, fastrnn is faster). Needs torch: pip install 'fastrnn[torch]'.
+Writes latest.json and ratios.png to the --out folder."""
+
+WARMUP_HELP = """\
+Compile fastrnn's CPU kernels for the cell types and dtypes asked for, so that later
+processes start from Numba's cache instead of compiling. The cache goes where Numba
+puts it: NUMBA_CACHE_DIR if set (use it in container images and read-only installs,
+e.g. ENV NUMBA_CACHE_DIR=/var/cache/fastrnn, then RUN fastrnn warmup), else
+__pycache__ beside the installed package."""
 
 
 def _pin(cores):
@@ -18,38 +37,138 @@ def _pin(cores):
         os.sched_setaffinity(0, available[:cores])
 
 
+def _choices(allowed):
+    """An argparse type for a comma-separated subset of ``allowed``."""
+
+    def parse(text):
+        items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {', '.join(allowed)}; got {text!r}"
+            )
+        return items
+
+    return parse
+
+
+def warmup(cells=("lstm", "gru", "rnn"), dtypes=("float32", "float64"), stream=None):
+    """Compile (and cache) the CPU kernels of ``cells`` for ``dtypes``.
+
+    Covers whole sequences at small and large batch, the streaming ``step``,
+    ``forward_train``/``backward``, and int8 inference for float32.
+
+    Returns
+    -------
+    seconds : dict
+        ``(cell, dtype) -> seconds`` spent.
+    """
+    import numpy as np
+
+    from . import GRU, LSTM, RNN
+    from .layers import BLAS_MIN_BATCH
+    from .progress import progress
+
+    classes = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+    jobs = [(c, d) for c in cells for d in dtypes]
+    seconds = {}
+    for cell, dtype in progress(jobs, desc="fastrnn warmup", stream=stream):
+        start = time.perf_counter()
+        model = classes[cell](3, 4, dtype=dtype, seed=0)
+        for batch in (1, BLAS_MIN_BATCH):
+            x = np.zeros((2, batch, 3), dtype)
+            y, _, tape = model.forward_train(x)
+            model.backward(tape, np.ones_like(y))
+        model.step(x[0], model.initial_state(batch))
+        if dtype == "float32":
+            quantized = model.quantize("int8")
+            quantized(x[:, :1])
+            quantized.step(x[0, :1], quantized.initial_state(1))
+        seconds[cell, dtype] = time.perf_counter() - start
+    return seconds
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastrnn", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="fastrnn vs torch.nn, same weights, side by side")
-    bench.add_argument("--cores", type=int, default=0,
-                       help="pin to the first N CPUs before anything starts threads "
-                            "(default: all)")
+    parser = argparse.ArgumentParser(
+        prog="fastrnn",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+    bench = sub.add_parser(
+        "bench",
+        help="fastrnn vs torch.nn and onnxruntime, side by side",
+        description=BENCH_HELP,
+        formatter_class=raw,
+    )
+    bench.add_argument(
+        "--cores",
+        type=int,
+        default=0,
+        help="pin to the first N CPUs before anything starts threads (default: all)",
+    )
     bench.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
     bench.add_argument("--full", action="store_true", help="more sizes and batches")
     bench.add_argument("--cell", choices=["lstm", "gru", "rnn", "all"], default="all")
     bench.add_argument("--hidden", type=int, default=256, help="hidden size (default 256)")
-    bench.add_argument("--gpu", action="store_true",
-                       help="fastrnn's CUDA kernels vs torch.nn on cuDNN (needs a GPU)")
-    bench.add_argument("--out", default="bench-results",
-                       help="folder for latest.json and ratios.png ('' to skip)")
+    bench.add_argument(
+        "--gpu",
+        action="store_true",
+        help="fastrnn's CUDA kernels vs torch.nn on cuDNN (needs a GPU)",
+    )
+    bench.add_argument(
+        "--out", default="bench-results", help="folder for latest.json and ratios.png ('' to skip)"
+    )
+    warm = sub.add_parser(
+        "warmup",
+        help="compile and cache the kernels ahead of time",
+        description=WARMUP_HELP,
+        formatter_class=raw,
+    )
+    warm.add_argument(
+        "--cells",
+        type=_choices(("lstm", "gru", "rnn")),
+        default=["lstm", "gru", "rnn"],
+        help="comma-separated cell types (default: lstm,gru,rnn)",
+    )
+    warm.add_argument(
+        "--dtype",
+        type=_choices(("float32", "float64")),
+        default=["float32", "float64"],
+        help="comma-separated dtypes (default: float32,float64)",
+    )
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        _pin(args.cores)
-        try:
-            from fastrnn_torch import bench as runner
-        except ImportError as exc:
-            print(f"fastrnn bench needs torch to compare against ({exc}); "
-                  "install with: pip install 'fastrnn[torch]'", file=sys.stderr)
-            return 1
-        modes = ("LSTM", "GRU", "RNN") if args.cell == "all" else (args.cell.upper(),)
-        if args.gpu:
-            from fastrnn_torch import bench_gpu
-            return bench_gpu.main(quick=args.quick, modes=modes, out=args.out)
-        runner.main(quick=args.quick, cores=args.cores, full=args.full, modes=modes,
-                    hidden=args.hidden, out=args.out)
+    if args.command == "warmup":
+        seconds = warmup(args.cells, args.dtype)
+        for (cell, dtype), s in seconds.items():
+            print(f"{cell:5} {dtype:8} {s:6.1f} s")
         return 0
-    return 2
+    _pin(args.cores)
+    try:
+        from fastrnn_torch import bench as runner
+    except ImportError as exc:
+        print(
+            f"fastrnn bench needs torch to compare against ({exc}); "
+            "install with: pip install 'fastrnn[torch]'",
+            file=sys.stderr,
+        )
+        return 1
+    modes = ("LSTM", "GRU", "RNN") if args.cell == "all" else (args.cell.upper(),)
+    if args.gpu:
+        from fastrnn_torch import bench_gpu
+
+        return bench_gpu.main(quick=args.quick, modes=modes, out=args.out)
+    runner.main(
+        quick=args.quick,
+        cores=args.cores,
+        full=args.full,
+        modes=modes,
+        hidden=args.hidden,
+        out=args.out,
+    )
+    return 0
 
 
 if __name__ == "__main__":

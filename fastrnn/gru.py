@@ -70,8 +70,9 @@ SEPARATE_DGH = True  # the n gate's pre-activation gradient differs for W_ih and
 
 
 @kernel
-def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
-                  dgx_t, dgh_t, dhp_t, m_t, dm, mode):
+def backward_step(
+    t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc, dgx_t, dgh_t, dhp_t, m_t, dm, mode
+):
     """Input- and hidden-side gate gradients of step ``t``; leaves ``dh * z`` in ``dh``
     for running rows (the caller adds ``dgh_t W_hh``). See ``lstm.backward_step``."""
     B, H = dh.shape

@@ -13,13 +13,23 @@ import struct
 
 import numpy as np
 
-
 __all__ = ["save", "load", "save_safetensors", "load_safetensors"]
 
-_ST_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64,
-              "I32": np.int32, "BF16": None}
-_ST_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
-             np.dtype(np.float16): "F16", np.dtype(np.int64): "I64", np.dtype(np.int32): "I32"}
+_ST_DTYPES = {
+    "F32": np.float32,
+    "F64": np.float64,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "BF16": None,
+}
+_ST_NAMES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+}
 _CONFIG_KEY = "__fastrnn_config__"
 
 
@@ -31,8 +41,11 @@ def save_safetensors(path, tensors, metadata=None):
         if arr.dtype not in _ST_NAMES:
             raise TypeError(f"cannot store {name!r} of dtype {arr.dtype} in safetensors")
         data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _ST_NAMES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
         blobs.append(data)
     if metadata:
@@ -56,11 +69,11 @@ def load_safetensors(path):
     if n > len(blob) - 8:
         raise ValueError(f"{path}: not a safetensors file (header length {n} exceeds file size)")
     try:
-        header = json.loads(blob[8:8 + n])
+        header = json.loads(blob[8 : 8 + n])
     except ValueError as exc:
         raise ValueError(f"{path}: not a safetensors file (bad JSON header: {exc})") from None
     metadata = header.pop("__metadata__", {}) or {}
-    body = memoryview(blob)[8 + n:]
+    body = memoryview(blob)[8 + n :]
     tensors = {}
     for name, info in header.items():
         dtype = _ST_DTYPES.get(info.get("dtype"))
@@ -118,18 +131,21 @@ def load(path):
     else:
         raise ValueError(f"path must end in '.safetensors' or '.npz'; got {path!r}")
     if config is None:
-        raise ValueError(f"{path}: no fastrnn configuration in the file's metadata "
-                         f"(key {_CONFIG_KEY!r})")
+        raise ValueError(
+            f"{path}: no fastrnn configuration in the file's metadata (key {_CONFIG_KEY!r})"
+        )
     spec = json.loads(config)
-    classes = {name: getattr(mod, name) for mod, names in
-               ((layers, layers.__all__), (cells, cells.__all__)) for name in names
-               if isinstance(getattr(mod, name), type)}
+    classes = {
+        name: getattr(mod, name)
+        for mod, names in ((layers, layers.__all__), (cells, cells.__all__))
+        for name in names
+        if isinstance(getattr(mod, name), type)
+    }
     cls = classes.get(spec.get("class"))
     if cls is None:
-        raise ValueError(f"{path}: unknown model class {spec.get('class')!r}; "
-                         f"expected one of {sorted(classes)}")
+        raise ValueError(
+            f"{path}: unknown model class {spec.get('class')!r}; expected one of {sorted(classes)}"
+        )
     model = cls(**spec["config"])
     model.load_state_dict(tensors)
     return model
-
-

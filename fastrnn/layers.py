@@ -40,8 +40,9 @@ def _no_int8(dtype):
     return np.empty((0, 0), np.int8), np.empty(0, dtype)
 
 
-def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-                   tapes=None, int8=None):
+def run_recurrence(
+    kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode, tapes=None, int8=None
+):
     """Drive one layer-direction's recurrence with the best product for the batch size.
 
     ``h`` and ``c`` are updated in place to the final state; ``y`` (T, B, P) is
@@ -60,10 +61,27 @@ def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, 
     if B < BLAS_MIN_BATCH:
         # Transposed once per call (from the current weights): the per-step product then
         # streams weight rows without horizontal sums.
-        w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T),
-                                                   np.empty(0, dtype))
-        recurrence.LOOPS[kern].sequence(gx, w_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths,
-                                        reverse, mode, gh, m, hp, tape_gates, tape_h, tape_c)
+        w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T), np.empty(0, dtype))
+        recurrence.LOOPS[kern].sequence(
+            gx,
+            w_t,
+            s_hh,
+            b_ih,
+            b_hh,
+            w_hr,
+            h,
+            c,
+            y,
+            lengths,
+            reverse,
+            mode,
+            gh,
+            m,
+            hp,
+            tape_gates,
+            tape_h,
+            tape_c,
+        )
         return
     w_hh_t = w_hh.T
     train = tapes is not None
@@ -74,8 +92,22 @@ def run_recurrence(kern, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, 
             if tape_c.shape[0]:
                 tape_c[t] = c
         gemm(h, w_hh_t, out=gh)
-        kern.cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
-                       tape_gates[t if train else 0])
+        kern.cell_step(
+            gx[t],
+            gh,
+            b_ih,
+            b_hh,
+            w_hr,
+            h,
+            c,
+            y[t],
+            t,
+            lengths,
+            mode,
+            m,
+            hp,
+            tape_gates[t if train else 0],
+        )
 
 
 class _RNNBase(ParameterMixin):
@@ -85,9 +117,20 @@ class _RNNBase(ParameterMixin):
     _int8 = {}  # quantized copies: weight name -> (transposed int8 weights, row scales)
     _device_params = None  # resident GPU copies of the parameters (``to_device``)
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, nonlinearity="tanh",
-                 dtype="float32", seed=None):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        nonlinearity="tanh",
+        dtype="float32",
+        seed=None,
+    ):
         self.input_size = check.positive_int("input_size", input_size)
         self.hidden_size = check.positive_int("hidden_size", hidden_size)
         self.num_layers = check.positive_int("num_layers", num_layers)
@@ -95,10 +138,14 @@ class _RNNBase(ParameterMixin):
         if self.proj_size and self.mode != "LSTM":
             raise ValueError(f"proj_size is only supported by LSTM; got proj_size={proj_size}")
         if self.proj_size >= self.hidden_size:
-            raise ValueError(f"proj_size must be smaller than hidden_size={hidden_size}; "
-                             f"got {proj_size}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not 0 <= dropout <= 1:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size={hidden_size}; got {proj_size}"
+            )
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0 <= dropout <= 1
+        ):
             raise ValueError(f"dropout must be a number in [0, 1]; got {dropout!r}")
         if nonlinearity not in rnn.MODES:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
@@ -210,9 +257,15 @@ class _RNNBase(ParameterMixin):
 
     def config(self):
         """Constructor arguments, enough to rebuild the model (used by ``fastrnn.save``)."""
-        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
-                   num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                   dropout=self.dropout, bidirectional=self.bidirectional)
+        cfg = dict(
+            input_size=self.input_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            bidirectional=self.bidirectional,
+        )
         if self.mode == "LSTM":
             cfg["proj_size"] = self.proj_size
         if self.mode == "RNN":
@@ -221,8 +274,15 @@ class _RNNBase(ParameterMixin):
         return cfg
 
     def __repr__(self):
-        defaults = dict(num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                        bidirectional=False, proj_size=0, nonlinearity="tanh")
+        defaults = dict(
+            num_layers=1,
+            bias=True,
+            batch_first=False,
+            dropout=0.0,
+            bidirectional=False,
+            proj_size=0,
+            nonlinearity="tanh",
+        )
         cfg = self.config()
         args = [str(cfg.pop("input_size")), str(cfg.pop("hidden_size"))]
         args += [f"{k}={v!r}" for k, v in cfg.items() if defaults.get(k, object()) != v]
@@ -259,14 +319,17 @@ class _RNNBase(ParameterMixin):
             return np.zeros(h_shape, self.dtype), np.zeros(c_shape, self.dtype)
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{names[0].split('[')[0]} for LSTM must be a tuple (h, c); "
-                                f"got {type(hx).__name__}")
+                raise TypeError(
+                    f"{names[0].split('[')[0]} for LSTM must be a tuple (h, c); "
+                    f"got {type(hx).__name__}"
+                )
             h0, c0 = hx
             h_name = names[0]
         else:
             if isinstance(hx, (tuple, list)):
-                raise TypeError(f"{names[2]} for {self.mode} must be a single array; got a "
-                                f"{type(hx).__name__}")
+                raise TypeError(
+                    f"{names[2]} for {self.mode} must be a single array; got a {type(hx).__name__}"
+                )
             h0, c0 = hx, None
             h_name = names[2]
         h0 = check.array(h_name, h0, self.dtype, h_shape)
@@ -278,8 +341,11 @@ class _RNNBase(ParameterMixin):
             h0 = h0[:, None]
             c0 = None if c0 is None else c0[:, None]
         h = np.array(h0, order="C", copy=True)
-        c = np.zeros(h.shape[:2] + (self.hidden_size,), self.dtype) if c0 is None \
+        c = (
+            np.zeros(h.shape[:2] + (self.hidden_size,), self.dtype)
+            if c0 is None
             else np.array(c0, order="C", copy=True)
+        )
         return h, c
 
     def _pack_state(self, h, c, unbatched):
@@ -290,20 +356,25 @@ class _RNNBase(ParameterMixin):
     # ------------------------------------------------------------------ forward
     def _check_input(self, x):
         """Validate ``x``; return ``(x as (T, B, I) contiguous, unbatched)``."""
-        shape_text = ("(batch, seq_len, {0})" if self.batch_first
-                      else "(seq_len, batch, {0})").format(self.input_size)
+        shape_text = (
+            "(batch, seq_len, {0})" if self.batch_first else "(seq_len, batch, {0})"
+        ).format(self.input_size)
         x = check.array("input", x, self.dtype, shape_text)
         if x.ndim not in (2, 3):
-            raise ValueError(f"input must have shape {shape_text} or (seq_len, {self.input_size}) "
-                             f"unbatched; got {x.ndim}-D shape {x.shape}")
+            raise ValueError(
+                f"input must have shape {shape_text} or (seq_len, {self.input_size}) "
+                f"unbatched; got {x.ndim}-D shape {x.shape}"
+            )
         unbatched = x.ndim == 2
         if unbatched:
             x = x[:, None]
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
         if x.shape[2] != self.input_size:
-            raise ValueError(f"input must have shape {shape_text}; got {x.shape[-1]} features "
-                             f"(input_size={self.input_size})")
+            raise ValueError(
+                f"input must have shape {shape_text}; got {x.shape[-1]} features "
+                f"(input_size={self.input_size})"
+            )
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"input must have seq_len >= 1 and batch >= 1; got shape {x.shape}")
         return np.ascontiguousarray(x), unbatched
@@ -373,13 +444,28 @@ class _RNNBase(ParameterMixin):
                 k = layer * D + d
                 steps = None
                 if tape is not None:
-                    steps = (np.empty((T, B, self._kern.TAPE_GATES * H), self.dtype),
-                             np.empty((T, B, P), self.dtype),
-                             np.empty((T if self.mode == "LSTM" else 0, B, H), self.dtype))
+                    steps = (
+                        np.empty((T, B, self._kern.TAPE_GATES * H), self.dtype),
+                        np.empty((T, B, P), self.dtype),
+                        np.empty((T if self.mode == "LSTM" else 0, B, H), self.dtype),
+                    )
                     tape.steps.append(steps)
-                run_recurrence(self._kern, gx, w_hh, b_ih, b_hh, w_hr, h[k], c[k], y, lens,
-                               bool(d), self._mode_code, steps,
-                               self._int8.get(f"weight_hh_l{layer}" + ("_reverse" if d else "")))
+                run_recurrence(
+                    self._kern,
+                    gx,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                    w_hr,
+                    h[k],
+                    c[k],
+                    y,
+                    lens,
+                    bool(d),
+                    self._mode_code,
+                    steps,
+                    self._int8.get(f"weight_hh_l{layer}" + ("_reverse" if d else "")),
+                )
                 outs.append(y)
             layer_input = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if layer < len(masks):
@@ -394,19 +480,23 @@ class _RNNBase(ParameterMixin):
         """Scaled inter-layer dropout masks in (T, B, features) layout, or []."""
         if self.dropout == 0 or self.num_layers == 1:
             if masks is not None and len(masks):
-                raise ValueError("dropout_masks given, but the model applies no inter-layer "
-                                 f"dropout (dropout={self.dropout}, num_layers={self.num_layers})")
+                raise ValueError(
+                    "dropout_masks given, but the model applies no inter-layer "
+                    f"dropout (dropout={self.dropout}, num_layers={self.num_layers})"
+                )
             return []
         F = self.num_directions * self.output_size
         n = self.num_layers - 1
         scale = 0.0 if self.dropout == 1 else 1.0 / (1.0 - self.dropout)
         if masks is None:
             rng = np.random.default_rng() if rng is None else rng
-            return [(rng.random((T, B, F)) >= self.dropout).astype(self.dtype) * scale
-                    for _ in range(n)]
+            return [
+                (rng.random((T, B, F)) >= self.dropout).astype(self.dtype) * scale for _ in range(n)
+            ]
         if len(masks) != n:
-            raise ValueError(f"dropout_masks must hold num_layers - 1 = {n} arrays; "
-                             f"got {len(masks)}")
+            raise ValueError(
+                f"dropout_masks must hold num_layers - 1 = {n} arrays; got {len(masks)}"
+            )
         if unbatched:
             expected = (T, F)
         else:
@@ -415,10 +505,15 @@ class _RNNBase(ParameterMixin):
         for i, mask in enumerate(masks):
             mask = check.to_numpy(mask)
             if mask.shape != expected:
-                raise ValueError(f"dropout_masks[{i}] must have shape {expected} (like the "
-                                 f"layer output); got {mask.shape}")
-            mask = mask.reshape(T, 1, F) if unbatched else \
-                (mask.transpose(1, 0, 2) if self.batch_first else mask)
+                raise ValueError(
+                    f"dropout_masks[{i}] must have shape {expected} (like the "
+                    f"layer output); got {mask.shape}"
+                )
+            mask = (
+                mask.reshape(T, 1, F)
+                if unbatched
+                else (mask.transpose(1, 0, 2) if self.batch_first else mask)
+            )
             out.append(np.ascontiguousarray((mask != 0).astype(self.dtype) * scale))
         return out
 
@@ -445,8 +540,10 @@ class _RNNBase(ParameterMixin):
         tape : Tape
         """
         if self._int8:
-            raise TypeError("forward_train: a quantized model is for inference only; train "
-                            "the float32 model and quantize() it afterwards")
+            raise TypeError(
+                "forward_train: a quantized model is for inference only; train "
+                "the float32 model and quantize() it afterwards"
+            )
         if type(x) is not np.ndarray and is_device_array(x):
             return self._cuda_layers().forward_train(self, x, hx, lengths, dropout_masks, rng)
         x, unbatched = self._check_input(x)
@@ -478,11 +575,14 @@ class _RNNBase(ParameterMixin):
             (torch names to arrays of the parameters' shapes).
         """
         if not isinstance(tape, Tape):
-            raise TypeError(f"tape must be the Tape returned by forward_train; got "
-                            f"{type(tape).__name__}")
+            raise TypeError(
+                f"tape must be the Tape returned by forward_train; got {type(tape).__name__}"
+            )
         if tape.model_id != id(self) or tape.signature != self._signature():
-            raise ValueError("tape was recorded by another model (or before this model's "
-                             "parameters changed shape); run forward_train on this model again")
+            raise ValueError(
+                "tape was recorded by another model (or before this model's "
+                "parameters changed shape); run forward_train on this model again"
+            )
         if tape.device is not None:
             return self._cuda_layers().backward(self, tape, grad_y, grad_state)
         unbatched = tape.unbatched
@@ -520,8 +620,14 @@ class _RNNBase(ParameterMixin):
         D, P = self.num_directions, self.output_size
         wanted = set(self._params) if param_grads is True else set(param_grads or ())
         # Every wanted gradient is written whole by the products below (``out=``).
-        params = {name: np.empty_like(p) if name in wanted else np.zeros_like(p)
-                  for name, p in self._params.items()} if wanted else None
+        params = (
+            {
+                name: np.empty_like(p) if name in wanted else np.zeros_like(p)
+                for name, p in self._params.items()
+            }
+            if wanted
+            else None
+        )
 
         def product(name, a, b):
             if name in wanted:
@@ -530,6 +636,7 @@ class _RNNBase(ParameterMixin):
         def column_sum(name, a):
             if name in wanted:
                 np.sum(a, axis=0, out=params[name])
+
         lens = tape.lengths
         for layer in reversed(range(self.num_layers)):
             X = tape.layer_inputs[layer].reshape(T * B, -1)
@@ -540,10 +647,22 @@ class _RNNBase(ParameterMixin):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih, w_hh, _, _, w_hr = self._cell_params(layer, d)
                 gates, h_prev, c_prev = tape.steps[k]
-                dy = np.ascontiguousarray(dy_all[:, :, d * P:(d + 1) * P])
+                dy = np.ascontiguousarray(dy_all[:, :, d * P : (d + 1) * P])
                 dgx, dgh, dhp, mt = backward_recurrence(
-                    self._kern, gates, h_prev, c_prev, w_hh, w_hr, lens, bool(d),
-                    self._mode_code, dy, dh_all[k], dc_all[k], BLAS_MIN_BATCH)
+                    self._kern,
+                    gates,
+                    h_prev,
+                    c_prev,
+                    w_hh,
+                    w_hr,
+                    lens,
+                    bool(d),
+                    self._mode_code,
+                    dy,
+                    dh_all[k],
+                    dc_all[k],
+                    BLAS_MIN_BATCH,
+                )
                 dgx2 = dgx.reshape(T * B, -1)
                 dgh2 = dgh.reshape(T * B, -1)
                 product(f"weight_ih{sfx}", dgx2.T, X)
@@ -565,6 +684,7 @@ class _RNNBase(ParameterMixin):
     @staticmethod
     def _cuda_layers():
         from .cuda import layers
+
         return layers
 
     def to_device(self):
@@ -574,7 +694,9 @@ class _RNNBase(ParameterMixin):
         at every call. The copy is taken now: ``load_state_dict`` refreshes it,
         in-place edits of the host arrays need another ``to_device()``.
         """
-        from .cuda import to_device
+        from .cuda import require, to_device
+
+        require(f"{type(self).__name__}.to_device()")
         self._device_params = {name: to_device(p) for name, p in self._params.items()}
         return self
 
@@ -625,16 +747,22 @@ class _RNNBase(ParameterMixin):
         thread-safe).
         """
         if self.bidirectional:
-            raise ValueError("step() needs a unidirectional model: the reverse direction of a "
-                             "bidirectional model depends on future inputs")
+            raise ValueError(
+                "step() needs a unidirectional model: the reverse direction of a "
+                "bidirectional model depends on future inputs"
+            )
         if not (type(x_t) is np.ndarray and x_t.dtype == self.dtype):  # fast path first
             if is_device_array(x_t):
-                raise TypeError("x_t is a device array; step() streams on the CPU. On the GPU, "
-                                "call the model on a length-1 sequence with the state")
+                raise TypeError(
+                    "x_t is a device array; step() streams on the CPU. On the GPU, "
+                    "call the model on a length-1 sequence with the state"
+                )
             x_t = check.array("x_t", x_t, self.dtype, f"(batch, {self.input_size})")
         if x_t.ndim not in (1, 2) or x_t.shape[-1] != self.input_size:
-            raise ValueError(f"x_t must have shape (batch, {self.input_size}) or "
-                             f"({self.input_size},); got {x_t.shape}")
+            raise ValueError(
+                f"x_t must have shape (batch, {self.input_size}) or "
+                f"({self.input_size},); got {x_t.shape}"
+            )
         unbatched = x_t.ndim == 1
         B = 1 if unbatched else x_t.shape[0]
         ws = self._step_ws.get((B, unbatched)) or self._make_step_ws(B, unbatched)
@@ -670,8 +798,9 @@ class _RNNBase(ParameterMixin):
         h_shape, c_shape = self._state_shapes(None if unbatched else B)
         if self.mode == "LSTM":
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError(f"state for LSTM must be a tuple (h, c); got "
-                                f"{type(state).__name__}")
+                raise TypeError(
+                    f"state for LSTM must be a tuple (h, c); got {type(state).__name__}"
+                )
             h_in, c_in = state
         else:
             h_in, c_in = state, None
@@ -696,13 +825,19 @@ class _RNNBase(ParameterMixin):
         buffers = tuple((np.zeros(h_shape, dt), np.zeros(c_shape, dt)) for _ in range(2))
         views = [(h[:, 0], c[:, 0]) if unbatched else (h, c) for h, c in buffers]
         ws = {
-            "params": [self._cell_params(layer, 0) + self._int8_params(layer)
-                       for layer in range(L)],
+            "params": [
+                self._cell_params(layer, 0) + self._int8_params(layer) for layer in range(L)
+            ],
             "step_layer": recurrence.LOOPS[self._kern].step_layer,
             # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
-            "scratch": (np.empty((B, GH), dt), np.empty((B, GH), dt), np.empty((B, H), dt),
-                        np.empty((B, max(P, H)), dt), np.ones(B, np.int64),
-                        np.empty((0, 0), dt)),
+            "scratch": (
+                np.empty((B, GH), dt),
+                np.empty((B, GH), dt),
+                np.empty((B, H), dt),
+                np.empty((B, max(P, H)), dt),
+                np.ones(B, np.int64),
+                np.empty((0, 0), dt),
+            ),
             "buffers": buffers,
             "outputs": [hv[-1] for hv, _ in views],
             "returned": [v if self.mode == "LSTM" else v[0] for v in views],
@@ -732,11 +867,32 @@ class RNN(_RNNBase):
 
     mode = "RNN"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, dtype="float32",
-                 seed=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, nonlinearity, dtype, seed)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        dtype="float32",
+        seed=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            0,
+            nonlinearity,
+            dtype,
+            seed,
+        )
 
 
 class LSTM(_RNNBase):
@@ -749,10 +905,32 @@ class LSTM(_RNNBase):
 
     mode = "LSTM"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, dtype="float32", seed=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, "tanh", dtype, seed)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        dtype="float32",
+        seed=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            "tanh",
+            dtype,
+            seed,
+        )
 
 
 class GRU(_RNNBase):
@@ -763,7 +941,28 @@ class GRU(_RNNBase):
 
     mode = "GRU"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype="float32", seed=None):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, "tanh", dtype, seed)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        dtype="float32",
+        seed=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            0,
+            "tanh",
+            dtype,
+            seed,
+        )

@@ -87,8 +87,9 @@ SEPARATE_DGH = False  # the pre-activation gradient is the same for W_ih and W_h
 
 
 @kernel
-def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
-                  dgx_t, dgh_t, dhp_t, m_t, dm, mode):
+def backward_step(
+    t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc, dgx_t, dgh_t, dhp_t, m_t, dm, mode
+):
     """Gate gradients of step ``t`` into ``dgx_t``; turns ``dh``/``dc`` into the
     gradients entering step ``t``, except the recurrent product ``dgx_t W_hh``
     that the caller adds to ``dh``. Rows past their length get zero gradients and

@@ -17,8 +17,9 @@ from .linalg import matmul2_nt, matmul_nn_acc, matmul_t
 
 __all__ = ["LOOPS", "Loops"]
 
-# The loops below are templates: ``cell_step`` and ``backward_step`` are the free names
-# that ``_specialise`` binds to one cell module's functions.
+# The loops below are templates: ``cell_step`` and ``backward_step`` are the names that
+# ``_specialise`` binds to one cell module's functions (in the copies' own globals).
+cell_step = backward_step = None
 
 
 class Loops(NamedTuple):
@@ -29,8 +30,26 @@ class Loops(NamedTuple):
     backward_sequence: object
 
 
-def _sequence(gx, w_hh_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mode,
-             gh, m, hp, tape_gates, tape_h, tape_c):
+def _sequence(
+    gx,
+    w_hh_t,
+    s_hh,
+    b_ih,
+    b_hh,
+    w_hr,
+    h,
+    c,
+    y,
+    lengths,
+    reverse,
+    mode,
+    gh,
+    m,
+    hp,
+    tape_gates,
+    tape_h,
+    tape_c,
+):
     """Run the recurrence over ``gx`` (T, B, G·H), writing ``y`` (T, B, P).
 
     ``h``/``c`` hold the initial state on entry and the final state on exit.
@@ -56,11 +75,45 @@ def _sequence(gx, w_hh_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, mod
                     for j in range(H):
                         tape_c[t, n, j] = c[n, j]
         matmul_t(h, w_hh_t, s_hh, gh)
-        cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, mode, m, hp,
-                  tape_gates[t if train else 0])
+        cell_step(
+            gx[t],
+            gh,
+            b_ih,
+            b_hh,
+            w_hr,
+            h,
+            c,
+            y[t],
+            t,
+            lengths,
+            mode,
+            m,
+            hp,
+            tape_gates[t if train else 0],
+        )
 
-def _step_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, q_ih, s_ih, q_hh, s_hh, h, c, mode,
-               gx, gh, m, hp, ones, no_gates):
+
+def _step_layer(
+    x,
+    w_ih,
+    w_hh,
+    b_ih,
+    b_hh,
+    w_hr,
+    q_ih,
+    s_ih,
+    q_hh,
+    s_hh,
+    h,
+    c,
+    mode,
+    gx,
+    gh,
+    m,
+    hp,
+    ones,
+    no_gates,
+):
     """Streaming step of one layer, every row running: the input and recurrent
     products in one pass over both weight matrices (or over their int8 copies ``q_*``
     with row scales ``s_*`` in a quantized model), then the fused cell step
@@ -72,8 +125,10 @@ def _step_layer(x, w_ih, w_hh, b_ih, b_hh, w_hr, q_ih, s_ih, q_hh, s_hh, h, c, m
         matmul2_nt(x, w_ih, gx, h, w_hh, gh)
     cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
 
-def _backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
-                      dh, dc, dgx, dgh, dhp, mt, dm):
+
+def _backward_sequence(
+    gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy, dh, dc, dgx, dgh, dhp, mt, dm
+):
     """Walk the recurrence backwards: fills ``dgx`` and ``dgh`` (T, B, G·H) (the same
     array unless the cell type tells them apart) and, with projection, ``dhp``
     (T, B, P) and ``mt`` (T, B, H); ``dh``/``dc`` enter as the final-state gradients
@@ -85,11 +140,24 @@ def _backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t if proj else 0
-        backward_step(t, lengths, gates[t], h_prev[t], c_prev[t if cell_tape else 0],
-                      w_hr, dy[t], dh, dc, dgx[t], dgh[t], dhp[tp], mt[tp], dm, mode)
+        backward_step(
+            t,
+            lengths,
+            gates[t],
+            h_prev[t],
+            c_prev[t if cell_tape else 0],
+            w_hr,
+            dy[t],
+            dh,
+            dc,
+            dgx[t],
+            dgh[t],
+            dhp[tp],
+            mt[tp],
+            dm,
+            mode,
+        )
         matmul_nn_acc(dgh[t], w_hh, dh)
-
-
 
 
 def _specialise(cell):

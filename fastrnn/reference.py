@@ -10,8 +10,17 @@ Parameters are passed as a ``state_dict`` with torch's names
 
 import numpy as np
 
-__all__ = ["sigmoid", "lstm_cell", "gru_cell", "rnn_cell", "forward",
-           "lstm_cell_backward", "gru_cell_backward", "rnn_cell_backward", "backward"]
+__all__ = [
+    "sigmoid",
+    "lstm_cell",
+    "gru_cell",
+    "rnn_cell",
+    "forward",
+    "lstm_cell_backward",
+    "gru_cell_backward",
+    "rnn_cell_backward",
+    "backward",
+]
 
 
 def sigmoid(x):
@@ -58,8 +67,19 @@ def _cell_params(params, layer, direction, hidden_size, gates):
     return w_ih, w_hh, b_ih, b_hh, w_hr
 
 
-def forward(mode, params, x, hx=None, *, hidden_size, num_layers=1,
-            bidirectional=False, proj_size=0, nonlinearity="tanh", lengths=None):
+def forward(
+    mode,
+    params,
+    x,
+    hx=None,
+    *,
+    hidden_size,
+    num_layers=1,
+    bidirectional=False,
+    proj_size=0,
+    nonlinearity="tanh",
+    lengths=None,
+):
     """Full multi-layer forward in torch's layout.
 
     Parameters
@@ -104,18 +124,18 @@ def forward(mode, params, x, hx=None, *, hidden_size, num_layers=1,
             k = layer * D + d
             for b in range(B):  # one sequence at a time: no masking needed
                 n = lengths[b]
-                h = h0[k, b:b + 1]
-                c = c0[k, b:b + 1] if mode == "LSTM" else None
+                h = h0[k, b : b + 1]
+                c = c0[k, b : b + 1] if mode == "LSTM" else None
                 steps = range(n - 1, -1, -1) if d else range(n)
                 for t in steps:
-                    xt = layer_input[t, b:b + 1]
+                    xt = layer_input[t, b : b + 1]
                     if mode == "LSTM":
                         h, c = lstm_cell(xt, h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
                     elif mode == "GRU":
                         h = gru_cell(xt, h, w_ih, w_hh, b_ih, b_hh)
                     else:
                         h = rnn_cell(xt, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-                    out[t, b, d * P:(d + 1) * P] = h[0]
+                    out[t, b, d * P : (d + 1) * P] = h[0]
                 h_n[k, b] = h[0]
                 if mode == "LSTM":
                     c_n[k, b] = c[0]
@@ -164,9 +184,16 @@ def lstm_cell_backward(x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, dh_new, dc_new):
     else:
         dm = dh_new
     do = dm * tc
-    dc_total = dc_new + dm * o * (1.0 - tc ** 2)
-    da = np.concatenate([dc_total * g * i * (1 - i), dc_total * c * f * (1 - f),
-                         dc_total * i * (1 - g ** 2), do * o * (1 - o)], axis=-1)
+    dc_total = dc_new + dm * o * (1.0 - tc**2)
+    da = np.concatenate(
+        [
+            dc_total * g * i * (1 - i),
+            dc_total * c * f * (1 - f),
+            dc_total * i * (1 - g**2),
+            do * o * (1 - o),
+        ],
+        axis=-1,
+    )
     grads.update(w_ih=da.T @ x, w_hh=da.T @ h, b_ih=da.sum(0), b_hh=da.sum(0))
     return da @ w_ih, da @ w_hh, dc_total * f, grads
 
@@ -193,7 +220,7 @@ def gru_cell_backward(x, h, w_ih, w_hh, b_ih, b_hh, dh_new):
     n = np.tanh(gi_n + r * gh_n)
     dn = dh_new * (1 - z)
     dz = dh_new * (h - n)
-    dgi_n = dn * (1 - n ** 2)
+    dgi_n = dn * (1 - n**2)
     dr = dgi_n * gh_n
     dgr, dgz = dr * r * (1 - r), dz * z * (1 - z)
     dgi = np.concatenate([dgr, dgz, dgi_n], axis=-1)
@@ -210,9 +237,22 @@ def rnn_cell_backward(x, h, w_ih, w_hh, b_ih, b_hh, dh_new, nonlinearity="tanh")
     return da @ w_ih, da @ w_hh, grads
 
 
-def backward(mode, params, x, hx, grad_y, grad_state, *, hidden_size, num_layers=1,
-             bidirectional=False, proj_size=0, nonlinearity="tanh", lengths=None,
-             dropout_masks=None):
+def backward(
+    mode,
+    params,
+    x,
+    hx,
+    grad_y,
+    grad_state,
+    *,
+    hidden_size,
+    num_layers=1,
+    bidirectional=False,
+    proj_size=0,
+    nonlinearity="tanh",
+    lengths=None,
+    dropout_masks=None,
+):
     """Full BPTT of :func:`forward`, one sequence and one step at a time.
 
     Parameters
@@ -247,14 +287,14 @@ def backward(mode, params, x, hx, grad_y, grad_state, *, hidden_size, num_layers
     for b in range(B):
         n = lengths[b]
         # Forward, remembering every layer's input and each step's incoming state.
-        inputs, caches = [x[:n, b:b + 1]], {}
+        inputs, caches = [x[:n, b : b + 1]], {}
         for layer in range(num_layers):
             out = np.zeros((n, 1, D * P), x.dtype)
             for d in range(D):
                 k = layer * D + d
                 w_ih, w_hh, b_ih, b_hh, w_hr = _cell_params(params, layer, d, H, gates)
-                h = h0[k, b:b + 1]
-                c = c0[k, b:b + 1] if lstm else None
+                h = h0[k, b : b + 1]
+                c = c0[k, b : b + 1] if lstm else None
                 steps = list(range(n - 1, -1, -1)) if d else list(range(n))
                 for t in steps:
                     caches[k, t] = (h, c)
@@ -265,44 +305,50 @@ def backward(mode, params, x, hx, grad_y, grad_state, *, hidden_size, num_layers
                         h = gru_cell(xt, h, w_ih, w_hh, b_ih, b_hh)
                     else:
                         h = rnn_cell(xt, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-                    out[t, 0, d * P:(d + 1) * P] = h[0]
+                    out[t, 0, d * P : (d + 1) * P] = h[0]
             if layer < num_layers - 1 and layer < len(masks):
-                out = out * masks[layer][:n, b:b + 1]
+                out = out * masks[layer][:n, b : b + 1]
             inputs.append(out)
         # Backward, top layer first, each direction's steps in reverse order.
-        d_out = grad_y[:n, b:b + 1].copy()
+        d_out = grad_y[:n, b : b + 1].copy()
         for layer in reversed(range(num_layers)):
             d_in = np.zeros_like(inputs[layer])
             for d in range(D):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 w_ih, w_hh, b_ih, b_hh, w_hr = _cell_params(params, layer, d, H, gates)
-                dh = gh_n[k, b:b + 1].copy()
-                dc = gc_n[k, b:b + 1].copy() if lstm else None
+                dh = gh_n[k, b : b + 1].copy()
+                dc = gc_n[k, b : b + 1].copy() if lstm else None
                 steps = list(range(n)) if d else list(range(n - 1, -1, -1))
                 for t in steps:
                     h, c = caches[k, t]
                     xt = inputs[layer][t]
-                    dh = dh + d_out[t, :, d * P:(d + 1) * P]
+                    dh = dh + d_out[t, :, d * P : (d + 1) * P]
                     if lstm:
-                        dx, dh, dc, g = lstm_cell_backward(xt, h, c, w_ih, w_hh, b_ih, b_hh,
-                                                           w_hr, dh, dc)
+                        dx, dh, dc, g = lstm_cell_backward(
+                            xt, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, dh, dc
+                        )
                     elif mode == "GRU":
                         dx, dh, g = gru_cell_backward(xt, h, w_ih, w_hh, b_ih, b_hh, dh)
                     else:
-                        dx, dh, g = rnn_cell_backward(xt, h, w_ih, w_hh, b_ih, b_hh, dh,
-                                                      nonlinearity)
+                        dx, dh, g = rnn_cell_backward(
+                            xt, h, w_ih, w_hh, b_ih, b_hh, dh, nonlinearity
+                        )
                     d_in[t] += dx
-                    for short, name in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"),
-                                        ("b_ih", "bias_ih"), ("b_hh", "bias_hh"),
-                                        ("w_hr", "weight_hr")):
+                    for short, name in (
+                        ("w_ih", "weight_ih"),
+                        ("w_hh", "weight_hh"),
+                        ("b_ih", "bias_ih"),
+                        ("b_hh", "bias_hh"),
+                        ("w_hr", "weight_hr"),
+                    ):
                         if name + sfx in grads:
                             grads[name + sfx] += g[short]
                 dh0[k, b] = dh[0]
                 if lstm:
                     dc0[k, b] = dc[0]
             if layer > 0 and layer - 1 < len(masks):
-                d_in = d_in * masks[layer - 1][:n, b:b + 1]
+                d_in = d_in * masks[layer - 1][:n, b : b + 1]
             d_out = d_in
-        grad_x[:n, b:b + 1] = d_out
+        grad_x[:n, b : b + 1] = d_out
     return grad_x, ((dh0, dc0) if lstm else dh0), grads

@@ -50,8 +50,9 @@ SEPARATE_DGH = False
 
 
 @kernel
-def backward_step(t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc,
-                  dgx_t, dgh_t, dhp_t, m_t, dm, mode):
+def backward_step(
+    t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc, dgx_t, dgh_t, dhp_t, m_t, dm, mode
+):
     """Pre-activation gradient of step ``t``; see ``lstm.backward_step``."""
     B, H = dh.shape
     for n in range(B):

@@ -40,8 +40,9 @@ class Tape:
     device: object = None  # the lengths as a device array when the tape lives on the GPU
 
     def __repr__(self):
-        nbytes = sum(a.nbytes for s in self.steps for a in s) + \
-            sum(a.nbytes for a in self.layer_inputs)
+        nbytes = sum(a.nbytes for s in self.steps for a in s) + sum(
+            a.nbytes for a in self.layer_inputs
+        )
         return f"Tape(y_shape={self.y_shape}, {len(self.steps)} recurrences, {nbytes} bytes)"
 
 
@@ -70,8 +71,9 @@ def empty3(dtype):
     return np.empty((1, 0, 0), dtype)
 
 
-def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy,
-                        dh, dc, blas_min_batch):
+def backward_recurrence(
+    kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy, dh, dc, blas_min_batch
+):
     """Backward through one layer-direction's recurrence.
 
     ``dh``/``dc`` enter as the final-state gradients and leave as the
@@ -93,9 +95,24 @@ def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, revers
     if c_prev.shape[0] == 0:
         c_prev = empty3(dtype)
     if B < blas_min_batch:
-        recurrence.LOOPS[kern].backward_sequence(gates, h_prev, c_prev, w_hh, w_hr, lengths,
-                                                 reverse, mode, dy, dh, dc, dgx, dgh, dhp, mt,
-                                                 dm)
+        recurrence.LOOPS[kern].backward_sequence(
+            gates,
+            h_prev,
+            c_prev,
+            w_hh,
+            w_hr,
+            lengths,
+            reverse,
+            mode,
+            dy,
+            dh,
+            dc,
+            dgx,
+            dgh,
+            dhp,
+            mt,
+            dm,
+        )
         return dgx, dgh, dhp, mt
     tmp = np.empty_like(dh)
     last_c = c_prev.shape[0] - 1
@@ -105,8 +122,23 @@ def backward_recurrence(kern, gates, h_prev, c_prev, w_hh, w_hr, lengths, revers
     for s in range(T):
         t = s if reverse else T - 1 - s
         tp = t if proj else 0
-        kern.backward_step(t, lengths, gates[t], h_prev[t], c_prev[min(t, last_c)], w_hr, dy[t],
-                           dh, dc, dgx[t], dgh[t], dhp[tp], mt[tp], dm, mode)
+        kern.backward_step(
+            t,
+            lengths,
+            gates[t],
+            h_prev[t],
+            c_prev[min(t, last_c)],
+            w_hr,
+            dy[t],
+            dh,
+            dc,
+            dgx[t],
+            dgh[t],
+            dhp[tp],
+            mt[tp],
+            dm,
+            mode,
+        )
         gemm(dgh[t], w_hh, out=tmp)
         dh += tmp
     return dgx, dgh, dhp, mt
@@ -139,8 +171,10 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0):
     if norm_type == np.inf:
         total = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in arrays)
     else:
-        total = float(sum(np.sum(np.abs(a.astype(np.float64)) ** norm_type)
-                          for a in arrays) ** (1.0 / norm_type))
+        total = float(
+            sum(np.sum(np.abs(a.astype(np.float64)) ** norm_type) for a in arrays)
+            ** (1.0 / norm_type)
+        )
     coef = max_norm / (total + 1e-6)
     if coef < 1.0:
         for a in arrays:

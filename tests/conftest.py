@@ -56,7 +56,10 @@ def random_inputs(m, rng, shape, batch, dtype, with_hx, with_lengths):
     st = m.initial_state(batch)
     hx = None
     if with_hx:
-        hx = tuple(rng.standard_normal(a.shape).astype(dtype) for a in (st if isinstance(st, tuple) else (st,)))
+        hx = tuple(
+            rng.standard_normal(a.shape).astype(dtype)
+            for a in (st if isinstance(st, tuple) else (st,))
+        )
         hx = hx if isinstance(st, tuple) else hx[0]
     lengths = None
     if with_lengths:
@@ -95,11 +98,13 @@ def fast_simulator():
 def cuda_launches(monkeypatch):
     """Names of the ``fastrnn.cuda`` kernels launched during the test (proof of dispatch)."""
     from fastrnn.cuda import _device
+
     names = []
     real = _device.launch
 
     def counting(kernel, *args, **kwargs):
         names.append(getattr(kernel, "__name__", repr(kernel)))
         return real(kernel, *args, **kwargs)
+
     monkeypatch.setattr(_device, "launch", counting)
     return names

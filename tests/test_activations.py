@@ -4,8 +4,13 @@ import numba
 import numpy as np
 
 from fastrnn._jit import kernel
-from fastrnn.activations import (EXP_F32_MAX_REL_ERROR, TANH_F32_MAX_ABS_ERROR, exp_nonpos,
-                                 sigmoid, tanh)
+from fastrnn.activations import (
+    EXP_F32_MAX_REL_ERROR,
+    TANH_F32_MAX_ABS_ERROR,
+    exp_nonpos,
+    sigmoid,
+    tanh,
+)
 
 
 @kernel

@@ -42,8 +42,11 @@ def make_mask(kind, rng, batch, Lq, Lk, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("mask_kind", MASKS)
-@pytest.mark.parametrize("shape", [((2, 3), 4, 6, 5, 7), ((3,), 5, 5, 4, 4), ((), 3, 8, 2, 3)],
-                         ids=["multihead", "batch", "unbatched"])
+@pytest.mark.parametrize(
+    "shape",
+    [((2, 3), 4, 6, 5, 7), ((3,), 5, 5, 4, 4), ((), 3, 8, 2, 3)],
+    ids=["multihead", "batch", "unbatched"],
+)
 def test_scaled_dot_product_matches_torch(shape, mask_kind, dtype, rng):
     batch, Lq, Lk, d, dv = shape
     if mask_kind == "bool_key_padding" and not batch:
@@ -111,8 +114,10 @@ def torch_additive(q, k, v, wq, wk, vv, mask, bias=None):
 @pytest.mark.parametrize("masked", [False, True])
 def test_additive_matches_torch(dtype, masked, rng):
     B, L, qs, ks, vs, H = 3, 5, 4, 6, 7, 8
-    arrays = [rng.standard_normal(s).astype(dtype) for s in
-              [(B, qs), (B, L, ks), (B, L, vs), (H, qs), (H, ks), (H,)]]
+    arrays = [
+        rng.standard_normal(s).astype(dtype)
+        for s in [(B, qs), (B, L, ks), (B, L, vs), (H, qs), (H, ks), (H,)]
+    ]
     mask = None
     if masked:
         mask = np.arange(L) < np.array([5, 2, 0])[:, None]  # last row fully masked
@@ -167,9 +172,18 @@ def test_luong_matches_torch(method, dtype, rng):
 @pytest.mark.parametrize("B", [1, 3])
 def test_concat_attn_matches_tutorial(B, dtype, rng):
     qs, ks, vs1, vs2, out = 5, 4, 6, 7, 3
-    arrays = [rng.standard_normal(s).astype(dtype) for s in
-              [(1, B, qs), (1, B, ks), (B, vs1, vs2), (vs1, qs + ks), (vs1,), (out, qs + vs2),
-               (out,)]]
+    arrays = [
+        rng.standard_normal(s).astype(dtype)
+        for s in [
+            (1, B, qs),
+            (1, B, ks),
+            (B, vs1, vs2),
+            (vs1, qs + ks),
+            (vs1,),
+            (out, qs + vs2),
+            (out,),
+        ]
+    ]
     o, w, tape = attention.concat_attn_train(*arrays)
     go = rng.standard_normal(o.shape).astype(dtype)
     g = attention.concat_attn_backward(tape, go)

@@ -40,8 +40,9 @@ def torch_grads(tm, x, hx, lengths, batch_first, gy, gstate):
         y, state = tm(xt, hxt)
     else:
         T = x.shape[1] if batch_first else x.shape[0]
-        packed = pack_padded_sequence(xt, torch.as_tensor(lengths), batch_first=batch_first,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            xt, torch.as_tensor(lengths), batch_first=batch_first, enforce_sorted=False
+        )
         y, state = tm(packed, hxt)
         y, _ = pad_packed_sequence(y, batch_first=batch_first, total_length=T)
     loss = (y * torch.from_numpy(gy)).sum()
@@ -51,13 +52,35 @@ def torch_grads(tm, x, hx, lengths, batch_first, gy, gstate):
     return xt.grad, None if hxt is None else tuple(h.grad for h in _flat(hxt))
 
 
-def check_grads(kind, dtype, rng, *, T=5, B=3, I=4, H=5, num_layers=1, bidirectional=False,
-                batch_first=False, bias=True, with_hx=True, with_lengths=False, unbatched=False):
-    m, tm = make_pair(kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
-                      batch_first=batch_first, bias=bias)
+def check_grads(
+    kind,
+    dtype,
+    rng,
+    *,
+    T=5,
+    B=3,
+    I=4,
+    H=5,
+    num_layers=1,
+    bidirectional=False,
+    batch_first=False,
+    bias=True,
+    with_hx=True,
+    with_lengths=False,
+    unbatched=False,
+):
+    m, tm = make_pair(
+        kind,
+        I,
+        H,
+        dtype,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        bias=bias,
+    )
     tm = tm.to(torch.float64 if dtype == "float64" else torch.float32)
-    shape, bsz = ((T, I), None) if unbatched else \
-        (((B, T, I) if batch_first else (T, B, I)), B)
+    shape, bsz = ((T, I), None) if unbatched else (((B, T, I) if batch_first else (T, B, I)), B)
     x, hx, lengths = random_inputs(m, rng, shape, bsz, dtype, with_hx, with_lengths)
     y, state, tape = m.forward_train(x, hx, lengths=lengths)
     y_ref, state_ref = m(x, hx, lengths=lengths)
@@ -82,19 +105,28 @@ def check_grads(kind, dtype, rng, *, T=5, B=3, I=4, H=5, num_layers=1, bidirecti
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_gradients_match_torch_grid(kind, num_layers, bidirectional, with_lengths, dtype, rng):
-    check_grads(kind, dtype, rng, num_layers=num_layers, bidirectional=bidirectional,
-                with_lengths=with_lengths)
+    check_grads(
+        kind,
+        dtype,
+        rng,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        with_lengths=with_lengths,
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("variant", ["batch_first", "no_bias", "no_hx", "unbatched", "blas"])
 def test_gradients_match_torch_options(kind, variant, rng):
-    opts = {"batch_first": dict(batch_first=True, with_lengths=True, bidirectional=True),
-            "no_bias": dict(bias=False, num_layers=2),
-            "no_hx": dict(with_hx=False, with_lengths=True),
-            "unbatched": dict(unbatched=True, num_layers=2, bidirectional=True),
-            "blas": dict(B=layers.BLAS_MIN_BATCH + 1, num_layers=2, bidirectional=True,
-                         with_lengths=True)}[variant]
+    opts = {
+        "batch_first": dict(batch_first=True, with_lengths=True, bidirectional=True),
+        "no_bias": dict(bias=False, num_layers=2),
+        "no_hx": dict(with_hx=False, with_lengths=True),
+        "unbatched": dict(unbatched=True, num_layers=2, bidirectional=True),
+        "blas": dict(
+            B=layers.BLAS_MIN_BATCH + 1, num_layers=2, bidirectional=True, with_lengths=True
+        ),
+    }[variant]
     check_grads(kind, "float64", rng, **opts)
 
 
@@ -113,9 +145,19 @@ def test_reference_bptt_matches_torch_and_kernels(kind, rng):
     gstate = gstate if isinstance(state, tuple) else gstate[0]
     grads = m.backward(tape, gy, gstate)
     rx, rhx, rparams = fastrnn.reference.backward(
-        m.mode, m.state_dict(), x, hx, gy, gstate, hidden_size=4, num_layers=2,
-        bidirectional=True, proj_size=m.proj_size, nonlinearity=m.nonlinearity,
-        lengths=lengths)
+        m.mode,
+        m.state_dict(),
+        x,
+        hx,
+        gy,
+        gstate,
+        hidden_size=4,
+        num_layers=2,
+        bidirectional=True,
+        proj_size=m.proj_size,
+        nonlinearity=m.nonlinearity,
+        lengths=lengths,
+    )
     assert_grad(grads.input, rx, "float64", "input vs reference")
     for a, b in zip(_flat(grads.hx), _flat(rhx)):
         assert_grad(a, b, "float64", "hx vs reference")
@@ -175,11 +217,14 @@ class _TorchStack(torch.nn.Module):
         self.layers = torch.nn.ModuleList()
         for layer in range(tm.num_layers):
             below = (2 if tm.bidirectional else 1) * (tm.proj_size or tm.hidden_size)
-            one = type(tm)(tm.input_size if layer == 0 else below, tm.hidden_size,
-                           bidirectional=tm.bidirectional, bias=tm.bias,
-                           **({"proj_size": tm.proj_size} if kind.startswith("lstm") else {}),
-                           **({"nonlinearity": tm.nonlinearity} if kind.startswith("rnn")
-                              else {})).double()
+            one = type(tm)(
+                tm.input_size if layer == 0 else below,
+                tm.hidden_size,
+                bidirectional=tm.bidirectional,
+                bias=tm.bias,
+                **({"proj_size": tm.proj_size} if kind.startswith("lstm") else {}),
+                **({"nonlinearity": tm.nonlinearity} if kind.startswith("rnn") else {}),
+            ).double()
             for name, p in one.named_parameters():
                 p.data.copy_(getattr(tm, name.replace("_l0", f"_l{layer}")))
             self.layers.append(one)
@@ -213,8 +258,9 @@ def test_dropout_with_supplied_masks_equals_torch(kind, rng):
             full = name.replace("_l0", f"_l{layer}")
             assert_grad(grads.params[full], p.grad, "float64", full)
     # Inference ignores dropout; masks drawn from an rng are 0 or 1/(1-p).
-    np.testing.assert_allclose(m(x)[0], tm.eval()(torch.from_numpy(x))[0].detach().numpy(),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        m(x)[0], tm.eval()(torch.from_numpy(x))[0].detach().numpy(), atol=1e-12
+    )
     _, _, tape = m.forward_train(x, rng=np.random.default_rng(0))
     assert set(np.unique(tape.masks[0])) <= {0.0, 1 / 0.6}
 

@@ -13,15 +13,19 @@ import fastrnn
 import fastrnn_torch as frt
 
 TOL = {"float32": 2e-5, "float64": 1e-10}
-LAYERS = {"rnn_tanh": (frt.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
-          "rnn_relu": (frt.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
-          "lstm": (frt.LSTM, torch.nn.LSTM, {}),
-          "lstm_proj": (frt.LSTM, torch.nn.LSTM, {"proj_size": 3}),
-          "gru": (frt.GRU, torch.nn.GRU, {})}
-CELLS = {"rnn_tanh": (frt.RNNCell, torch.nn.RNNCell, {"nonlinearity": "tanh"}),
-         "rnn_relu": (frt.RNNCell, torch.nn.RNNCell, {"nonlinearity": "relu"}),
-         "lstm": (frt.LSTMCell, torch.nn.LSTMCell, {}),
-         "gru": (frt.GRUCell, torch.nn.GRUCell, {})}
+LAYERS = {
+    "rnn_tanh": (frt.RNN, torch.nn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (frt.RNN, torch.nn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (frt.LSTM, torch.nn.LSTM, {}),
+    "lstm_proj": (frt.LSTM, torch.nn.LSTM, {"proj_size": 3}),
+    "gru": (frt.GRU, torch.nn.GRU, {}),
+}
+CELLS = {
+    "rnn_tanh": (frt.RNNCell, torch.nn.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_relu": (frt.RNNCell, torch.nn.RNNCell, {"nonlinearity": "relu"}),
+    "lstm": (frt.LSTMCell, torch.nn.LSTMCell, {}),
+    "gru": (frt.GRUCell, torch.nn.GRUCell, {}),
+}
 
 
 def twins(table, kind, dtype, *args, **kwargs):
@@ -43,10 +47,8 @@ def flat(x):
 
 def run_both(m, tm, inputs, dtype, seed=0):
     """Same forward on both, a random linear loss of every output, compare all grads."""
-    ours_in = [t.detach().clone().requires_grad_(True) if t is not None else None
-               for t in inputs]
-    theirs_in = [t.detach().clone().requires_grad_(True) if t is not None else None
-                 for t in inputs]
+    ours_in = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
+    theirs_in = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
     out = m(*_rebuild(ours_in, inputs))
     tout = tm(*_rebuild(theirs_in, inputs))
     gen = torch.Generator().manual_seed(seed)
@@ -78,8 +80,16 @@ def _rebuild(leaves, template):
 @pytest.mark.parametrize("layout", ["seq_first", "batch_first", "unbatched"])
 def test_layers_match_torch(kind, num_layers, bidirectional, dtype, layout):
     batch_first = layout == "batch_first"
-    m, tm = twins(LAYERS, kind, dtype, 3, 5, num_layers=num_layers,
-                  bidirectional=bidirectional, batch_first=batch_first)
+    m, tm = twins(
+        LAYERS,
+        kind,
+        dtype,
+        3,
+        5,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+    )
     g = torch.Generator().manual_seed(1)
     shape = {"seq_first": (4, 2, 3), "batch_first": (2, 4, 3), "unbatched": (4, 3)}[layout]
     x = torch.randn(shape, generator=g, dtype=TORCH_DTYPE[dtype])
@@ -117,8 +127,9 @@ def test_packed_sequences(kind, enforce_sorted):
     m, tm = twins(LAYERS, kind, "float64", 3, 5, num_layers=2, bidirectional=True)
     g = torch.Generator().manual_seed(3)
     lengths = [5, 4, 2] if enforce_sorted else [2, 5, 4]
-    seqs = [torch.randn(n, 3, generator=g, dtype=torch.float64, requires_grad=True)
-            for n in lengths]
+    seqs = [
+        torch.randn(n, 3, generator=g, dtype=torch.float64, requires_grad=True) for n in lengths
+    ]
     seqs2 = [s.detach().clone().requires_grad_(True) for s in seqs]
     packed = pack_sequence(seqs, enforce_sorted=enforce_sorted)
     packed2 = pack_sequence(seqs2, enforce_sorted=enforce_sorted)
@@ -159,10 +170,13 @@ def test_gradcheck_and_no_double_backward(kind):
 
     def f(x, *ps):
         with torch.nn.utils.stateless._reparametrize_module(
-                m, dict(zip([n for n, _ in m.named_parameters()], ps))):
+            m, dict(zip([n for n, _ in m.named_parameters()], ps))
+        ):
             return m(x)[0]
-    assert torch.autograd.gradcheck(f, (x, *[p.detach().clone().requires_grad_(True)
-                                             for p in params[:4]]))
+
+    assert torch.autograd.gradcheck(
+        f, (x, *[p.detach().clone().requires_grad_(True) for p in params[:4]])
+    )
     y = m(x)[0].sum()
     (gx,) = torch.autograd.grad(y, x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
@@ -224,6 +238,7 @@ def test_dropout_training_matches_torch_with_same_masks(monkeypatch):
         out = real(self, p)
         masks.append(out.clone())
         return out
+
     monkeypatch.setattr(torch.Tensor, "bernoulli_", spy)
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     y = m(x)[0]
@@ -278,6 +293,7 @@ def test_convert_and_export(tmp_path):
 
 def test_training_loss_curve_matches_torch():
     """50 Adam steps of a small model: the same loss curve as torch.nn."""
+
     def make(cls):
         torch.manual_seed(0)
         rnn = cls(4, 8, num_layers=2).double()
@@ -351,10 +367,17 @@ def test_opcheck():
     m = frt.GRU(2, 3, num_layers=2).double()
     x = torch.randn(3, 2, 2, dtype=torch.float64)
     config = frt.modules._config(m, "GRU", 2, torch.float64)
-    args = (x, list(m._flat_weights), torch.zeros(2, 2, 3, dtype=torch.float64),
-            x.new_empty((0,)), torch.tensor([3, 2]), [], config, True)
-    torch.library.opcheck(_ops.rnn_op, args,
-                          test_utils=("test_schema", "test_faketensor"))
+    args = (
+        x,
+        list(m._flat_weights),
+        torch.zeros(2, 2, 3, dtype=torch.float64),
+        x.new_empty((0,)),
+        torch.tensor([3, 2]),
+        [],
+        config,
+        True,
+    )
+    torch.library.opcheck(_ops.rnn_op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_export_and_jit_trace():
@@ -377,8 +400,12 @@ def test_bench_workloads_run_and_agree(tmp_path):
     """The `fastrnn bench` measurements run and report parity (tiny sizes, one repeat)."""
     from fastrnn_torch import bench
 
-    results = [bench.step_workload("GRU", 8, 1, 1), bench.sequence_workload("LSTM", 5, 2, 8, 1, 1),
-               bench.training_workload("RNN", 5, 2, 8, 1), bench.int8_workload("LSTM", "step", 8, 1, 1)]
+    results = [
+        bench.step_workload("GRU", 8, 1, 1),
+        bench.sequence_workload("LSTM", 5, 2, 8, 1, 1),
+        bench.training_workload("RNN", 5, 2, 8, 1),
+        bench.int8_workload("LSTM", "step", 8, 1, 1),
+    ]
     for r in results[:3]:
         assert set(r.times) >= {"fastrnn", "torch"} and max(r.max_abs_diff.values()) < 1e-4
     assert results[3].max_abs_diff["float32"] < 5e-2

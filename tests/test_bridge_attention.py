@@ -11,8 +11,10 @@ def grads_match(f_ours, f_ref, inputs, params=(), tol=1e-10):
     xs = [x.detach().clone().requires_grad_(True) for x in inputs]
     ys = [x.detach().clone().requires_grad_(True) for x in inputs]
     out, ref = f_ours(*xs), f_ref(*ys)
-    out, ref = (out if isinstance(out, tuple) else (out,)), (ref if isinstance(ref, tuple)
-                                                            else (ref,))
+    out, ref = (
+        (out if isinstance(out, tuple) else (out,)),
+        (ref if isinstance(ref, tuple) else (ref,)),
+    )
     g = torch.Generator().manual_seed(0)
     ws = [torch.randn(r.shape, generator=g, dtype=r.dtype) for r in ref]
     for a, b in zip(out, ref):
@@ -25,8 +27,9 @@ def grads_match(f_ours, f_ref, inputs, params=(), tol=1e-10):
         assert (a.grad - b.grad).abs().max() <= tol
 
 
-@pytest.mark.parametrize("kw", [{}, {"is_causal": True}, {"mask": "bool"}, {"mask": "float"},
-                                {"scale": 0.5}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"is_causal": True}, {"mask": "bool"}, {"mask": "float"}, {"scale": 0.5}]
+)
 def test_sdpa_matches_torch_and_gradcheck(kw):
     g = torch.Generator().manual_seed(1)
     q = torch.randn(2, 2, 4, 3, generator=g, dtype=torch.float64)
@@ -39,17 +42,22 @@ def test_sdpa_matches_torch_and_gradcheck(kw):
     elif kw.get("mask") == "float":
         kw["attn_mask"] = torch.randn(2, 1, 4, 5, generator=g, dtype=torch.float64)
     kw.pop("mask", None)
-    grads_match(lambda *a: frt.scaled_dot_product_attention(*a, **kw),
-                lambda *a: F.scaled_dot_product_attention(*a, **kw), [q, k, v])
+    grads_match(
+        lambda *a: frt.scaled_dot_product_attention(*a, **kw),
+        lambda *a: F.scaled_dot_product_attention(*a, **kw),
+        [q, k, v],
+    )
     assert torch.autograd.gradcheck(
         lambda *a: frt.scaled_dot_product_attention(*a, **kw),
-        tuple(t.detach().requires_grad_(True) for t in (q, k, v)))
+        tuple(t.detach().requires_grad_(True) for t in (q, k, v)),
+    )
 
 
 def test_sdpa_float32_and_fallback():
     q = torch.randn(3, 6, 8)
-    assert (frt.scaled_dot_product_attention(q, q, q) -
-            F.scaled_dot_product_attention(q, q, q)).abs().max() < 1e-5
+    assert (
+        frt.scaled_dot_product_attention(q, q, q) - F.scaled_dot_product_attention(q, q, q)
+    ).abs().max() < 1e-5
     h = q.to(torch.bfloat16)
     assert frt.scaled_dot_product_attention(h, h, h).dtype == torch.bfloat16
     with torch.no_grad():
@@ -87,8 +95,7 @@ def test_additive_module(tmp_path):
         w = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
         return torch.bmm(w[:, None], v)[:, 0], w
 
-    grads_match(lambda q, k, v: ours(q, k, v, mask), torch_formula, [q, k, v],
-                params=[(ours, ref)])
+    grads_match(lambda q, k, v: ours(q, k, v, mask), torch_formula, [q, k, v], params=[(ours, ref)])
 
 
 @pytest.mark.parametrize("method", ["dot", "general", "concat"])

@@ -21,7 +21,7 @@ import fastrnn_torch as frt
 TOL = 1e-5  # float32 forward, fastrnn's kernels against torch.nn's
 
 # A third-party model: every layer and cell type, dropout, proj_size, bidirectional.
-MODEL_SOURCE = textwrap.dedent('''
+MODEL_SOURCE = textwrap.dedent("""
     import torch
 
     class Net(torch.nn.Module):
@@ -45,9 +45,9 @@ MODEL_SOURCE = textwrap.dedent('''
 
     SAFE = [Net, torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN, torch.nn.LSTMCell,
             torch.nn.GRUCell, torch.nn.RNNCell]
-''')
+""")
 
-LOADER = textwrap.dedent('''
+LOADER = textwrap.dedent("""
     import json, sys
     import torch
     sys.path.insert(0, sys.argv[1])
@@ -72,7 +72,7 @@ LOADER = textwrap.dedent('''
         torch.save(model(x), sys.argv[5])
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("fastrnn", "fastrnn_torch"))
     print(json.dumps({"type": type(model).__name__, "leaked": leaked}))
-''')
+""")
 
 
 @pytest.fixture
@@ -81,6 +81,7 @@ def model_module(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("ckpt_model", None)
     import ckpt_model
+
     yield ckpt_model
     sys.modules.pop("ckpt_model", None)
 
@@ -98,9 +99,19 @@ def _load_elsewhere(tmp_path, path, how, x):
     (tmp_path / "loader.py").write_text(LOADER)
     torch.save(x, tmp_path / "x.pt")
     out = subprocess.run(
-        [sys.executable, str(tmp_path / "loader.py"), str(tmp_path), str(path), how,
-         str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(tmp_path / "loader.py"),
+            str(tmp_path),
+            str(path),
+            how,
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "y.pt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["leaked"] == [], "the loading process imported fastrnn"

@@ -9,14 +9,15 @@ torch.nn on cuDNN.
 
 import pytest
 import torch
-from fastrnn_torch import _cuda
 from test_bridge import CELLS, LAYERS, TOL, run_both, twins
 from torch.nn.utils.rnn import pack_sequence
 
 import fastrnn
+from fastrnn_torch import _cuda
 
-pytestmark = pytest.mark.skipif(not fastrnn.cuda.is_available(),
-                                reason="no CUDA device and the simulator is off")
+pytestmark = pytest.mark.skipif(
+    not fastrnn.cuda.is_available(), reason="no CUDA device and the simulator is off"
+)
 SIMULATED = fastrnn.cuda.is_simulator()
 
 
@@ -33,8 +34,7 @@ def launches(monkeypatch, cuda_launches, fast_simulator):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 def test_layers_dispatch_to_cuda_kernels_and_match_torch(kind, dtype, launches):
-    m, tm = twins(LAYERS, kind, dtype, 3, 4, num_layers=2, bidirectional=True,
-                  batch_first=True)
+    m, tm = twins(LAYERS, kind, dtype, 3, 4, num_layers=2, bidirectional=True, batch_first=True)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 3, generator=g, dtype=m.weight_ih_l0.dtype)
     P = 3 if kind == "lstm_proj" else 4

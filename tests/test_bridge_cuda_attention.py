@@ -5,12 +5,9 @@ Under Numba's CUDA simulator, CPU tensors are sent down the CUDA path (as in
 run again, collected here; on a real GPU, CUDA tensors are compared with torch.
 """
 
-
-import fastrnn_torch as frt
 import pytest
 import torch
 import torch.nn.functional as F
-from fastrnn_torch import _cuda
 from test_bridge_attention import (  # noqa: F401  (collected here, run on the CUDA path)
     grads_match,
     test_additive_module,
@@ -20,10 +17,14 @@ from test_bridge_attention import (  # noqa: F401  (collected here, run on the C
 )
 
 import fastrnn
+import fastrnn_torch as frt
+from fastrnn_torch import _cuda
 
 SIMULATED = fastrnn.cuda.is_simulator()
-pytestmark = pytest.mark.skipif(not SIMULATED, reason="simulator routing of CPU tensors; "
-                                "real GPUs are covered by test_sdpa_on_cuda_tensors")
+pytestmark = pytest.mark.skipif(
+    not SIMULATED,
+    reason="simulator routing of CPU tensors; real GPUs are covered by test_sdpa_on_cuda_tensors",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -46,5 +47,8 @@ def test_sdpa_through_cuda_matches_torch(kw):
         kw["attn_mask"][:, :, 2] = False
     elif mask == "float":
         kw["attn_mask"] = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
-    grads_match(lambda *a: frt.scaled_dot_product_attention(*a, **kw),
-                lambda *a: F.scaled_dot_product_attention(*a, **kw), [q, k, v])
+    grads_match(
+        lambda *a: frt.scaled_dot_product_attention(*a, **kw),
+        lambda *a: F.scaled_dot_product_attention(*a, **kw),
+        [q, k, v],
+    )

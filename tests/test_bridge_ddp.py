@@ -20,24 +20,29 @@ def _free_port():
 
 def _data():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(6, 4, 3, generator=g, dtype=torch.float64), \
-        torch.randn(4, 5, generator=g, dtype=torch.float64)
+    return torch.randn(6, 4, 3, generator=g, dtype=torch.float64), torch.randn(
+        4, 5, generator=g, dtype=torch.float64
+    )
 
 
 def _worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120)
+    )
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(
-        frt.LSTM(3, 5, num_layers=2, bidirectional=False).double())
+        frt.LSTM(3, 5, num_layers=2, bidirectional=False).double()
+    )
     x, target = _data()
     shard = slice(2 * rank, 2 * rank + 2)
     y, _ = model(x[:, shard])
     ((y[-1] - target[shard]) ** 2).mean().backward()
     if rank == 0:
-        torch.save({n: p.grad for n, p in model.module.named_parameters()},
-                   os.path.join(out_dir, "grads.pt"))
+        torch.save(
+            {n: p.grad for n, p in model.module.named_parameters()},
+            os.path.join(out_dir, "grads.pt"),
+        )
     dist.barrier()
     # Leave without running torch's gloo teardown: destroying the process group while
     # the DDP reducer is freed can deadlock (the main thread joins gloo's worker thread

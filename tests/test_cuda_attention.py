@@ -22,12 +22,14 @@ from test_attention import (  # noqa: F401  (collected here, run on the device)
 import fastrnn
 from fastrnn import attention
 
-pytestmark = pytest.mark.skipif(not fastrnn.cuda.is_available(),
-                                reason="no CUDA device and the simulator is off")
+pytestmark = pytest.mark.skipif(
+    not fastrnn.cuda.is_available(), reason="no CUDA device and the simulator is off"
+)
 
 
 def _to_device(a):
     from numba import cuda
+
     if isinstance(a, np.ndarray):
         return cuda.to_device(np.ascontiguousarray(a))
     if isinstance(a, (tuple, list)):
@@ -55,6 +57,7 @@ class _OnDevice:
             out = fn(*_to_device(list(args)), **{k: _to_device(v) for k, v in kwargs.items()})
             calls.append(name)
             return _to_host(out)
+
         return call
 
 
@@ -68,6 +71,7 @@ def on_device(monkeypatch, fast_simulator):
 
 def test_device_inputs_take_the_gpu_path(rng):
     from numba import cuda
+
     q = cuda.to_device(rng.standard_normal((2, 3, 4)))
     out, tape = attention.scaled_dot_product_train(q, q, q)
     assert fastrnn.cuda.is_device_array(out) and tape.saved["device"]

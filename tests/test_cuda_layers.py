@@ -18,9 +18,10 @@ from test_layers import torch_forward
 import fastrnn
 from fastrnn import cuda as fcuda
 
-pytestmark = [pytest.mark.skipif(not fcuda.is_available(),
-                                 reason="no CUDA device and the simulator is off"),
-              pytest.mark.usefixtures("fast_simulator")]
+pytestmark = [
+    pytest.mark.skipif(not fcuda.is_available(), reason="no CUDA device and the simulator is off"),
+    pytest.mark.usefixtures("fast_simulator"),
+]
 
 REAL_GPU = not fcuda.is_simulator()
 # (T, B, I, H): the simulator runs each thread in Python, so it gets tiny problems.
@@ -29,6 +30,7 @@ SIZES = (12, 8, 16, 64) if REAL_GPU else (4, 2, 3, 4)
 
 def _dev(a):
     from numba import cuda
+
     if a is None:
         return None
     if isinstance(a, tuple):
@@ -42,15 +44,35 @@ def _host(a):
     return a.copy_to_host()
 
 
-def check_device_grads(kind, dtype, rng, *, num_layers=1, bidirectional=False,
-                       batch_first=False, bias=True, with_hx=True, with_lengths=False,
-                       unbatched=False, sizes=SIZES, **extra):
+def check_device_grads(
+    kind,
+    dtype,
+    rng,
+    *,
+    num_layers=1,
+    bidirectional=False,
+    batch_first=False,
+    bias=True,
+    with_hx=True,
+    with_lengths=False,
+    unbatched=False,
+    sizes=SIZES,
+    **extra,
+):
     """Forward, forward_train and backward on device arrays vs torch.nn."""
     T, B, I, H = sizes
-    m, tm = make_pair(kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
-                      batch_first=batch_first, bias=bias, **extra)
-    shape, bsz = ((T, I), None) if unbatched else \
-        (((B, T, I) if batch_first else (T, B, I)), B)
+    m, tm = make_pair(
+        kind,
+        I,
+        H,
+        dtype,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        bias=bias,
+        **extra,
+    )
+    shape, bsz = ((T, I), None) if unbatched else (((B, T, I) if batch_first else (T, B, I)), B)
     x, hx, lengths = random_inputs(m, rng, shape, bsz, dtype, with_hx, with_lengths)
     y_cpu, state_cpu = m(x, hx, lengths=lengths)
     y, state = m(_dev(x), _dev(hx), lengths=lengths)
@@ -59,8 +81,7 @@ def check_device_grads(kind, dtype, rng, *, num_layers=1, bidirectional=False,
     np.testing.assert_array_equal(_host(y), _host(y_tr))
     gy = rng.standard_normal(y_cpu.shape).astype(dtype)
     gstate = tuple(rng.standard_normal(a.shape).astype(dtype) for a in _flat(state_cpu))
-    grads = m.backward(tape, _dev(gy), _dev(gstate if isinstance(state_cpu, tuple)
-                                            else gstate[0]))
+    grads = m.backward(tape, _dev(gy), _dev(gstate if isinstance(state_cpu, tuple) else gstate[0]))
     tgx, thx = torch_grads(tm, x, hx, lengths, batch_first, gy, gstate)
     # torch's forward, for outputs and final states
     ty, tstate = torch_forward(tm, x, hx, lengths, batch_first)
@@ -85,10 +106,12 @@ def test_device_forward_and_gradients_match_torch(kind, dtype, rng):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("variant", ["batch_first", "no_bias", "no_hx", "unbatched"])
 def test_device_options_match_torch(kind, variant, rng):
-    opts = {"batch_first": dict(batch_first=True, with_lengths=True),
-            "no_bias": dict(bias=False),
-            "no_hx": dict(with_hx=False, num_layers=2),
-            "unbatched": dict(unbatched=True, bidirectional=True)}[variant]
+    opts = {
+        "batch_first": dict(batch_first=True, with_lengths=True),
+        "no_bias": dict(bias=False),
+        "no_hx": dict(with_hx=False, num_layers=2),
+        "unbatched": dict(unbatched=True, bidirectional=True),
+    }[variant]
     check_device_grads(kind, "float64", rng, **opts)
 
 
@@ -101,6 +124,7 @@ def three_block_grid(monkeypatch):
 
     def three_blocks(self, H, P, G, itemsize, blocks=None, persistent=None):
         real(self, H, P, G, itemsize, blocks=3, persistent=False)
+
     monkeypatch.setattr(recurrence.Plan, "__init__", three_blocks)
 
 
@@ -108,16 +132,19 @@ def three_block_grid(monkeypatch):
 def test_phased_launches_on_several_blocks_match_torch(kind, rng, three_block_grid):
     """The per-phase driver on a multi-block grid (what the simulator cannot run
     cooperatively): unit slices, partial last slices, the k-split sums."""
-    check_device_grads(kind, "float64", rng, bidirectional=True, with_lengths=True,
-                       sizes=(3, 2, 3, 5))
+    check_device_grads(
+        kind, "float64", rng, bidirectional=True, with_lengths=True, sizes=(3, 2, 3, 5)
+    )
 
 
-@pytest.mark.skipif(REAL_GPU, reason="the simulator reads PRE_CAP at run time; a GPU kernel "
-                    "has it compiled in")
+@pytest.mark.skipif(
+    REAL_GPU, reason="the simulator reads PRE_CAP at run time; a GPU kernel has it compiled in"
+)
 @pytest.mark.parametrize("kind", ["lstm_proj", "gru"])
 def test_batch_chunks_match_torch(kind, rng, monkeypatch, three_block_grid):
     """Batches larger than a block's pre-activation buffer are done in chunks."""
     from fastrnn.cuda import recurrence
+
     monkeypatch.setattr(recurrence, "PRE_CAP", 8)
     check_device_grads(kind, "float64", rng, with_lengths=True, sizes=(3, 5, 3, 5))
 
@@ -126,6 +153,7 @@ def test_batch_chunks_match_torch(kind, rng, monkeypatch, three_block_grid):
 def test_weights_read_from_global_memory_match_torch(kind, rng, monkeypatch):
     """Slices too big for shared memory are read from global memory instead."""
     from fastrnn.cuda import recurrence
+
     monkeypatch.setattr(recurrence, "SHARED_WEIGHT_BYTES", 0)
     check_device_grads(kind, "float32", rng, with_lengths=True)
 
@@ -152,8 +180,12 @@ class HostInterface:
         self.array = array
         self.shape, self.dtype = array.shape, array.dtype
         self.__cuda_array_interface__ = {
-            "shape": array.shape, "typestr": array.dtype.str, "strides": None,
-            "data": (array.ctypes.data, False), "version": 3}
+            "shape": array.shape,
+            "typestr": array.dtype.str,
+            "strides": None,
+            "data": (array.ctypes.data, False),
+            "version": 3,
+        }
 
 
 @pytest.mark.skipif(REAL_GPU, reason="host memory stands for device memory only in the simulator")
@@ -205,8 +237,9 @@ def test_device_input_errors_name_the_argument(rng):
 
 def test_import_fastrnn_does_not_import_numba_cuda():
     code = "import sys, fastrnn; fastrnn.cuda.is_simulator(); print('numba.cuda' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -252,13 +285,14 @@ def test_step_refuses_device_arrays_clearly(rng):
 
 def test_without_numba_cuda_the_cpu_engine_is_unaffected():
     """``numba-cuda`` missing: ``is_available()`` is False, and import and CPU use work."""
-    code = ("import sys; sys.modules['numba.cuda'] = None\n"
-            "import numpy as np, fastrnn\n"
-            "assert not fastrnn.cuda.is_available()\n"
-            "y, _ = fastrnn.LSTM(3, 4, seed=0)(np.ones((2, 1, 3), np.float32))\n"
-            "print(y.shape)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys; sys.modules['numba.cuda'] = None\n"
+        "import numpy as np, fastrnn\n"
+        "assert not fastrnn.cuda.is_available()\n"
+        "y, _ = fastrnn.LSTM(3, 4, seed=0)(np.ones((2, 1, 3), np.float32))\n"
+        "print(y.shape)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(2, 1, 4)"
 
 
@@ -273,3 +307,32 @@ def test_strided_device_input_and_device_lengths(rng):
     assert_grad(_host(y), ty, "float64", "output")
     assert_grad(_host(h), th, "float64", "h_n")
     assert_grad(_host(c), tc, "float64", "c_n")
+
+
+def test_asking_for_cuda_without_a_gpu_names_what_and_how_to_check():
+    """Without a GPU (and without the simulator) fastrnn's own error, never numba's."""
+    code = (
+        "import fastrnn, fastrnn.cuda as fc\n"
+        "for ask in (lambda: fastrnn.LSTM(3, 4).to_device(), lambda: fastrnn.GRUCell(3, 4)"
+        ".to_device(), lambda: fc.to_device(__import__('numpy').zeros(3))):\n"
+        "    try:\n"
+        "        ask()\n"
+        "    except fc.CudaUnavailableError as exc:\n"
+        "        print(exc)\n"
+    )
+    if fastrnn.cuda.is_simulator() and os.environ.get("FASTRNN_TEST_GPU", "0") not in ("", "0"):
+        pytest.skip("a GPU is present")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    if out.returncode == 0 and not out.stdout:
+        pytest.skip("a GPU is present")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [line.split(" needs")[0] for line in lines] == [
+        "LSTM.to_device()",
+        "GRUCell.to_device()",
+        "fastrnn.cuda.to_device()",
+    ]
+    assert all("fastrnn.cuda.is_available()" in line for line in lines)

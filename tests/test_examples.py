@@ -9,11 +9,13 @@ EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
 
 
 def test_char_rnn_trains_without_torch():
-    code = (f"import sys; "
-            f"import runpy; g = runpy.run_path({str(EXAMPLES / 'numpy_char_rnn.py')!r}); "
-            "first, last = g['main'](['--steps', '120', '--hidden', '64']); "
-            "assert last < first - 0.8, (first, last); "
-            "assert 'torch' not in sys.modules")
+    code = (
+        f"import sys; "
+        f"import runpy; g = runpy.run_path({str(EXAMPLES / 'numpy_char_rnn.py')!r}); "
+        "first, last = g['main'](['--steps', '120', '--hidden', '64']); "
+        "assert last < first - 0.8, (first, last); "
+        "assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
@@ -49,7 +51,8 @@ def test_seq2seq_engines_agree():
 
 
 def test_gpu_training_example_matches_the_cpu(fast_simulator):
-    gpu, cpu = _run_example("gpu_training.py", ["--steps", "3", "--hidden", "4", "--length",
-                                                "5", "--batch", "2"])
+    gpu, cpu = _run_example(
+        "gpu_training.py", ["--steps", "3", "--hidden", "4", "--length", "5", "--batch", "2"]
+    )
     assert max(abs(a - b) for a, b in zip(gpu, cpu)) < 1e-12
     assert gpu[-1] < gpu[0]

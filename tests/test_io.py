@@ -43,8 +43,11 @@ def test_safetensors_interop(tmp_path):
     assert set(theirs) == set(m.state_dict())
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(theirs[k], v)
-    save_file({"w": np.arange(6, dtype=np.float64).reshape(2, 3)}, tmp_path / "b.safetensors",
-              metadata={"k": "v"})
+    save_file(
+        {"w": np.arange(6, dtype=np.float64).reshape(2, 3)},
+        tmp_path / "b.safetensors",
+        metadata={"k": "v"},
+    )
     tensors, meta = load_safetensors(tmp_path / "b.safetensors")
     np.testing.assert_array_equal(tensors["w"], np.arange(6.0).reshape(2, 3))
     assert meta == {"k": "v"}

@@ -16,23 +16,49 @@ def torch_forward(tm, x, hx, lengths, batch_first):
     """torch.nn on the same data, through PackedSequence when lengths are given."""
     xt = torch.from_numpy(x)
     if hx is not None:
-        hx = tuple(torch.from_numpy(a) for a in hx) if isinstance(hx, tuple) \
+        hx = (
+            tuple(torch.from_numpy(a) for a in hx)
+            if isinstance(hx, tuple)
             else torch.from_numpy(hx)
+        )
     with torch.no_grad():
         if lengths is None:
             return tm(xt, hx)
         T = x.shape[1] if batch_first else x.shape[0]
-        packed = pack_padded_sequence(xt, torch.as_tensor(lengths), batch_first=batch_first,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            xt, torch.as_tensor(lengths), batch_first=batch_first, enforce_sorted=False
+        )
         y, state = tm(packed, hx)
         y, _ = pad_packed_sequence(y, batch_first=batch_first, total_length=T)
         return y, state
 
 
-def compare(kind, dtype, rng, *, T=5, B=3, I=4, H=6, num_layers=1, bidirectional=False,
-            batch_first=False, bias=True, with_hx=False, with_lengths=False):
-    m, tm = make_pair(kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
-                      batch_first=batch_first, bias=bias)
+def compare(
+    kind,
+    dtype,
+    rng,
+    *,
+    T=5,
+    B=3,
+    I=4,
+    H=6,
+    num_layers=1,
+    bidirectional=False,
+    batch_first=False,
+    bias=True,
+    with_hx=False,
+    with_lengths=False,
+):
+    m, tm = make_pair(
+        kind,
+        I,
+        H,
+        dtype,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        bias=bias,
+    )
     shape = (B, T, I) if batch_first else (T, B, I)
     x, hx, lengths = random_inputs(m, rng, shape, B, dtype, with_hx, with_lengths)
     y, state = m(x, hx, lengths=lengths)
@@ -52,27 +78,49 @@ def compare(kind, dtype, rng, *, T=5, B=3, I=4, H=6, num_layers=1, bidirectional
 @pytest.mark.parametrize("num_layers", [1, 3])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_matches_torch_grid(kind, num_layers, bidirectional, with_lengths, dtype, rng):
-    compare(kind, dtype, rng, num_layers=num_layers, bidirectional=bidirectional,
-            with_lengths=with_lengths)
+    compare(
+        kind,
+        dtype,
+        rng,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        with_lengths=with_lengths,
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("variant", ["batch_first", "no_bias", "hx", "two_layers_all"])
 def test_matches_torch_options(kind, variant, dtype, rng):
-    opts = {"batch_first": dict(batch_first=True, with_lengths=True),
-            "no_bias": dict(bias=False),
-            "hx": dict(with_hx=True, with_lengths=True, bidirectional=True),
-            "two_layers_all": dict(num_layers=2, bidirectional=True, batch_first=True,
-                                   bias=False, with_hx=True, with_lengths=True)}[variant]
+    opts = {
+        "batch_first": dict(batch_first=True, with_lengths=True),
+        "no_bias": dict(bias=False),
+        "hx": dict(with_hx=True, with_lengths=True, bidirectional=True),
+        "two_layers_all": dict(
+            num_layers=2,
+            bidirectional=True,
+            batch_first=True,
+            bias=False,
+            with_hx=True,
+            with_lengths=True,
+        ),
+    }[variant]
     compare(kind, dtype, rng, **opts)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_blas_path_matches_torch(kind, rng):
     """Batches of BLAS_MIN_BATCH rows or more take the np.dot recurrence."""
-    compare(kind, "float64", rng, B=layers.BLAS_MIN_BATCH + 1, num_layers=2,
-            bidirectional=True, with_hx=True, with_lengths=True)
+    compare(
+        kind,
+        "float64",
+        rng,
+        B=layers.BLAS_MIN_BATCH + 1,
+        num_layers=2,
+        bidirectional=True,
+        with_hx=True,
+        with_lengths=True,
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -80,27 +128,44 @@ def test_unbatched_matches_torch(kind, rng):
     m, tm = make_pair(kind, 4, 6, "float64", num_layers=2, bidirectional=True)
     x = rng.standard_normal((5, 4))
     st = m.initial_state()
-    hx = tuple(rng.standard_normal(a.shape) for a in st) if isinstance(st, tuple) \
+    hx = (
+        tuple(rng.standard_normal(a.shape) for a in st)
+        if isinstance(st, tuple)
         else rng.standard_normal(st.shape)
+    )
     y, state = m(x, hx)
     ty, tstate = torch_forward(tm, x, hx, None, False)
     assert_close(y, ty, "float64", "output")
-    for a, b in zip(state if isinstance(state, tuple) else (state,),
-                    tstate if isinstance(tstate, tuple) else (tstate,)):
+    for a, b in zip(
+        state if isinstance(state, tuple) else (state,),
+        tstate if isinstance(tstate, tuple) else (tstate,),
+    ):
         assert_close(a, b, "float64", "state")
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_reference_matches_torch_and_kernels(kind, rng):
     """The plain-NumPy reference agrees with torch.nn and with the fast kernels."""
-    m, x, hx, lengths, y, state = compare(kind, "float64", rng, num_layers=2,
-                                          bidirectional=True, with_hx=True, with_lengths=True)
-    ry, rstate = reference.forward(m.mode, m.state_dict(), x, hx, hidden_size=m.hidden_size,
-                                   num_layers=2, bidirectional=True, proj_size=m.proj_size,
-                                   nonlinearity=m.nonlinearity, lengths=lengths)
+    m, x, hx, lengths, y, state = compare(
+        kind, "float64", rng, num_layers=2, bidirectional=True, with_hx=True, with_lengths=True
+    )
+    ry, rstate = reference.forward(
+        m.mode,
+        m.state_dict(),
+        x,
+        hx,
+        hidden_size=m.hidden_size,
+        num_layers=2,
+        bidirectional=True,
+        proj_size=m.proj_size,
+        nonlinearity=m.nonlinearity,
+        lengths=lengths,
+    )
     assert_close(y, ry, "float64", "output vs reference")
-    for a, b in zip(state if isinstance(state, tuple) else (state,),
-                    rstate if isinstance(rstate, tuple) else (rstate,)):
+    for a, b in zip(
+        state if isinstance(state, tuple) else (state,),
+        rstate if isinstance(rstate, tuple) else (rstate,),
+    ):
         assert_close(a, b, "float64", "state vs reference")
 
 
@@ -114,17 +179,34 @@ def test_large_inputs_saturate(kind, rng):
         assert np.all(np.isfinite(y))
         ty, _ = torch_forward(tm, x, None, None, False)
         scale = max(1.0, float(np.abs(ty.numpy()).max()))
-        assert np.max(np.abs(y - ty.numpy())) <= 1e-5 * scale * (1e5 if dtype == "float32"
-                                                                   and kind == "rnn_relu" else 1)
+        assert np.max(np.abs(y - ty.numpy())) <= 1e-5 * scale * (
+            1e5 if dtype == "float32" and kind == "rnn_relu" else 1
+        )
 
 
 @settings(max_examples=25, deadline=None)
-@given(kind=st.sampled_from(sorted(KINDS)), T=st.integers(1, 6), B=st.integers(1, 5),
-       I=st.integers(1, 5), H=st.integers(4, 7), seed=st.integers(0, 2**16))
+@given(
+    kind=st.sampled_from(sorted(KINDS)),
+    T=st.integers(1, 6),
+    B=st.integers(1, 5),
+    I=st.integers(1, 5),
+    H=st.integers(4, 7),
+    seed=st.integers(0, 2**16),
+)
 def test_random_shapes_match_torch(kind, T, B, I, H, seed):
     rng = np.random.default_rng(seed)
-    compare(kind, "float64", rng, T=T, B=B, I=I, H=H, bidirectional=bool(seed % 2),
-            with_lengths=bool(seed % 3), with_hx=bool(seed % 5))
+    compare(
+        kind,
+        "float64",
+        rng,
+        T=T,
+        B=B,
+        I=I,
+        H=H,
+        bidirectional=bool(seed % 2),
+        with_lengths=bool(seed % 3),
+        with_hx=bool(seed % 5),
+    )
 
 
 def test_init_is_torch_like_and_seeded():
@@ -149,7 +231,11 @@ def test_state_dict_round_trips_into_torch(rng):
 
 
 def test_repr_reads_like_torch():
-    assert repr(fastrnn.LSTM(3, 5, num_layers=2, proj_size=2)) == \
-        "LSTM(3, 5, num_layers=2, proj_size=2, dtype='float32')"
-    assert repr(fastrnn.RNN(3, 5, nonlinearity="relu")) == \
-        "RNN(3, 5, nonlinearity='relu', dtype='float32')"
+    assert (
+        repr(fastrnn.LSTM(3, 5, num_layers=2, proj_size=2))
+        == "LSTM(3, 5, num_layers=2, proj_size=2, dtype='float32')"
+    )
+    assert (
+        repr(fastrnn.RNN(3, 5, nonlinearity="relu"))
+        == "RNN(3, 5, nonlinearity='relu', dtype='float32')"
+    )

@@ -5,9 +5,11 @@ import sys
 
 
 def test_core_does_not_import_torch():
-    code = ("import sys, numpy as np, fastrnn; m = fastrnn.GRU(2, 3); "
-            "m(np.zeros((2, 1, 2), np.float32)); "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys, numpy as np, fastrnn; m = fastrnn.GRU(2, 3); "
+        "m(np.zeros((2, 1, 2), np.float32)); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

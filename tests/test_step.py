@@ -21,8 +21,9 @@ def test_step_equals_sequence(kind, dtype, batch, rng):
     state = m.initial_state(batch)
     for t in range(T):
         y_t, state = m.step(x[t], state)
-        np.testing.assert_allclose(y_t, y_full[t], rtol=0, atol=1e-6 if dtype == "float32"
-                                   else 1e-12)
+        np.testing.assert_allclose(
+            y_t, y_full[t], rtol=0, atol=1e-6 if dtype == "float32" else 1e-12
+        )
     for a, b in zip(_states(state), _states(state_full)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 if dtype == "float32" else 1e-12)
 

@@ -39,12 +39,15 @@ def test_wrong_hx(lstm):
         gru(x, np.zeros((1, 2, 6), np.float32))
 
 
-@pytest.mark.parametrize("lengths, match", [
-    ([1, 2, 3], r"lengths must have shape \(2,\)"),
-    ([0, 2], r"lengths must lie in \[1, seq_len=3\]"),
-    ([4, 2], r"lengths must lie in \[1, seq_len=3\]"),
-    ([1.5, 2], "lengths must be integers"),
-])
+@pytest.mark.parametrize(
+    "lengths, match",
+    [
+        ([1, 2, 3], r"lengths must have shape \(2,\)"),
+        ([0, 2], r"lengths must lie in \[1, seq_len=3\]"),
+        ([4, 2], r"lengths must lie in \[1, seq_len=3\]"),
+        ([1.5, 2], "lengths must be integers"),
+    ],
+)
 def test_bad_lengths(lstm, lengths, match):
     with pytest.raises((ValueError, TypeError), match=match):
         lstm(np.zeros((3, 2, 4)), lengths=lengths)
@@ -66,8 +69,11 @@ def test_bad_constructor_arguments():
 def test_state_dict_keys_and_shapes(lstm):
     sd = dict(lstm.state_dict())
     sd["weight_xx_l0"] = sd.pop("weight_ih_l0")
-    with pytest.raises(ValueError, match=r"missing keys \['weight_ih_l0'\].*unexpected keys "
-                                         r"\['weight_xx_l0'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys \['weight_ih_l0'\].*unexpected keys "
+        r"\['weight_xx_l0'\]",
+    ):
         lstm.load_state_dict(sd)
     sd = dict(lstm.state_dict())
     sd["bias_hh_l1"] = np.zeros(5)

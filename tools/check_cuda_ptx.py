@@ -14,7 +14,7 @@ GPU). Exit status: 0 all compiled, 1 some failed, 77 toolkit not found.
 import os
 import sys
 
-os.environ.pop("NUMBA_ENABLE_CUDASIM", None)  # noqa: must precede numba.cuda
+os.environ.pop("NUMBA_ENABLE_CUDASIM", None)  # must precede numba.cuda
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,38 +46,84 @@ def typed(args):
 def cases(dt):
     """``(kernel, example arguments)`` for every kernel, in the layouts the drivers use."""
     f = np.dtype(dt).type
-    z = lambda *s: np.zeros(s, dt)
-    T, B, I, H, P = 3, 2, 3, 4, 4
+
+    def z(*s):
+        return np.zeros(s, dt)
+
+    T, B, H, P = 3, 2, 4, 4
     G = 4
     lens = np.ones(B, np.int64)
-    y = z(T, B, 2 * P)[:, :, :P]          # strided view, as for a direction's output
+    y = z(T, B, 2 * P)[:, :, :P]  # strided view, as for a direction's output
     yield L._gemm_kernel, (z(3, 4), z(4, 5), z(3, 5), False, True, f(1), f(0), dt == np.float64)
-    yield L._gemm_kernel, (z(3, 4), z(4, 5)[:, :2], z(3, 5)[:, 1:3], False, True, f(1), f(0),
-                           False)
-    yield L._batched_gemm_kernel, (z(2, 3, 4), z(2, 4, 5), z(2, 3, 5)[:, :2], True, False, f(1),
-                                   f(1), False)
+    yield L._gemm_kernel, (z(3, 4), z(4, 5)[:, :2], z(3, 5)[:, 1:3], False, True, f(1), f(0), False)
+    yield (
+        L._batched_gemm_kernel,
+        (z(2, 3, 4), z(2, 4, 5), z(2, 3, 5)[:, :2], True, False, f(1), f(1), False),
+    )
     yield L._map3_kernel, (0, z(2, 3, 4), z(2, 3, 4), z(2, 3, 4), f(0))
     yield L._map3_kernel, (1, z(2, 3, 4)[:, :2], z(2, 3, 4), z(2, 3, 4)[:, 1:], f(0))
     yield L._swap01_kernel, (z(2, 3, 4), z(3, 2, 4))
     yield L._column_sum_kernel, (z(5, 4), z(4))
     tapes = (z(T, B, G * H), z(T, B, P), z(T, B, H))
-    args = (0, 0, z(T, B, G * H), z(P, G * H), 1, z(G * H), z(G * H), z(0, P), z(2, B, P),
-            z(B, H), z(B, H), y, lens, False, *tapes, 2, 2)
+    args = (
+        0,
+        0,
+        z(T, B, G * H),
+        z(P, G * H),
+        1,
+        z(G * H),
+        z(G * H),
+        z(0, P),
+        z(2, B, P),
+        z(B, H),
+        z(B, H),
+        y,
+        lens,
+        False,
+        *tapes,
+        2,
+        2,
+    )
     yield R.forward_persistent, args
     yield R.forward_phase, (0, 1) + args
-    bargs = (0, 0, *tapes[:1], z(T, B, P), z(T, B, H), z(G * H, P), 1, z(0, H), False,
-             y, z(2, B, P), z(B, H), z(T, B, G * H), z(T, B, G * H), z(1, 1, 1), z(1, 1, 1),
-             lens, False, 2, 2)
+    bargs = (
+        0,
+        0,
+        *tapes[:1],
+        z(T, B, P),
+        z(T, B, H),
+        z(G * H, P),
+        1,
+        z(0, H),
+        False,
+        y,
+        z(2, B, P),
+        z(B, H),
+        z(T, B, G * H),
+        z(T, B, G * H),
+        z(1, 1, 1),
+        z(1, 1, 1),
+        lens,
+        False,
+        2,
+        2,
+    )
     yield R.backward_persistent, bargs
     yield R.backward_phase, (0, 1) + bargs
     yield R.seed_kernel, (z(B, P), z(B, P), y, 0, lens)
     b = np.zeros((0, 0, 0, 0), np.bool_)
-    yield A._softmax_kernel, (z(2, 3, 5)[:, :2], z(1, 2, 3, 5), b, False, f(1), 2, 0, z(2, 3),
-                              False)
-    yield A._dscores_kernel, (z(2, 3, 5)[:, :2], z(2, 3, 5)[:, :2], z(2, 3, 4)[:, :2],
-                              z(2, 3, 4)[:, :2], f(1))
-    yield A._additive_scores_kernel, (z(2, 4), z(2, 3, 4), z(4), z(4), np.zeros((2, 3), np.bool_),
-                                      z(2, 1, 3))
+    yield (
+        A._softmax_kernel,
+        (z(2, 3, 5)[:, :2], z(1, 2, 3, 5), b, False, f(1), 2, 0, z(2, 3), False),
+    )
+    yield (
+        A._dscores_kernel,
+        (z(2, 3, 5)[:, :2], z(2, 3, 5)[:, :2], z(2, 3, 4)[:, :2], z(2, 3, 4)[:, :2], f(1)),
+    )
+    yield (
+        A._additive_scores_kernel,
+        (z(2, 4), z(2, 3, 4), z(4), z(4), np.zeros((2, 3), np.bool_), z(2, 1, 3)),
+    )
     yield A._additive_da_kernel, (z(2, 4), z(2, 3, 4), z(4), z(4), z(2, 1, 3), z(2, 3, 4))
     yield A._additive_dv_kernel, (z(2, 4), z(2, 3, 4), z(4), z(2, 1, 3), z(4))
     yield A._sum_axis1_kernel, (z(2, 3, 4), z(2, 4))
@@ -87,6 +133,7 @@ def cases(dt):
 def _toolkit_present():
     def probe(a):
         a[0] = 1
+
     try:
         cuda.compile_ptx(probe, "void(float32[:])", cc=CC)
     except Exception as exc:  # missing NVVM/NVRTC shows up as several exception types

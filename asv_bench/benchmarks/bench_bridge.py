@@ -22,6 +22,7 @@ def _step(mode, batch, engine, T=50, size=256):
         y, _ = module(x)
         y.backward(gy)
         return x.grad
+
     if engine == "fastrnn":
         reference = run().clone()
         frt.convert(module)
@@ -55,8 +56,10 @@ class BridgeTrainingSpeedup:
 
     def track_speedup(self, mode, batch):
         number = 10 if batch == 1 else 3
-        times = {e: min(timeit.repeat(_step(mode, batch, e), number=number, repeat=5)) / number
-                 for e in ENGINES}
+        times = {
+            e: min(timeit.repeat(_step(mode, batch, e), number=number, repeat=5)) / number
+            for e in ENGINES
+        }
         return times["torch"] / times["fastrnn"]
 
     track_speedup.unit = "x faster than torch.nn"

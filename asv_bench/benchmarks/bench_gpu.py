@@ -5,21 +5,31 @@ input size = hidden, forward without grad and training (forward + backward).
 """
 
 import torch
+
 from fastrnn_torch import bench_gpu
 
 
 def _require_gpu():
     import fastrnn
-    if not (torch.cuda.is_available() and fastrnn.cuda.is_available()
-            and not fastrnn.cuda.is_simulator()):
+
+    if not (
+        torch.cuda.is_available()
+        and fastrnn.cuda.is_available()
+        and not fastrnn.cuda.is_simulator()
+    ):
         raise NotImplementedError("no CUDA GPU (asv skips this benchmark)")
 
 
 class GPUSequence:
     """One model over T=100 steps on the GPU: fastrnn_torch vs torch.nn (cuDNN)."""
 
-    params = (["LSTM", "GRU", "RNN"], [256, 1024], [1, 8, 64], ["fastrnn", "torch"],
-              ["forward", "training"])
+    params = (
+        ["LSTM", "GRU", "RNN"],
+        [256, 1024],
+        [1, 8, 64],
+        ["fastrnn", "torch"],
+        ["forward", "training"],
+    )
     param_names = ["mode", "hidden", "batch", "engine", "task"]
 
     def setup(self, mode, hidden, batch, engine, task):

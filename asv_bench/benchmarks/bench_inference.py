@@ -151,8 +151,9 @@ class ColdStart:
         self._run()  # warm the Numba cache for this model's kernels
 
     def _run(self):
-        out = subprocess.run([sys.executable, "-c", _COLD, self.path], check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _COLD, self.path], check=True, capture_output=True, text=True
+        )
         return float(out.stdout.strip())
 
     def track_import_load_first_step(self):

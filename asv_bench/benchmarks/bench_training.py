@@ -21,6 +21,7 @@ class BPTT:
         y, _, tape = m.forward_train(x)
         check_close(m.backward(tape, gy).input, xt.grad, f"{mode} input gradient")
         if engine == "fastrnn":
+
             def run():
                 y, state, tape = m.forward_train(x)
                 m.backward(tape, gy)
@@ -31,6 +32,7 @@ class BPTT:
             def run():
                 y, _ = tm(xt)
                 y.backward(gyt)
+
         self.run = run
         run()
 

@@ -6,9 +6,24 @@ inside any model, and ``export(module, path)`` writes weights that the core
 ``fastrnn.load`` reads without torch.
 """
 
+from fastrnn import __version__
+
 from .attention import AdditiveAttention, Attn, LuongAttention, scaled_dot_product_attention
 from .convert import convert, export
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert", "export",
-           "scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAttention"]
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "convert",
+    "export",
+    "scaled_dot_product_attention",
+    "Attn",
+    "AdditiveAttention",
+    "LuongAttention",
+    "__version__",
+]

@@ -39,19 +39,28 @@ class _Interface:
         self.tensor = t
         size = t.element_size()
         self.__cuda_array_interface__ = {
-            "shape": tuple(t.shape), "typestr": _TYPESTR[t.dtype],
-            "strides": tuple(s * size for s in t.stride()), "version": 3,
-            "data": (t.data_ptr(), False)}
+            "shape": tuple(t.shape),
+            "typestr": _TYPESTR[t.dtype],
+            "strides": tuple(s * size for s in t.stride()),
+            "version": 3,
+            "data": (t.data_ptr(), False),
+        }
 
 
-_TYPESTR = {torch.float32: "<f4", torch.float64: "<f8", torch.int64: "<i8",
-            torch.bool: "|b1", torch.uint8: "|u1"}
+_TYPESTR = {
+    torch.float32: "<f4",
+    torch.float64: "<f8",
+    torch.int64: "<i8",
+    torch.bool: "|b1",
+    torch.uint8: "|u1",
+}
 
 
 def device_array(t):
     """A Numba device array over tensor ``t``'s memory (detached; no copy)."""
     if t.numel() == 0:  # no memory to share (and torch's data_ptr is then 0)
         from numba import cuda
+
         return cuda.device_array(tuple(t.shape), str(t.dtype).replace("torch.", ""))
     return fastrnn.cuda.as_device_array(_Interface(t.detach()))
 
@@ -96,6 +105,7 @@ def context(x):
             yield
         return
     from numba import cuda
+
     if linalg._GEMM[0] is linalg.tiled_gemm:
         linalg.set_gemm(_cublas_gemm)
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
@@ -107,27 +117,39 @@ def context(x):
             yield
 
 
-_TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64,
-                "bool": torch.bool}
+_TORCH_DTYPE = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "bool": torch.bool,
+}
 
 
 def forward(core, x, weights, h0, c0, lengths, masks, train):
     """The bridge's forward on CUDA tensors: ``(y, h_n, c_n, tape tensors)``."""
     from fastrnn.cuda import layers
+
     mode = core.mode
     L, D = core.num_layers, core.num_directions
     B = x.shape[1]
     with context(x):
         params = {n: device_array(w) for n, w in zip(core._params, weights)}
         hn = h0.detach().clone()
-        cn = c0.detach().clone() if mode == "LSTM" else \
-            x.new_zeros((L * D, B, core.hidden_size))
+        cn = c0.detach().clone() if mode == "LSTM" else x.new_zeros((L * D, B, core.hidden_size))
         lens = lengths.to(device=x.device, dtype=torch.int64).contiguous()
         scaled = _scaled_masks(core, masks, x)
         tape = Tape(id(core), None, None, False, None, device=device_array(lens))
         tape.masks = scaled
-        y = layers.run(core, params, device_array(x), device_array(hn), device_array(cn),
-                       tape.device, tape if train else None, scaled)
+        y = layers.run(
+            core,
+            params,
+            device_array(x),
+            device_array(hn),
+            device_array(cn),
+            tape.device,
+            tape if train else None,
+            scaled,
+        )
         flat = []
         if train:
             flat = [as_tensor(a, x) for step in tape.steps for a in step]
@@ -135,10 +157,12 @@ def forward(core, x, weights, h0, c0, lengths, masks, train):
         return as_tensor(y, x), hn, cn if mode == "LSTM" else x.new_empty((0,)), flat
 
 
-def backward(core, grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, input_grad,
-             param_grads):
+def backward(
+    core, grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, input_grad, param_grads
+):
     """BPTT on CUDA tensors: ``(grad_x, grad_h0, grad_c0, grad_weights)`` (as ``_ops``)."""
     from fastrnn.cuda import layers
+
     L, D = core.num_layers, core.num_directions
     lstm = core.mode == "LSTM"
     with context(x):
@@ -146,16 +170,24 @@ def backward(core, grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, i
         lens = lengths.to(device=x.device, dtype=torch.int64).contiguous()
         t = Tape(id(core), None, None, False, None, device=device_array(lens))
         arrays = [device_array(a) for a in tape]
-        t.steps = [tuple(arrays[3 * k:3 * k + 3]) for k in range(L * D)]
-        t.layer_inputs = [device_array(x)] + arrays[3 * L * D:]
+        t.steps = [tuple(arrays[3 * k : 3 * k + 3]) for k in range(L * D)]
+        t.layer_inputs = [device_array(x)] + arrays[3 * L * D :]
         t.masks = _scaled_masks(core, masks, x)
         dh = grad_hn.detach().clone()
-        dc = grad_cn.detach().clone() if lstm else x.new_zeros((L * D, x.shape[1],
-                                                                core.hidden_size))
+        dc = (
+            grad_cn.detach().clone() if lstm else x.new_zeros((L * D, x.shape[1], core.hidden_size))
+        )
         wanted = [n for n, need in zip(core._params, param_grads) if need]
-        gx, params = layers.run_backward(core, params, t, device_array(grad_y.contiguous()),
-                                         device_array(dh), device_array(dc), input_grad,
-                                         wanted)
+        gx, params = layers.run_backward(
+            core,
+            params,
+            t,
+            device_array(grad_y.contiguous()),
+            device_array(dh),
+            device_array(dc),
+            input_grad,
+            wanted,
+        )
         gx = as_tensor(gx, x) if input_grad else x.new_empty((0,))
         gw = [as_tensor(params[n], x) for n in core._params] if wanted else []
         return gx, dh, dc if lstm else x.new_empty((0,)), gw

@@ -35,7 +35,7 @@ _CORE = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
 _KERNELS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _config(config):
     return json.loads(config)
 
@@ -76,11 +76,21 @@ def torch_gemm(a, b, out=None):
     w = tb.mT
     # oneDNN wants both operands row-major; copying pays off only for large products.
     copies = (not ta.is_contiguous()) + (not w.is_contiguous())
-    if _LINEAR is not None and ta.dtype == torch.float32 and ta.dim() == 2 \
-            and ta.shape[0] * ta.shape[1] * tb.shape[1] >= _ONEDNN_MIN_MACS \
-            and (not copies or ta.shape[0] >= 256):
-        result = _LINEAR(ta if ta.is_contiguous() else ta.contiguous(),
-                         w if w.is_contiguous() else w.contiguous(), None, "none", [], "")
+    if (
+        _LINEAR is not None
+        and ta.dtype == torch.float32
+        and ta.dim() == 2
+        and ta.shape[0] * ta.shape[1] * tb.shape[1] >= _ONEDNN_MIN_MACS
+        and (not copies or ta.shape[0] >= 256)
+    ):
+        result = _LINEAR(
+            ta if ta.is_contiguous() else ta.contiguous(),
+            w if w.is_contiguous() else w.contiguous(),
+            None,
+            "none",
+            [],
+            "",
+        )
         if out is None:
             return result.numpy()
         torch.from_numpy(out).copy_(result)
@@ -130,8 +140,9 @@ def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
     h = h0.detach().numpy().copy()
     c = c0.detach().numpy().copy() if mode == "LSTM" else np.empty((L * D, B, 0), xa.dtype)
     lens = lengths.numpy()
-    scaled = m._dropout_masks([k.detach().numpy() for k in masks], None, T, B, False) \
-        if masks else []
+    scaled = (
+        m._dropout_masks([k.detach().numpy() for k in masks], None, T, B, False) if masks else []
+    )
     tape = None
     if train:
         tape = Tape(id(m), None, None, False, lens)
@@ -145,23 +156,35 @@ def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
     return torch.from_numpy(y), torch.from_numpy(h), cn, flat
 
 
-def backward_impl(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
-                  input_grad, param_grads):
+def backward_impl(
+    grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config, input_grad, param_grads
+):
     """BPTT on tensors: ``(grad_x, grad_h0, grad_c0, grad_weights)``. ``param_grads`` has
     one flag per weight; a weight not asked for costs no product (its gradient is
     zeros), and with none asked for the list is empty; ``grad_x`` is (0,) unless
     ``input_grad``."""
     if _cuda.on_gpu(x):
-        return _cuda.backward(core_model(config), grad_y, grad_hn, grad_cn, x, weights,
-                              lengths, masks, tape, input_grad, param_grads)
+        return _cuda.backward(
+            core_model(config),
+            grad_y,
+            grad_hn,
+            grad_cn,
+            x,
+            weights,
+            lengths,
+            masks,
+            tape,
+            input_grad,
+            param_grads,
+        )
     mode, L, D, H, P = _sizes(config)
     m = _bound(config, weights)
     xa = x.detach().numpy()
     T, B, _ = xa.shape
     arrays = [t.detach().numpy() for t in tape]
     t = Tape(id(m), None, None, False, lengths.numpy())
-    t.steps = [tuple(arrays[3 * k:3 * k + 3]) for k in range(L * D)]
-    t.layer_inputs = [xa] + arrays[3 * L * D:]
+    t.steps = [tuple(arrays[3 * k : 3 * k + 3]) for k in range(L * D)]
+    t.layer_inputs = [xa] + arrays[3 * L * D :]
     t.masks = m._dropout_masks([k.numpy() for k in masks], None, T, B, False) if masks else []
     dh = grad_hn.detach().numpy().copy()
     dc = grad_cn.detach().numpy().copy() if mode == "LSTM" else np.empty((L * D, B, 0), xa.dtype)
@@ -178,6 +201,7 @@ def _grad_or_zeros(grad, like_shape, x):
 
 
 # ------------------------------------------------------------------ eager: autograd.Function
+
 
 class RNNFunction(torch.autograd.Function):
     """Eager-mode autograd node: the same computation as the custom op, with less
@@ -211,20 +235,37 @@ class RNNFunction(torch.autograd.Function):
         config, nw, nm, h_shape, c_shape = ctx.meta
         saved = ctx.saved_tensors
         x, lengths = saved[0], saved[1]
-        weights = list(saved[2:2 + nw])
-        masks = list(saved[2 + nw:2 + nw + nm])
-        tape = list(saved[2 + nw + nm:])
+        weights = list(saved[2 : 2 + nw])
+        masks = list(saved[2 + nw : 2 + nw + nm])
+        tape = list(saved[2 + nw + nm :])
         needs = ctx.needs_input_grad  # (config, n_weights, x, h0, c0, lengths, *weights, ...)
-        input_grad, weight_needs = needs[2], needs[6:6 + nw]
+        input_grad, weight_needs = needs[2], needs[6 : 6 + nw]
         y_shape = tape[1].shape[:2] + (_y_width(config),)
         gx, gh, gc, gw = backward_impl(
-            _grad_or_zeros(grad_y, y_shape, x), _grad_or_zeros(grad_hn, h_shape, x),
-            _grad_or_zeros(grad_cn, c_shape, x), x, weights, lengths, masks, tape, config,
-            input_grad, list(weight_needs))
+            _grad_or_zeros(grad_y, y_shape, x),
+            _grad_or_zeros(grad_hn, h_shape, x),
+            _grad_or_zeros(grad_cn, c_shape, x),
+            x,
+            weights,
+            lengths,
+            masks,
+            tape,
+            config,
+            input_grad,
+            list(weight_needs),
+        )
         gw = [g if need else None for g, need in zip(gw, weight_needs)] if gw else [None] * nw
         lstm = _sizes(config)[0] == "LSTM"
-        return (None, None, gx if input_grad else None, gh, gc if lstm else None, None,
-                *gw, *([None] * nm))
+        return (
+            None,
+            None,
+            gx if input_grad else None,
+            gh,
+            gc if lstm else None,
+            None,
+            *gw,
+            *([None] * nm),
+        )
 
 
 def rnn(x, weights, h0, c0, lengths, masks, config, train):
@@ -240,10 +281,18 @@ def rnn(x, weights, h0, c0, lengths, masks, config, train):
 
 # ------------------------------------------------------------------ torch.compile: custom ops
 
+
 @torch.library.custom_op("fastrnn::rnn", mutates_args=())
-def rnn_op(x: Tensor, weights: list[Tensor], h0: Tensor, c0: Tensor, lengths: Tensor,
-           masks: list[Tensor], config: str, train: bool
-           ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+def rnn_op(
+    x: Tensor,
+    weights: list[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    lengths: Tensor,
+    masks: list[Tensor],
+    config: str,
+    train: bool,
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     return forward_impl(x, weights, h0, c0, lengths, masks, config, train)
 
 
@@ -257,17 +306,28 @@ def _rnn_fake(x, weights, h0, c0, lengths, masks, config, train):
 
 
 @torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
-def rnn_backward_op(grad_y: Tensor, grad_hn: Tensor, grad_cn: Tensor, x: Tensor,
-                    weights: list[Tensor], lengths: Tensor, masks: list[Tensor],
-                    tape: list[Tensor], config: str, input_grad: bool, param_grads: list[bool]
-                    ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    return backward_impl(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
-                         input_grad, param_grads)
+def rnn_backward_op(
+    grad_y: Tensor,
+    grad_hn: Tensor,
+    grad_cn: Tensor,
+    x: Tensor,
+    weights: list[Tensor],
+    lengths: Tensor,
+    masks: list[Tensor],
+    tape: list[Tensor],
+    config: str,
+    input_grad: bool,
+    param_grads: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    return backward_impl(
+        grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config, input_grad, param_grads
+    )
 
 
 @rnn_backward_op.register_fake
-def _rnn_backward_fake(grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config,
-                       input_grad, param_grads):
+def _rnn_backward_fake(
+    grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config, input_grad, param_grads
+):
     gx = torch.empty_like(x) if input_grad else x.new_empty((0,))
     gw = [torch.empty_like(w) for w in weights] if any(param_grads) else []
     return gx, torch.empty_like(grad_hn), torch.empty_like(grad_cn), gw
@@ -286,25 +346,44 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_hn, grad_cn, grad_tape):
     if not ctx.train:
-        raise RuntimeError("fastrnn_torch: this forward ran without a tape (no input "
-                           "required grad when it ran); cannot backpropagate through it")
+        raise RuntimeError(
+            "fastrnn_torch: this forward ran without a tape (no input "
+            "required grad when it ran); cannot backpropagate through it"
+        )
     saved = ctx.saved_tensors
     nw, nm = ctx.counts
     x, lengths = saved[0], saved[1]
-    weights = list(saved[2:2 + nw])
-    masks = list(saved[2 + nw:2 + nw + nm])
-    tape = list(saved[2 + nw + nm:])
+    weights = list(saved[2 : 2 + nw])
+    masks = list(saved[2 + nw : 2 + nw + nm])
+    tape = list(saved[2 + nw + nm :])
     needs = ctx.needs_input_grad  # (x, [each weight], h0, c0, lengths, [masks], ...)
     input_grad, param_grads = bool(needs[0]), [bool(n) for n in needs[1]]
     y_shape = tape[1].shape[:2] + (_y_width(ctx.config),)
     gx, gh, gc, gw = rnn_backward_op(
-        _grad_or_zeros(grad_y, y_shape, x), _grad_or_zeros(grad_hn, ctx.shapes[0], x),
-        _grad_or_zeros(grad_cn, ctx.shapes[1], x), x, weights, lengths, masks, tape,
-        ctx.config, input_grad, param_grads)
+        _grad_or_zeros(grad_y, y_shape, x),
+        _grad_or_zeros(grad_hn, ctx.shapes[0], x),
+        _grad_or_zeros(grad_cn, ctx.shapes[1], x),
+        x,
+        weights,
+        lengths,
+        masks,
+        tape,
+        ctx.config,
+        input_grad,
+        param_grads,
+    )
     mode = _sizes(ctx.config)[0]
     gw = [g if need else None for g, need in zip(gw, needs[1])] if gw else [None] * nw
-    return (gx if input_grad else None, gw, gh, gc if mode == "LSTM" else None, None,
-            [None] * nm, None, None)
+    return (
+        gx if input_grad else None,
+        gw,
+        gh,
+        gc if mode == "LSTM" else None,
+        None,
+        [None] * nm,
+        None,
+        None,
+    )
 
 
 def _y_width(config):
@@ -312,8 +391,10 @@ def _y_width(config):
     return D * P
 
 
-_DOUBLE_BACKWARD = ("fastrnn_torch: double backward (gradients of gradients through a "
-                    "recurrent layer) is not supported")
+_DOUBLE_BACKWARD = (
+    "fastrnn_torch: double backward (gradients of gradients through a "
+    "recurrent layer) is not supported"
+)
 
 
 def _no_double_backward(ctx, *grads):

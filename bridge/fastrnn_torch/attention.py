@@ -32,8 +32,10 @@ def _kernels_can_run(*tensors):
     device = ts[0].device
     if not (device.type == "cpu" or (device.type == "cuda" and _cuda.available())):
         return False
-    return all(t.device == device and t.dtype in (torch.float32, torch.float64)
-               and t.dtype == ts[0].dtype for t in ts)
+    return all(
+        t.device == device and t.dtype in (torch.float32, torch.float64) and t.dtype == ts[0].dtype
+        for t in ts
+    )
 
 
 def _np(t):
@@ -74,8 +76,9 @@ class _CoreFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         x = ctx.like
         with _engine(x):
-            grads = ctx.core_backward(ctx.tape, *[None if g is None else _np(g.contiguous())
-                                                  for g in grads])
+            grads = ctx.core_backward(
+                ctx.tape, *[None if g is None else _np(g.contiguous()) for g in grads]
+            )
             return (None, None, *[_t(g, x) for g in grads])
 
 
@@ -90,8 +93,10 @@ def _run(train, backward, *tensors):
 
 # ----------------------------------------------------------------------------- functions
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None):
+
+def scaled_dot_product_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None
+):
     """``torch.nn.functional.scaled_dot_product_attention`` on fastrnn's kernels.
 
     ``attn_mask``: bool (True = attend) or float (added), broadcastable to
@@ -100,12 +105,20 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     A float ``attn_mask`` gets no gradient.
     """
     if dropout_p > 0 or not _kernels_can_run(query, key, value):
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
-                                              dropout_p=dropout_p, is_causal=is_causal,
-                                              scale=scale)
+        return F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+        )
     if is_causal and attn_mask is not None:
-        raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be "
-                           "set when is_causal=True")
+        raise RuntimeError(
+            "_scaled_dot_product_attention: Explicit attn_mask should not be "
+            "set when is_causal=True"
+        )
     mask = _np(attn_mask)
 
     def train(q, k, v):
@@ -119,6 +132,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
 
 # ----------------------------------------------------------------------------- modules
+
 
 class Attn(torch.nn.Module):
     """The seq2seq tutorial's ``Attn``: ``softmax(attn([Q, K])) · V`` then ``attn_combine``.
@@ -139,8 +153,12 @@ class Attn(torch.nn.Module):
         self.attn_combine = torch.nn.Linear(query_size + value_size2, output_size)
 
     def forward(self, Q, K, V):
-        params = (self.attn.weight, self.attn.bias, self.attn_combine.weight,
-                  self.attn_combine.bias)
+        params = (
+            self.attn.weight,
+            self.attn.bias,
+            self.attn_combine.weight,
+            self.attn_combine.bias,
+        )
         if not _kernels_can_run(Q, K, V, *params):
             return self._torch_forward(Q, K, V)
 
@@ -150,8 +168,9 @@ class Attn(torch.nn.Module):
 
         def backward(tape, grad_out, grad_w):
             g = core.concat_attn_backward(tape, grad_out, grad_w)
-            return tuple(g[n] for n in ("Q", "K", "V", "W_attn", "b_attn", "W_combine",
-                                        "b_combine"))
+            return tuple(
+                g[n] for n in ("Q", "K", "V", "W_attn", "b_attn", "W_combine", "b_combine")
+            )
 
         out, w = _run(train, backward, Q, K, V, *params)
         return out, w
@@ -215,8 +234,11 @@ class LuongAttention(torch.nn.Module):
             self.attn = torch.nn.Linear(hidden_size, hidden_size)
         elif method == "concat":
             self.attn = torch.nn.Linear(2 * hidden_size, hidden_size)
-            self.v = torch.nn.Parameter(torch.empty(hidden_size).uniform_(
-                -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)))
+            self.v = torch.nn.Parameter(
+                torch.empty(hidden_size).uniform_(
+                    -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size)
+                )
+            )
 
     def _params(self):
         if self.method == "dot":

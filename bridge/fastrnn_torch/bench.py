@@ -11,7 +11,6 @@ import io
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 import fastrnn
+from fastrnn.progress import progress
 
 from . import modules as frt_modules
 
@@ -32,7 +32,7 @@ CORE = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
 class Result:
     model: str
     workload: str
-    times: dict = field(default_factory=dict)      # engine -> seconds per call
+    times: dict = field(default_factory=dict)  # engine -> seconds per call
     max_abs_diff: dict = field(default_factory=dict)  # engine -> vs fastrnn
 
     def speedup(self, engine):
@@ -114,7 +114,9 @@ def step_workload(mode, size, repeats, threads):
         feed = {"x": x[None], "h0": h0.numpy()}
         if mode == "LSTM":
             feed["c0"] = h0.numpy()
-        res.max_abs_diff["onnxruntime"] = float(np.abs(session.run(None, feed)[0][0] - ours()).max())
+        res.max_abs_diff["onnxruntime"] = float(
+            np.abs(session.run(None, feed)[0][0] - ours()).max()
+        )
         res.times["onnxruntime"] = best_time(lambda: session.run(None, feed), repeats)
     return res
 
@@ -188,6 +190,7 @@ def training_workload(mode, T, B, size, repeats):
             y, _ = module(x)
             y.backward(gy)
             return x.grad
+
         return run
 
     res = Result(mode, f"train T={T} B={B} H={size}")
@@ -206,20 +209,17 @@ def workloads(modes, hidden, full, repeats, threads):
         for size in steps:
             jobs.append(lambda mode=mode, size=size: step_workload(mode, size, repeats, threads))
         for B in batches:
-            jobs.append(lambda mode=mode, B=B: sequence_workload(mode, 100, B, hidden, repeats,
-                                                                 threads))
+            jobs.append(
+                lambda mode=mode, B=B: sequence_workload(mode, 100, B, hidden, repeats, threads)
+            )
         for B in (1, 32):
             jobs.append(lambda mode=mode, B=B: training_workload(mode, 50, B, hidden, repeats))
-    int8 = [lambda mode=mode, kind=kind: int8_workload(mode, kind, hidden, repeats, threads)
-            for mode in modes for kind in ("step", "seq")]
+    int8 = [
+        lambda mode=mode, kind=kind: int8_workload(mode, kind, hidden, repeats, threads)
+        for mode in modes
+        for kind in ("step", "seq")
+    ]
     return jobs, int8
-
-
-def _progress(done, total, label):
-    width = 28
-    filled = int(width * done / total)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:32}")
-    sys.stderr.flush()
 
 
 def _fmt(seconds):
@@ -246,16 +246,20 @@ def machine():
 
 
 def print_table(results):
-    header = (f"{'model':5} {'workload':26} {'fastrnn':>11} {'torch.nn':>11} {'onnxrt':>11} "
-              f"{'vs torch':>9} {'vs onnxrt':>9} {'max|diff|':>9}")
+    header = (
+        f"{'model':5} {'workload':26} {'fastrnn':>11} {'torch.nn':>11} {'onnxrt':>11} "
+        f"{'vs torch':>9} {'vs onnxrt':>9} {'max|diff|':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         diff = max(r.max_abs_diff.values()) if r.max_abs_diff else float("nan")
-        print(f"{r.model:5} {r.workload:26} {_fmt(r.times.get('fastrnn')):>11} "
-              f"{_fmt(r.times.get('torch')):>11} {_fmt(r.times.get('onnxruntime')):>11} "
-              f"{_ratio(r.speedup('torch')):>9} {_ratio(r.speedup('onnxruntime')):>9} "
-              f"{diff:9.1e}")
+        print(
+            f"{r.model:5} {r.workload:26} {_fmt(r.times.get('fastrnn')):>11} "
+            f"{_fmt(r.times.get('torch')):>11} {_fmt(r.times.get('onnxruntime')):>11} "
+            f"{_ratio(r.speedup('torch')):>9} {_ratio(r.speedup('onnxruntime')):>9} "
+            f"{diff:9.1e}"
+        )
 
 
 def save_chart(results, path):
@@ -267,9 +271,11 @@ def save_chart(results, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    labels = [f"{r.model} {r.workload}" + (" (orange: vs fp32 fastrnn)"
-                                            if r.workload.startswith("int8") else "")
-              for r in results]
+    labels = [
+        f"{r.model} {r.workload}"
+        + (" (orange: vs fp32 fastrnn)" if r.workload.startswith("int8") else "")
+        for r in results
+    ]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.2))
     ys = np.arange(len(results))
     for offset, engine, color in ((-0.2, "torch", "#d95f02"), (0.2, "onnxruntime", "#1b9e77")):
@@ -291,24 +297,28 @@ def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-r
     repeats = 3 if quick else 7
     threads = cores or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    print(f"fastrnn {fastrnn.__version__} vs torch {torch.__version__}"
-          f"{' and onnxruntime' if _has_ort() else ''} — float32, same weights, "
-          f"best of {repeats}; machine: {machine()}")
+    print(
+        f"fastrnn {fastrnn.__version__} vs torch {torch.__version__}"
+        f"{' and onnxruntime' if _has_ort() else ''} — float32, same weights, "
+        f"best of {repeats}; machine: {machine()}"
+    )
     jobs, int8_jobs = workloads(modes, hidden, full, repeats, threads)
-    results, total = [], len(jobs) + len(int8_jobs)
-    for i, job in enumerate(jobs + int8_jobs):
-        results.append(job())
-        _progress(i + 1, total, f"{results[-1].model} {results[-1].workload}")
-    sys.stderr.write("\n")
-    print_table(results[:len(jobs)])
-    print("\nopt-in int8 weights (Model.quantize('int8')): 'torch.nn' column = fastrnn "
-          "float32, 'vs torch' = speed-up over it, max|diff| = int8 vs float32")
-    print_table(results[len(jobs):])
+    results = [job() for job in progress(jobs + int8_jobs, desc="fastrnn bench")]
+    print_table(results[: len(jobs)])
+    print(
+        "\nopt-in int8 weights (Model.quantize('int8')): 'torch.nn' column = fastrnn "
+        "float32, 'vs torch' = speed-up over it, max|diff| = int8 vs float32"
+    )
+    print_table(results[len(jobs) :])
     if out:
         os.makedirs(out, exist_ok=True)
-        record = {"machine": machine(), "fastrnn": fastrnn.__version__,
-                  "torch": torch.__version__, "threads": threads,
-                  "results": [asdict(r) for r in results]}
+        record = {
+            "machine": machine(),
+            "fastrnn": fastrnn.__version__,
+            "torch": torch.__version__,
+            "threads": threads,
+            "results": [asdict(r) for r in results],
+        }
         with open(os.path.join(out, "latest.json"), "w") as f:
             json.dump(record, f, indent=1)
         chart = save_chart(results, os.path.join(out, "ratios.png"))

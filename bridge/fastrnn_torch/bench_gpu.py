@@ -45,6 +45,7 @@ def forward_fn(model, x):
     def run():
         with torch.no_grad():
             return model(x)[0]
+
     return run
 
 
@@ -53,6 +54,7 @@ def training_fn(model, x):
         model.zero_grad(set_to_none=True)
         x.grad = None
         model(x)[0].sum().backward()
+
     return run
 
 
@@ -72,13 +74,24 @@ def run(modes=("LSTM", "GRU", "RNN"), quick=False):
                     f_ours(), f_theirs()  # warm-up: compiles, fills caches
                     ours_ms = median_ms(f_ours, repeats)
                     theirs_ms = median_ms(f_theirs, repeats)
-                    rows.append(dict(mode=mode, hidden=hidden, batch=batch, task=task,
-                                     fastrnn_ms=ours_ms, torch_ms=theirs_ms,
-                                     ratio=theirs_ms / ours_ms, max_abs_diff=diff))
-                    print(f"{mode:5s} H={hidden:5d} B={batch:3d} {task:8s}  fastrnn "
-                          f"{ours_ms:8.3f} ms  torch.nn (cuDNN) {theirs_ms:8.3f} ms  "
-                          f"ratio {theirs_ms / ours_ms:5.2f}x  max|diff| {diff:.1e}",
-                          flush=True)
+                    rows.append(
+                        dict(
+                            mode=mode,
+                            hidden=hidden,
+                            batch=batch,
+                            task=task,
+                            fastrnn_ms=ours_ms,
+                            torch_ms=theirs_ms,
+                            ratio=theirs_ms / ours_ms,
+                            max_abs_diff=diff,
+                        )
+                    )
+                    print(
+                        f"{mode:5s} H={hidden:5d} B={batch:3d} {task:8s}  fastrnn "
+                        f"{ours_ms:8.3f} ms  torch.nn (cuDNN) {theirs_ms:8.3f} ms  "
+                        f"ratio {theirs_ms / ours_ms:5.2f}x  max|diff| {diff:.1e}",
+                        flush=True,
+                    )
     return rows
 
 
@@ -87,11 +100,11 @@ def main(quick=False, modes=("LSTM", "GRU", "RNN"), out="bench-results"):
         print("fastrnn bench --gpu needs a CUDA build of torch and a GPU; none here")
         return 1
     import fastrnn
+
     if not fastrnn.cuda.is_available():
         print("fastrnn bench --gpu needs numba-cuda (pip install 'fastrnn[cuda]')")
         return 1
-    print(f"# {torch.cuda.get_device_name()}, T={T}, float32; ratio = torch.nn time / "
-          f"fastrnn time")
+    print(f"# {torch.cuda.get_device_name()}, T={T}, float32; ratio = torch.nn time / fastrnn time")
     rows = run(modes, quick)
     if out:
         os.makedirs(out, exist_ok=True)

@@ -10,9 +10,14 @@ from fastrnn.io import save_safetensors
 
 from . import modules
 
-_SWAPS = {torch.nn.RNN: modules.RNN, torch.nn.LSTM: modules.LSTM, torch.nn.GRU: modules.GRU,
-          torch.nn.RNNCell: modules.RNNCell, torch.nn.LSTMCell: modules.LSTMCell,
-          torch.nn.GRUCell: modules.GRUCell}
+_SWAPS = {
+    torch.nn.RNN: modules.RNN,
+    torch.nn.LSTM: modules.LSTM,
+    torch.nn.GRU: modules.GRU,
+    torch.nn.RNNCell: modules.RNNCell,
+    torch.nn.LSTMCell: modules.LSTMCell,
+    torch.nn.GRUCell: modules.GRUCell,
+}
 
 __all__ = ["convert", "export"]
 
@@ -55,19 +60,31 @@ def convert(model, *, return_swapped=False):
 
 def _core_description(module):
     """(class name, constructor config) of the fastrnn core model matching ``module``."""
-    for base, name in ((torch.nn.LSTM, "LSTM"), (torch.nn.GRU, "GRU"), (torch.nn.RNN, "RNN"),
-                       (modules.LSTM, "LSTM"), (modules.GRU, "GRU"), (modules.RNN, "RNN"),
-                       (torch.nn.LSTMCell, "LSTMCell"), (torch.nn.GRUCell, "GRUCell"),
-                       (torch.nn.RNNCell, "RNNCell")):
+    for base, name in (  # noqa: B007 (name is used after the loop)
+        (torch.nn.LSTM, "LSTM"),
+        (torch.nn.GRU, "GRU"),
+        (torch.nn.RNN, "RNN"),
+        (modules.LSTM, "LSTM"),
+        (modules.GRU, "GRU"),
+        (modules.RNN, "RNN"),
+        (torch.nn.LSTMCell, "LSTMCell"),
+        (torch.nn.GRUCell, "GRUCell"),
+        (torch.nn.RNNCell, "RNNCell"),
+    ):
         if isinstance(module, base):
             break
     else:
-        raise TypeError(f"module must be a torch.nn RNN, LSTM, GRU or *Cell; got "
-                        f"{type(module).__name__}")
+        raise TypeError(
+            f"module must be a torch.nn RNN, LSTM, GRU or *Cell; got {type(module).__name__}"
+        )
     cfg = dict(input_size=module.input_size, hidden_size=module.hidden_size, bias=module.bias)
     if not name.endswith("Cell"):
-        cfg.update(num_layers=module.num_layers, batch_first=module.batch_first,
-                   dropout=float(module.dropout), bidirectional=module.bidirectional)
+        cfg.update(
+            num_layers=module.num_layers,
+            batch_first=module.batch_first,
+            dropout=float(module.dropout),
+            bidirectional=module.bidirectional,
+        )
         if name == "LSTM":
             cfg["proj_size"] = module.proj_size
     if name.startswith("RNN"):
@@ -92,8 +109,7 @@ def export(module, path):
         if arr.dtype not in (torch.float32, torch.float64):
             arr = arr.float()
         tensors[key] = np.ascontiguousarray(arr.numpy())
-    cfg["dtype"] = "float64" if all(a.dtype == np.float64 for a in tensors.values()) \
-        else "float32"
+    cfg["dtype"] = "float64" if all(a.dtype == np.float64 for a in tensors.values()) else "float32"
     tensors = {k: v.astype(cfg["dtype"]) for k, v in tensors.items()}
     meta = {"__fastrnn_config__": json.dumps({"class": name, "config": cfg}), "format": "pt"}
     save_safetensors(path, tensors, meta)

@@ -59,16 +59,29 @@ def _config(module, mode, num_layers, dtype):
 
     A constant for ``torch.compile``: it depends on the module's settings only.
     """
-    key = (dtype, module.hidden_size, module.input_size, num_layers, module.bias,
-           getattr(module, "dropout", 0.0), getattr(module, "bidirectional", False),
-           getattr(module, "proj_size", 0), getattr(module, "nonlinearity", "tanh"))
+    key = (
+        dtype,
+        module.hidden_size,
+        module.input_size,
+        num_layers,
+        module.bias,
+        getattr(module, "dropout", 0.0),
+        getattr(module, "bidirectional", False),
+        getattr(module, "proj_size", 0),
+        getattr(module, "nonlinearity", "tanh"),
+    )
     cache = module.__dict__.setdefault("_fastrnn_config", {})
     if key not in cache:
-        cfg = dict(mode=mode, input_size=module.input_size, hidden_size=module.hidden_size,
-                   num_layers=num_layers, bias=module.bias,
-                   dropout=float(getattr(module, "dropout", 0.0)),
-                   bidirectional=bool(getattr(module, "bidirectional", False)),
-                   dtype=_DTYPES[dtype])
+        cfg = dict(
+            mode=mode,
+            input_size=module.input_size,
+            hidden_size=module.hidden_size,
+            num_layers=num_layers,
+            bias=module.bias,
+            dropout=float(getattr(module, "dropout", 0.0)),
+            bidirectional=bool(getattr(module, "bidirectional", False)),
+            dtype=_DTYPES[dtype],
+        )
         if mode == "LSTM":
             cfg["proj_size"] = getattr(module, "proj_size", 0)
         if mode == "RNN":
@@ -112,7 +125,7 @@ def _packed_order(batch_sizes, sorted_indices):
     B = int(batch_sizes[0])
     order = torch.arange(B) if sorted_indices is None else sorted_indices.cpu()
     t_idx = torch.repeat_interleave(torch.arange(T), batch_sizes)
-    b_idx = torch.cat([order[:int(n)] for n in batch_sizes])
+    b_idx = torch.cat([order[: int(n)] for n in batch_sizes])
     return t_idx, b_idx
 
 
@@ -138,19 +151,25 @@ class _RNNMixin(_Portable):
             self.check_forward_args(input.data, hx, input.batch_sizes)
         else:
             if input.dim() not in (2, 3):
-                raise ValueError(f"{self._mode}: Expected input to be 2D or 3D, got "
-                                 f"{input.dim()}D instead")
+                raise ValueError(
+                    f"{self._mode}: Expected input to be 2D or 3D, got {input.dim()}D instead"
+                )
             unbatched = input.dim() == 2
-            x = input.unsqueeze(1) if unbatched else \
-                (input.transpose(0, 1) if self.batch_first else input)
+            x = (
+                input.unsqueeze(1)
+                if unbatched
+                else (input.transpose(0, 1) if self.batch_first else input)
+            )
             lengths = torch.full((x.shape[1],), x.shape[0], dtype=torch.int64)
             if hx is not None:
                 parts = hx if lstm else (hx,)
                 want = 2 if unbatched else 3
                 if any(h.dim() != want for h in parts):
-                    raise RuntimeError(f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} "
-                                       f"input, hx should also be {want}-D but got "
-                                       f"{tuple(h.dim() for h in parts)}-D tensors")
+                    raise RuntimeError(
+                        f"For {'unbatched 2-D' if unbatched else 'batched 3-D'} "
+                        f"input, hx should also be {want}-D but got "
+                        f"{tuple(h.dim() for h in parts)}-D tensors"
+                    )
                 if unbatched:
                     hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
             else:
@@ -161,17 +180,28 @@ class _RNNMixin(_Portable):
         h0, c0 = hx if lstm else (hx, x.new_empty((0,)))
         masks = []
         if self.training and self.dropout > 0 and self.num_layers > 1:
-            masks = [x.new_empty((x.shape[0], B, D * P)).bernoulli_(1 - self.dropout)
-                     for _ in range(self.num_layers - 1)]
+            masks = [
+                x.new_empty((x.shape[0], B, D * P)).bernoulli_(1 - self.dropout)
+                for _ in range(self.num_layers - 1)
+            ]
         train = _needs_grad([x, h0, c0] + list(weights))
         config = _config(self, self._mode, self.num_layers, x.dtype)
-        y, hn, cn, _ = rnn(x.contiguous(), list(weights), h0.contiguous(), c0.contiguous(),
-                              lengths.to(torch.int64).contiguous(), masks, config, train)
+        y, hn, cn, _ = rnn(
+            x.contiguous(),
+            list(weights),
+            h0.contiguous(),
+            c0.contiguous(),
+            lengths.to(torch.int64).contiguous(),
+            masks,
+            config,
+            train,
+        )
         state = (hn, cn) if lstm else hn
         if packed:
             t_idx, b_idx = _packed_order(input.batch_sizes, input.sorted_indices)
-            out = PackedSequence(y[t_idx, b_idx], input.batch_sizes, input.sorted_indices,
-                                 input.unsorted_indices)
+            out = PackedSequence(
+                y[t_idx, b_idx], input.batch_sizes, input.sorted_indices, input.unsorted_indices
+            )
             return out, state
         if unbatched:
             return y.squeeze(1), ((hn.squeeze(1), cn.squeeze(1)) if lstm else hn.squeeze(1))
@@ -201,8 +231,9 @@ class RNN(_RNNMixin, torch.nn.RNNBase):
             nonlinearity = kwargs.pop("nonlinearity", "tanh")
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
         if nonlinearity not in modes:
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
-                             "'relu'.")
+            raise ValueError(
+                f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+            )
         self.nonlinearity = nonlinearity
         super().__init__(modes[nonlinearity], *args, **kwargs)
 
@@ -246,18 +277,21 @@ class _CellMixin(_Portable):
         lstm = self._mode == "LSTM"
         name = type(self).__name__
         if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D "
-                             "instead")
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         parts = () if hx is None else (hx if lstm else (hx,))
         if any(h.dim() not in (1, 2) for h in parts):
-            raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got "
-                             f"{tuple(h.dim() for h in parts)}D instead")
+            raise ValueError(
+                f"{name}: Expected hidden to be 1D or 2D, got "
+                f"{tuple(h.dim() for h in parts)}D instead"
+            )
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         B = x.shape[0]
         if input.shape[-1] != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} "
-                               f"expected {self.input_size}")
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.shape[-1]} "
+                f"expected {self.input_size}"
+            )
         if hx is None:
             z = x.new_zeros((B, self.hidden_size))
             parts = (z, z) if lstm else (z,)
@@ -265,15 +299,24 @@ class _CellMixin(_Portable):
             parts = tuple(h.unsqueeze(0) if unbatched else h for h in parts)
             for h in parts:
                 if tuple(h.shape) != (B, self.hidden_size):
-                    raise RuntimeError(f"hidden has shape {tuple(h.shape)}, expected "
-                                       f"{(B, self.hidden_size)}")
+                    raise RuntimeError(
+                        f"hidden has shape {tuple(h.shape)}, expected {(B, self.hidden_size)}"
+                    )
         h0 = parts[0].unsqueeze(0)
         c0 = parts[1].unsqueeze(0) if lstm else x.new_empty((0,))
         train = _needs_grad([x, h0, c0] + weights)
         config = _config(self, self._mode, 1, x.dtype)
         lengths = torch.ones(B, dtype=torch.int64)
-        _, hn, cn, _ = rnn(x.unsqueeze(0).contiguous(), weights, h0.contiguous(),
-                              c0.contiguous(), lengths, [], config, train)
+        _, hn, cn, _ = rnn(
+            x.unsqueeze(0).contiguous(),
+            weights,
+            h0.contiguous(),
+            c0.contiguous(),
+            lengths,
+            [],
+            config,
+            train,
+        )
         h1 = hn[0]
         if lstm:
             c1 = cn[0]

@@ -13,8 +13,20 @@ arrays. ``model.to_device()`` keeps the weights resident on the GPU.
 
 import os
 
-__all__ = ["is_available", "is_simulator", "is_device_array", "as_device_array", "to_device",
-           "attention"]
+__all__ = [
+    "is_available",
+    "is_simulator",
+    "is_device_array",
+    "as_device_array",
+    "to_device",
+    "require",
+    "CudaUnavailableError",
+    "attention",
+]
+
+
+class CudaUnavailableError(RuntimeError):
+    """fastrnn was asked to use CUDA where no usable GPU (or no numba-cuda) is present."""
 
 
 def is_simulator():
@@ -27,9 +39,44 @@ def is_available():
     GPU (or the simulator) is present. Never raises."""
     try:
         from numba import cuda
+
         return bool(cuda.is_available())
     except Exception:  # no numba-cuda, no driver, no device: all mean "no"
         return False
+
+
+def _why_unavailable():
+    """None when CUDA is usable, else a sentence saying why not."""
+    try:
+        from numba import cuda
+    except Exception as exc:  # numba-cuda not installed, or broken
+        return f"numba.cuda cannot be imported ({exc}); install with pip install 'fastrnn[cuda]'"
+    try:
+        if cuda.is_available():
+            return None
+        cuda.current_context()  # raises the driver's reason when there is one
+        return "no CUDA GPU was found"
+    except Exception as exc:
+        detail = " ".join(str(exc).split()).rstrip(":")
+        return f"no usable CUDA GPU or driver ({type(exc).__name__}: {detail})"
+
+
+def require(what):
+    """Raise :class:`CudaUnavailableError` naming ``what`` unless CUDA is usable.
+
+    Parameters
+    ----------
+    what : str
+        What asked for the GPU, e.g. ``"LSTM.to_device()"``.
+    """
+    if is_simulator():
+        return
+    reason = _why_unavailable()
+    if reason is not None:
+        raise CudaUnavailableError(
+            f"{what} needs a CUDA GPU, but {reason}. Check with "
+            "fastrnn.cuda.is_available() before asking for the GPU"
+        )
 
 
 def is_device_array(obj):
@@ -42,18 +89,23 @@ def is_device_array(obj):
 
 def as_device_array(obj):
     """A Numba device array viewing ``obj``'s GPU memory (no copy)."""
+    require("fastrnn.cuda.as_device_array()")
     from ._device import as_device_array as convert
+
     return convert(obj)
 
 
 def to_device(array):
     """Copy a host array to the GPU (a Numba device array)."""
+    require("fastrnn.cuda.to_device()")
     from ._device import to_device as copy
+
     return copy(array)
 
 
 def __getattr__(name):
     if name == "attention":  # imported on first use: it compiles kernels
         import importlib
+
         return importlib.import_module(f"{__name__}.attention")
     raise AttributeError(f"module 'fastrnn.cuda' has no attribute {name!r}")

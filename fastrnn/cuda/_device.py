@@ -30,6 +30,7 @@ def _lock_simulator_shared_arrays():
 
     from numba.cuda.simulator import kernelapi
     from numba.np import numpy_support
+
     shared = getattr(kernelapi, "FakeCUDAShared", None)
     if shared is None or getattr(shared, "_fastrnn_locked", False):
         return
@@ -49,6 +50,7 @@ def _lock_simulator_shared_arrays():
                 res = np.empty(shape, dtype)
                 self._allocations[caller] = res
         return res
+
     shared.array = array
     shared._fastrnn_locked = True
 
@@ -104,9 +106,13 @@ class _HostView:
 
     def __init__(self, owner, desc):
         self.owner = owner  # keeps the memory alive as long as the view
-        self.__array_interface__ = {"shape": tuple(desc["shape"]), "typestr": desc["typestr"],
-                                    "data": desc["data"], "strides": desc.get("strides"),
-                                    "version": 3}
+        self.__array_interface__ = {
+            "shape": tuple(desc["shape"]),
+            "typestr": desc["typestr"],
+            "data": desc["data"],
+            "strides": desc.get("strides"),
+            "version": 3,
+        }
 
 
 def as_device_array(obj):
@@ -117,15 +123,20 @@ def as_device_array(obj):
     """
     if not is_simulator():
         from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
         if isinstance(obj, DeviceNDArray):
             return obj
         if hasattr(obj, "__cuda_array_interface__"):
-            return cuda.from_cuda_array_interface(obj.__cuda_array_interface__, owner=obj,
-                                                  sync=False)
+            return cuda.from_cuda_array_interface(
+                obj.__cuda_array_interface__, owner=obj, sync=False
+            )
     elif type(obj).__name__ == "FakeCUDAArray":
         return obj
     elif hasattr(obj, "__cuda_array_interface__"):
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
         return FakeCUDAArray(np.asarray(_HostView(obj, obj.__cuda_array_interface__)))
-    raise TypeError(f"expected a device array (an object with __cuda_array_interface__); "
-                    f"got {type(obj).__name__}")
+    raise TypeError(
+        f"expected a device array (an object with __cuda_array_interface__); "
+        f"got {type(obj).__name__}"
+    )

@@ -170,12 +170,15 @@ def _host(a):
     if hasattr(a, "copy_to_host"):
         return a.copy_to_host()
     from . import as_device_array
+
     return as_device_array(a).copy_to_host()
 
 
 def _device_masks(madd, mbool):
-    return (_device.to_device(np.ascontiguousarray(madd)),
-            _device.to_device(np.ascontiguousarray(mbool)))
+    return (
+        _device.to_device(np.ascontiguousarray(madd)),
+        _device.to_device(np.ascontiguousarray(mbool)),
+    )
 
 
 # ----------------------------------------------------------------------------- scaled dot product
@@ -185,21 +188,32 @@ def _sdpa_prepare(q, k, v, mask, causal, scale):
     q, k, v = _inputs(("query", "key", "value"), (q, k, v))
     cpu._sdpa_shapes(q, k, v)
     nq, nk, nv = q.ndim, k.ndim, v.ndim
-    batch = tuple(q.shape[:nq - 2])
-    if tuple(k.shape[:nk - 2]) != batch or tuple(v.shape[:nv - 2]) != batch:
-        raise ValueError(f"on the GPU, query {q.shape}, key {k.shape} and value {v.shape} "
-                         f"must have the same leading dimensions (no broadcasting)")
-    Lq, d = q.shape[nq - 2:]
-    Lk, dv = v.shape[nv - 2:]
+    batch = tuple(q.shape[: nq - 2])
+    if tuple(k.shape[: nk - 2]) != batch or tuple(v.shape[: nv - 2]) != batch:
+        raise ValueError(
+            f"on the GPU, query {q.shape}, key {k.shape} and value {v.shape} "
+            f"must have the same leading dimensions (no broadcasting)"
+        )
+    Lq, d = q.shape[nq - 2 :]
+    Lk, dv = v.shape[nv - 2 :]
     N = int(np.prod(batch, dtype=np.int64))
     B1 = batch[-1] if batch else 1
     B0 = N // B1 if B1 else 0
     madd, mbool = cpu._mask4(_host(mask), batch, Lq, Lk, B0, B1, np.dtype(q.dtype))
     madd, mbool = _device_masks(madd, mbool)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    return dict(q=linalg.reshaped(q, (N, Lq, d)), k=linalg.reshaped(k, (N, Lk, d)), v=linalg.reshaped(v, (N, Lk, dv)),
-                madd=madd, mbool=mbool, causal=bool(causal), scale=scale, B1=max(B1, 1),
-                batch=batch, device=True)
+    return dict(
+        q=linalg.reshaped(q, (N, Lq, d)),
+        k=linalg.reshaped(k, (N, Lk, d)),
+        v=linalg.reshaped(v, (N, Lk, dv)),
+        madd=madd,
+        mbool=mbool,
+        causal=bool(causal),
+        scale=scale,
+        B1=max(B1, 1),
+        batch=batch,
+        device=True,
+    )
 
 
 def _row_blocks(p):
@@ -212,8 +226,19 @@ def _row_blocks(p):
 def _softmax(S, p, q0, lse, from_lse):
     N, R, _ = S.shape
     dt = np.dtype(S.dtype).type
-    _launch_rows(_softmax_kernel, N * R, S, p["madd"], p["mbool"], p["causal"],
-                 dt(p["scale"]), p["B1"], q0, lse, from_lse)
+    _launch_rows(
+        _softmax_kernel,
+        N * R,
+        S,
+        p["madd"],
+        p["mbool"],
+        p["causal"],
+        dt(p["scale"]),
+        p["B1"],
+        q0,
+        lse,
+        from_lse,
+    )
 
 
 def _sdpa_run(p, probs=False):
@@ -228,7 +253,7 @@ def _sdpa_run(p, probs=False):
     blocks = [(0, Lq)] if probs else _row_blocks(p)
     S = _device.empty((N, blocks[0][1] - blocks[0][0], Lk), dt)
     for q0, q1 in blocks:
-        Sb = S[:, :q1 - q0]
+        Sb = S[:, : q1 - q0]
         linalg.gemm(q[:, q0:q1], k, Sb, trans_b=True)
         _softmax(Sb, p, q0, lse, False)
         linalg.gemm(Sb, v, out[:, q0:q1])
@@ -268,15 +293,16 @@ def scaled_dot_product_backward(tape, grad_out):
     S = _device.empty((N, blocks[0][1] - blocks[0][0], Lk), dt)
     dP = _device.empty(S.shape, dt)
     for q0, q1 in blocks:  # recompute P from Q, K and the saved log-sum-exp
-        Sb, dPb = S[:, :q1 - q0], dP[:, :q1 - q0]
+        Sb, dPb = S[:, : q1 - q0], dP[:, : q1 - q0]
         linalg.gemm(q[:, q0:q1], k, Sb, trans_b=True)
         _softmax(Sb, p, q0, p["lse"], True)
         do = do_all[:, q0:q1]
         first = 0.0 if q0 == 0 else 1.0
         linalg.gemm(Sb, do, dv, beta=first, trans_a=True)
         linalg.gemm(do, v, dPb, trans_b=True)
-        _launch_rows(_dscores_kernel, N * (q1 - q0), Sb, dPb, do, out[:, q0:q1],
-                     dt.type(p["scale"]))
+        _launch_rows(
+            _dscores_kernel, N * (q1 - q0), Sb, dPb, do, out[:, q0:q1], dt.type(p["scale"])
+        )
         linalg.gemm(dPb, k, dq[:, q0:q1])
         linalg.gemm(dPb, q[:, q0:q1], dk, beta=first, trans_a=True)
     batch = p["batch"]
@@ -293,8 +319,7 @@ def _softmax_rows(scores):
     lse = _device.empty((B, 1), dt)
     none_f = _device.empty((0, 0, 0, 0), dt)
     none_b = _device.empty((0, 0, 0, 0), np.bool_)
-    _launch_rows(_softmax_kernel, B, scores, none_f, none_b, False, dt.type(1), 1, 0, lse,
-                 False)
+    _launch_rows(_softmax_kernel, B, scores, none_f, none_b, False, dt.type(1), 1, 0, lse, False)
     return scores
 
 
@@ -307,7 +332,8 @@ def _softmax_backward(w, dw):
 
 def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
     query, keys, values, W_q, W_k, v = _inputs(
-        ("query", "keys", "values", "W_q", "W_k", "v"), (query, keys, values, W_q, W_k, v))
+        ("query", "keys", "values", "W_q", "W_k", "v"), (query, keys, values, W_q, W_k, v)
+    )
     B, L, H = cpu._additive_shapes(query, keys, values, W_q, W_k, v)
     ks = keys.shape[2]
     dt = np.dtype(query.dtype)
@@ -325,17 +351,27 @@ def _additive_prepare(query, keys, values, W_q, W_k, v, bias, mask):
     pq = linalg.gemm(query, W_q, _device.empty((B, H), dt), trans_b=True)
     keys2 = linalg.reshaped(keys, (B * L, ks))
     pk = linalg.gemm(keys2, W_k, _device.empty((B * L, H), dt), trans_b=True)
-    return dict(query=query, keys2=keys2, keys_shape=tuple(keys.shape),
-                values=linalg.reshaped(values, values.shape), W_q=W_q, W_k=W_k, v=v, bias=bias,
-                mask=mb, pq=pq, pk=pk.reshape((B, L, H)), device=True)
+    return dict(
+        query=query,
+        keys2=keys2,
+        keys_shape=tuple(keys.shape),
+        values=linalg.reshaped(values, values.shape),
+        W_q=W_q,
+        W_k=W_k,
+        v=v,
+        bias=bias,
+        mask=mb,
+        pq=pq,
+        pk=pk.reshape((B, L, H)),
+        device=True,
+    )
 
 
 def _additive_run(p):
     B, L, _ = p["pk"].shape
     dt = np.dtype(p["pq"].dtype)
     w = _device.empty((B, 1, L), dt)
-    _launch_rows(_additive_scores_kernel, B * L, p["pq"], p["pk"], p["bias"], p["v"],
-                 p["mask"], w)
+    _launch_rows(_additive_scores_kernel, B * L, p["pq"], p["pk"], p["bias"], p["v"], p["mask"], w)
     _softmax_rows(w)
     dv = p["values"].shape[2]
     context = _device.empty((B, 1, dv), dt)
@@ -345,8 +381,7 @@ def _additive_run(p):
 
 def additive(query, keys, values, W_q, W_k, v, mask=None):
     """:func:`fastrnn.attention.additive` on device arrays."""
-    context, w = _additive_run(_additive_prepare(query, keys, values, W_q, W_k, v, None,
-                                                 mask))
+    context, w = _additive_run(_additive_prepare(query, keys, values, W_q, W_k, v, None, mask))
     return context, w.reshape((w.shape[0], w.shape[2]))
 
 
@@ -377,8 +412,7 @@ def additive_backward(tape, grad_context, grad_weights=None):
     dvalues = linalg.gemm(w, gc3, _device.empty((B, L, V), dt), trans_a=True)
     dscore = _softmax_backward(w, dw)
     da = _device.empty((B, L, H), dt)
-    _launch_rows(_additive_da_kernel, B * L * H, p["pq"], p["pk"], p["bias"], p["v"], dscore,
-                 da)
+    _launch_rows(_additive_da_kernel, B * L * H, p["pq"], p["pk"], p["bias"], p["v"], dscore, da)
     dvvec = _device.empty((H,), dt)
     _launch_rows(_additive_dv_kernel, H, p["pq"], p["pk"], p["bias"], dscore, dvvec)
     dpq = _device.empty((B, H), dt)
@@ -387,12 +421,13 @@ def additive_backward(tape, grad_context, grad_weights=None):
     ks = p["W_k"].shape[1]
     return dict(
         query=linalg.gemm(dpq, p["W_q"], _device.empty((B, p["W_q"].shape[1]), dt)),
-        keys=linalg.gemm(da2, p["W_k"], _device.empty((B * L, ks), dt)).reshape(
-            p["keys_shape"]),
+        keys=linalg.gemm(da2, p["W_k"], _device.empty((B * L, ks), dt)).reshape(p["keys_shape"]),
         values=dvalues,
         W_q=linalg.gemm(dpq, p["query"], _device.empty(p["W_q"].shape, dt), trans_a=True),
         W_k=linalg.gemm(da2, p["keys2"], _device.empty(p["W_k"].shape, dt), trans_a=True),
-        v=dvvec, bias=linalg.column_sum(da2, _device.empty((H,), dt)))
+        v=dvvec,
+        bias=linalg.column_sum(da2, _device.empty((H,), dt)),
+    )
 
 
 # ----------------------------------------------------------------------------- Luong
@@ -410,8 +445,7 @@ def luong_train(query, keys, values=None, method="dot", weights=None, mask=None)
         W, b, v = params
         (W,) = _inputs(("weights[0] (W)",), (W,), dt)
         ctx, w, tape = additive_train(query, keys, values, W[:, :H], W[:, H:], v, mask, b)
-        return ctx, w, cpu.AttentionTape("luong", dict(method=method, inner=tape, H=H,
-                                                       device=True))
+        return ctx, w, cpu.AttentionTape("luong", dict(method=method, inner=tape, H=H, device=True))
     if method == "general":
         W, b = params
         (W,) = _inputs(("weights[0] (W)",), (W,), dt)
@@ -428,11 +462,18 @@ def luong_train(query, keys, values=None, method="dot", weights=None, mask=None)
     p = _sdpa_prepare(linalg.reshaped(qq, (B, 1, H)), keys, values, mask3, False, 1.0)
     out, lse, probs = _sdpa_run(p, probs=True)
     p.update(out=out, lse=lse)
-    saved = dict(method=method, inner=cpu.AttentionTape("sdpa", p), H=H, query=query,
-                 params=params, qq=qq, probs=probs, device=True)
+    saved = dict(
+        method=method,
+        inner=cpu.AttentionTape("sdpa", p),
+        H=H,
+        query=query,
+        params=params,
+        qq=qq,
+        probs=probs,
+        device=True,
+    )
     L = keys.shape[1]
-    return out.reshape((B, out.shape[2])), probs.reshape((B, L)), \
-        cpu.AttentionTape("luong", saved)
+    return out.reshape((B, out.shape[2])), probs.reshape((B, L)), cpu.AttentionTape("luong", saved)
 
 
 def luong(query, keys, values=None, method="dot", weights=None, mask=None):
@@ -450,8 +491,9 @@ def luong_backward(tape, grad_context, grad_weights=None):
         W = _device.empty((H, 2 * H), g["W_q"].dtype)
         linalg.copy(g["W_q"], W[:, :H])
         linalg.copy(g["W_k"], W[:, H:])
-        return dict(query=g["query"], keys=g["keys"], values=g["values"], W=W, b=g["bias"],
-                    v=g["v"])
+        return dict(
+            query=g["query"], keys=g["keys"], values=g["values"], W=W, b=g["bias"], v=g["v"]
+        )
     p = s["inner"].saved
     out = p["out"]
     B, _, V = out.shape
@@ -486,8 +528,8 @@ def luong_backward(tape, grad_context, grad_weights=None):
 def _concat_columns(a, b):
     """[a, b] along axis 1 for 2-D device arrays."""
     out = _device.empty((a.shape[0], a.shape[1] + b.shape[1]), a.dtype)
-    linalg.copy(a, out[:, :a.shape[1]])
-    linalg.copy(b, out[:, a.shape[1]:])
+    linalg.copy(a, out[:, : a.shape[1]])
+    linalg.copy(b, out[:, a.shape[1] :])
     return out
 
 
@@ -495,10 +537,11 @@ def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     """:func:`fastrnn.attention.concat_attn_train` on device arrays."""
     Q, K, V, W_attn, b_attn, W_combine, b_combine = _inputs(
         ("Q", "K", "V", "W_attn", "b_attn", "W_combine", "b_combine"),
-        (Q, K, V, W_attn, b_attn, W_combine, b_combine))
+        (Q, K, V, W_attn, b_attn, W_combine, b_combine),
+    )
     B, qs, L, vs2 = cpu._concat_attn_shapes(Q, K, V, W_attn, b_attn, W_combine, b_combine)
     dt = np.dtype(Q.dtype)
-    x = _concat_columns(Q[0], K[0])                                    # (B, qs + ks)
+    x = _concat_columns(Q[0], K[0])  # (B, qs + ks)
     w = linalg.gemm(x, W_attn, _device.empty((B, L), dt), trans_b=True)
     _launch_rows(_add_row_kernel, B * L, w, b_attn)
     w = _softmax_rows(w.reshape((B, 1, L)))
@@ -506,10 +549,21 @@ def concat_attn_train(Q, K, V, W_attn, b_attn, W_combine, b_combine):
     z = _concat_columns(Q[0], applied.reshape((B, vs2)))
     out = linalg.gemm(z, W_combine, _device.empty((B, W_combine.shape[0]), dt), trans_b=True)
     _launch_rows(_add_row_kernel, out.size, out, b_combine)
-    saved = dict(V=linalg.reshaped(V, V.shape), x=x, w=w, z=z, W_attn=W_attn, W_combine=W_combine,
-                 qs=qs, device=True)
-    return out.reshape((1,) + tuple(out.shape)), w.reshape((B, L)), \
-        cpu.AttentionTape("concat_attn", saved)
+    saved = dict(
+        V=linalg.reshaped(V, V.shape),
+        x=x,
+        w=w,
+        z=z,
+        W_attn=W_attn,
+        W_combine=W_combine,
+        qs=qs,
+        device=True,
+    )
+    return (
+        out.reshape((1,) + tuple(out.shape)),
+        w.reshape((B, L)),
+        cpu.AttentionTape("concat_attn", saved),
+    )
 
 
 def concat_attn(Q, K, V, W_attn, b_attn, W_combine, b_combine):
@@ -541,10 +595,12 @@ def concat_attn_backward(tape, grad_output, grad_weights=None):
     dx = linalg.gemm(dlogits, s["W_attn"], _device.empty(s["x"].shape, dt))
     dQ = linalg.add_into(linalg.copy(dz[:, :qs]), dx[:, :qs])
     dK = linalg.copy(dx[:, qs:])
-    return dict(Q=dQ.reshape((1, B, qs)), K=dK.reshape((1,) + tuple(dK.shape)), V=dV,
-                W_attn=linalg.gemm(dlogits, s["x"], _device.empty(s["W_attn"].shape, dt),
-                                   trans_a=True),
-                b_attn=linalg.column_sum(dlogits, _device.empty((L,), dt)),
-                W_combine=linalg.gemm(go, z, _device.empty(s["W_combine"].shape, dt),
-                                      trans_a=True),
-                b_combine=linalg.column_sum(go, _device.empty((go.shape[1],), dt)))
+    return dict(
+        Q=dQ.reshape((1, B, qs)),
+        K=dK.reshape((1,) + tuple(dK.shape)),
+        V=dV,
+        W_attn=linalg.gemm(dlogits, s["x"], _device.empty(s["W_attn"].shape, dt), trans_a=True),
+        b_attn=linalg.column_sum(dlogits, _device.empty((L,), dt)),
+        W_combine=linalg.gemm(go, z, _device.empty(s["W_combine"].shape, dt), trans_a=True),
+        b_combine=linalg.column_sum(go, _device.empty((go.shape[1],), dt)),
+    )

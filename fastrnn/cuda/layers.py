@@ -23,13 +23,16 @@ _KIND = {"LSTM": 0, "GRU": 1, "RNN": 2}
 def _array(name, value, dtype, shape_text, why="the model's dtype"):
     """A device array of ``dtype`` (host arrays are copied over; no silent casts)."""
     if not hasattr(value, "dtype") or not hasattr(value, "shape"):
-        raise TypeError(f"{name} must be an array of shape {shape_text} and dtype {dtype}; "
-                        f"got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be an array of shape {shape_text} and dtype {dtype}; "
+            f"got {type(value).__name__}"
+        )
     if np.dtype(value.dtype) != dtype:
         raise TypeError(f"{name} must have dtype {dtype} ({why}); got {value.dtype}")
     if isinstance(value, np.ndarray):
         return _device.to_device(value)
     from . import as_device_array
+
     return as_device_array(value)
 
 
@@ -62,12 +65,15 @@ def _cell_params(model, params, layer, d):
 
 def _check_input(model, x):
     """``x`` as a contiguous (T, B, I) device array, and whether it was unbatched."""
-    shape_text = ("(batch, seq_len, {0})" if model.batch_first
-                  else "(seq_len, batch, {0})").format(model.input_size)
+    shape_text = ("(batch, seq_len, {0})" if model.batch_first else "(seq_len, batch, {0})").format(
+        model.input_size
+    )
     x = _array("input", x, model.dtype, shape_text)
     if x.ndim not in (2, 3) or x.shape[x.ndim - 1] != model.input_size:
-        raise ValueError(f"input must have shape {shape_text} or (seq_len, {model.input_size}) "
-                         f"unbatched; got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"input must have shape {shape_text} or (seq_len, {model.input_size}) "
+            f"unbatched; got shape {tuple(x.shape)}"
+        )
     unbatched = x.ndim == 2
     x = linalg.reshaped(x, x.shape)
     if unbatched:
@@ -87,13 +93,15 @@ def _check_state(model, hx, B, unbatched, names=("h0", "c0", "hx")):
     want_h, want_c = model._state_shapes(None if unbatched else B)
     if model.mode == "LSTM":
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"{names[0].split('[')[0]} for LSTM must be a tuple (h, c); got "
-                            f"{type(hx).__name__}")
+            raise TypeError(
+                f"{names[0].split('[')[0]} for LSTM must be a tuple (h, c); got {type(hx).__name__}"
+            )
         parts = [(names[0], hx[0], want_h, h_shape), (names[1], hx[1], want_c, c_shape)]
     else:
         if isinstance(hx, (tuple, list)):
-            raise TypeError(f"{names[2]} for {model.mode} must be a single array; got a "
-                            f"{type(hx).__name__}")
+            raise TypeError(
+                f"{names[2]} for {model.mode} must be a single array; got a {type(hx).__name__}"
+            )
         parts = [(names[2], hx, want_h, h_shape)]
     out = []
     for name, value, want, full in parts:
@@ -160,16 +168,31 @@ def run(model, params, x, h, c, lens, tape=None, masks=(), plan=None):
             h_buf = _device.empty((2, B, P), dt)
             linalg.copy(h[k], h_buf[0])
             if tape is not None:
-                tapes = (_device.empty((T, B, TG * H), dt), _device.empty((T, B, P), dt),
-                         _device.empty((T if kind == 0 else 0, B, H), dt))
+                tapes = (
+                    _device.empty((T, B, TG * H), dt),
+                    _device.empty((T, B, P), dt),
+                    _device.empty((T if kind == 0 else 0, B, H), dt),
+                )
                 tape.steps.append(tapes)
             else:
                 tapes = (_dummy(dt, 3), _device.empty((0, 1, 1), dt), _dummy(dt, 3))
             recurrence.run_forward(
-                kind, model._mode_code, gx, linalg.transpose(w_hh), b_ih, b_hh,
-                linalg.transpose(w_hr) if proj else _device.empty((0, P), dt), h_buf, c[k],
+                kind,
+                model._mode_code,
+                gx,
+                linalg.transpose(w_hh),
+                b_ih,
+                b_hh,
+                linalg.transpose(w_hr) if proj else _device.empty((0, P), dt),
+                h_buf,
+                c[k],
                 _device.empty((B, H), dt) if proj else _dummy(dt, 2),
-                out[:, :, d * P:(d + 1) * P], lens, bool(d), tapes, plan)
+                out[:, :, d * P : (d + 1) * P],
+                lens,
+                bool(d),
+                tapes,
+                plan,
+            )
             linalg.copy(h_buf[T % 2], h[k])
         layer_input = out
         if layer < len(masks):
@@ -210,8 +233,9 @@ def forward_train(model, x, hx=None, lengths=None, dropout_masks=None, rng=None)
 # ----------------------------------------------------------------------------- backward
 
 
-def run_backward(model, params, tape, dy_all, dh_all, dc_all, input_grad=True,
-                 param_grads=True, plan=None):
+def run_backward(
+    model, params, tape, dy_all, dh_all, dc_all, input_grad=True, param_grads=True, plan=None
+):
     """BPTT on the device (the twin of ``layers._RNNBase._backward``): ``dh_all`` /
     ``dc_all`` enter as final-state gradients and leave as initial-state ones.
     Returns ``(grad_x (T, B, I) or None, params or None)``."""
@@ -226,8 +250,11 @@ def run_backward(model, params, tape, dy_all, dh_all, dc_all, input_grad=True,
     wanted = set(model._params) if param_grads is True else set(param_grads or ())
     grads = {}
     for name in model._params if wanted else ():
-        grads[name] = _device.empty(model._params[name].shape, dt) if name in wanted else \
-            linalg.zeros(model._params[name].shape, dt)
+        grads[name] = (
+            _device.empty(model._params[name].shape, dt)
+            if name in wanted
+            else linalg.zeros(model._params[name].shape, dt)
+        )
 
     def product(name, a, b):
         if name in wanted:
@@ -247,18 +274,43 @@ def run_backward(model, params, tape, dy_all, dh_all, dc_all, input_grad=True,
             sfx = f"_l{layer}" + ("_reverse" if d else "")
             w_ih, w_hh, _, _, w_hr = _cell_params(model, params, layer, d)
             gates, h_prev, c_prev = tape.steps[k]
-            dy = dy_all[:, :, d * P:(d + 1) * P]
+            dy = dy_all[:, :, d * P : (d + 1) * P]
             dgx = _device.empty((T, B, G * H), dt)
             dgh = _device.empty((T, B, G * H), dt) if kind == 1 else dgx
             dhp = _device.empty((T, B, P), dt) if proj else _dummy(dt, 3)
             mt = _device.empty((T, B, H), dt) if proj else _dummy(dt, 3)
             dh_buf = _device.empty((2, B, P), dt)
             first = 0 if d else T - 1
-            _device.launch(recurrence.seed_kernel, linalg._blocks(B * P), linalg.THREADS,
-                           dh_buf[0], dh_all[k], dy, first, lens)
-            recurrence.run_backward(kind, model._mode_code, gates, h_prev, c_prev, w_hh, w_hr,
-                                    proj, dy, dh_buf, dc_all[k], dgx, dgh, dhp, mt, lens,
-                                    bool(d), plan)
+            _device.launch(
+                recurrence.seed_kernel,
+                linalg._blocks(B * P),
+                linalg.THREADS,
+                dh_buf[0],
+                dh_all[k],
+                dy,
+                first,
+                lens,
+            )
+            recurrence.run_backward(
+                kind,
+                model._mode_code,
+                gates,
+                h_prev,
+                c_prev,
+                w_hh,
+                w_hr,
+                proj,
+                dy,
+                dh_buf,
+                dc_all[k],
+                dgx,
+                dgh,
+                dhp,
+                mt,
+                lens,
+                bool(d),
+                plan,
+            )
             linalg.copy(dh_buf[T % 2], dh_all[k])
             dgx2 = dgx.reshape((T * B, G * H))
             dgh2 = dgh.reshape((T * B, G * H))
@@ -269,8 +321,9 @@ def run_backward(model, params, tape, dy_all, dh_all, dc_all, input_grad=True,
             if proj:
                 product(f"weight_hr{sfx}", dhp.reshape((T * B, P)), mt.reshape((T * B, H)))
             if need_dx:
-                linalg.gemm(dgx2, w_ih, d_input.reshape((T * B, X.shape[1])),
-                            beta=1.0 if d else 0.0)
+                linalg.gemm(
+                    dgx2, w_ih, d_input.reshape((T * B, X.shape[1])), beta=1.0 if d else 0.0
+                )
         if not need_dx:
             return None, grads or None
         if layer > 0 and layer - 1 < len(tape.masks):
@@ -299,4 +352,3 @@ def backward(model, tape, grad_y=None, grad_state=None):
     grad_x, params = run_backward(model, device_params(model), tape, dy_all, dh_all, dc_all)
     grad_x = _pack_output(model, grad_x, tape.unbatched)
     return Gradients(grad_x, _pack_state(model, dh_all, dc_all, tape.unbatched), params)
-

@@ -84,7 +84,7 @@ def _batched_gemm_kernel(a, b, c, ta, tb, alpha, beta, wide):
 
 def tiled_gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     """The built-in product kernel (see :func:`gemm`); 2-D or batched 3-D operands."""
-    M, N = c.shape[c.ndim - 2:]
+    M, N = c.shape[c.ndim - 2 :]
     if M == 0 or N == 0 or c.size == 0:
         return c
     scalar = c.dtype.type
@@ -92,8 +92,19 @@ def tiled_gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     kernel = _gemm_kernel
     if c.ndim == 3:
         blocks, kernel = blocks + (c.shape[0],), _batched_gemm_kernel
-    _device.launch(kernel, blocks, (TILE, TILE), a, b, c, trans_a, trans_b,
-                   scalar(alpha), scalar(beta), c.dtype == np.float64)
+    _device.launch(
+        kernel,
+        blocks,
+        (TILE, TILE),
+        a,
+        b,
+        c,
+        trans_a,
+        trans_b,
+        scalar(alpha),
+        scalar(beta),
+        c.dtype == np.float64,
+    )
     return c
 
 
@@ -171,10 +182,17 @@ def _as3(x):
         return x.reshape(lead + tuple(x.shape))
     if is_simulator():
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
         return FakeCUDAArray(x._ary[(None,) * len(lead)])
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
-    return DeviceNDArray(lead + tuple(x.shape), (0,) * len(lead) + tuple(x.strides), x.dtype,
-                         gpu_data=x.gpu_data, stream=x.stream)
+
+    return DeviceNDArray(
+        lead + tuple(x.shape),
+        (0,) * len(lead) + tuple(x.strides),
+        x.dtype,
+        gpu_data=x.gpu_data,
+        stream=x.stream,
+    )
 
 
 def zeros(shape, dtype):
@@ -185,9 +203,16 @@ def zeros(shape, dtype):
 def _map(op, out, a=None, b=None, alpha=0):
     if out.size:
         o = _as3(out)
-        _device.launch(_map3_kernel, _blocks(out.size), THREADS, op, o,
-                       o if a is None else _as3(a), o if b is None else _as3(b),
-                       out.dtype.type(alpha))
+        _device.launch(
+            _map3_kernel,
+            _blocks(out.size),
+            THREADS,
+            op,
+            o,
+            o if a is None else _as3(a),
+            o if b is None else _as3(b),
+            out.dtype.type(alpha),
+        )
     return out
 
 
@@ -236,8 +261,13 @@ def transpose(a):
     """Contiguous copy of a 2-D device array's transpose."""
     out = _device.empty((a.shape[1], a.shape[0]), a.dtype)
     if out.size:
-        _device.launch(_swap01_kernel, _blocks(out.size), THREADS,
-                       a.reshape((a.shape[0], a.shape[1], 1)), out.reshape(out.shape + (1,)))
+        _device.launch(
+            _swap01_kernel,
+            _blocks(out.size),
+            THREADS,
+            a.reshape((a.shape[0], a.shape[1], 1)),
+            out.reshape(out.shape + (1,)),
+        )
     return out
 
 

@@ -116,8 +116,32 @@ def _products(x, b0, nb, w, sw32, sw64, smode, n0, nu, G, stride, part, pre):
 
 
 @cuda.jit(device=True)
-def _forward_gates(kind, mode, t, gx, w_t, sw32, sw64, smode, b_ih, b_hh, h_cur, h_next, c,
-                   m, y, lengths, proj, tape_gates, tape_h, tape_c, part, pre, n0, nu):
+def _forward_gates(
+    kind,
+    mode,
+    t,
+    gx,
+    w_t,
+    sw32,
+    sw64,
+    smode,
+    b_ih,
+    b_hh,
+    h_cur,
+    h_next,
+    c,
+    m,
+    y,
+    lengths,
+    proj,
+    tape_gates,
+    tape_h,
+    tape_c,
+    part,
+    pre,
+    n0,
+    nu,
+):
     """Gate phase of step ``t`` for units ``n0 .. n0 + nu``: ``h_cur W_hh^T`` (from
     ``w_t`` = W_hh^T), the cell's nonlinearities, ``c`` in place, and either ``m``
     (before the projection) or ``h_next``/``y[t]``. Records the tapes when training."""
@@ -149,10 +173,12 @@ def _forward_gates(kind, mode, t, gx, w_t, sw32, sw64, smode, b_ih, b_hh, h_cur,
             if kind == 0:
                 gi = _sigmoid(pre[base] + gx[t, b, j] + b_ih[j] + b_hh[j])
                 gf = _sigmoid(pre[base + nu] + gx[t, b, H + j] + b_ih[H + j] + b_hh[H + j])
-                gg = math.tanh(pre[base + 2 * nu] + gx[t, b, 2 * H + j] + b_ih[2 * H + j]
-                               + b_hh[2 * H + j])
-                go = _sigmoid(pre[base + 3 * nu] + gx[t, b, 3 * H + j] + b_ih[3 * H + j]
-                              + b_hh[3 * H + j])
+                gg = math.tanh(
+                    pre[base + 2 * nu] + gx[t, b, 2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j]
+                )
+                go = _sigmoid(
+                    pre[base + 3 * nu] + gx[t, b, 3 * H + j] + b_ih[3 * H + j] + b_hh[3 * H + j]
+                )
                 cc = gf * c[b, j] + gi * gg
                 c[b, j] = cc
                 out = go * math.tanh(cc)
@@ -186,8 +212,9 @@ def _forward_gates(kind, mode, t, gx, w_t, sw32, sw64, smode, b_ih, b_hh, h_cur,
 
 
 @cuda.jit(device=True)
-def _forward_project(t, w_hr_t, m, h_cur, h_next, y, lengths, tape_h, sw32, sw64, part, pre,
-                     n0, nu):
+def _forward_project(
+    t, w_hr_t, m, h_cur, h_next, y, lengths, tape_h, sw32, sw64, part, pre, n0, nu
+):
     """Projection phase of step ``t`` for features ``n0 .. n0 + nu``: ``h = m W_hr^T``."""
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     B, P = h_cur.shape
@@ -212,8 +239,27 @@ def _forward_project(t, w_hr_t, m, h_cur, h_next, y, lengths, tape_h, sw32, sw64
 
 
 @cuda.jit(cache=True)
-def forward_persistent(kind, mode, gx, w_t, smode, b_ih, b_hh, w_hr_t, h_buf, c, m, y,
-                       lengths, reverse, tape_gates, tape_h, tape_c, nu, nu_p):
+def forward_persistent(
+    kind,
+    mode,
+    gx,
+    w_t,
+    smode,
+    b_ih,
+    b_hh,
+    w_hr_t,
+    h_buf,
+    c,
+    m,
+    y,
+    lengths,
+    reverse,
+    tape_gates,
+    tape_h,
+    tape_c,
+    nu,
+    nu_p,
+):
     """The whole sequence in one cooperative launch; ``h_buf[0]`` holds the initial
     state and the final one ends in ``h_buf[T % 2]``."""
     part = cuda.shared.array(256, float64)
@@ -230,19 +276,77 @@ def forward_persistent(kind, mode, gx, w_t, smode, b_ih, b_hh, w_hr_t, h_buf, c,
     for s in range(T):
         t = T - 1 - s if reverse else s
         cur = s % 2
-        _forward_gates(kind, mode, t, gx, w_t, sw32, sw64, smode, b_ih, b_hh, h_buf[cur],
-                       h_buf[1 - cur], c, m, y, lengths, proj, tape_gates, tape_h, tape_c,
-                       part, pre, n0, nu)
+        _forward_gates(
+            kind,
+            mode,
+            t,
+            gx,
+            w_t,
+            sw32,
+            sw64,
+            smode,
+            b_ih,
+            b_hh,
+            h_buf[cur],
+            h_buf[1 - cur],
+            c,
+            m,
+            y,
+            lengths,
+            proj,
+            tape_gates,
+            tape_h,
+            tape_c,
+            part,
+            pre,
+            n0,
+            nu,
+        )
         grid.sync()
         if proj:
-            _forward_project(t, w_hr_t, m, h_buf[cur], h_buf[1 - cur], y, lengths, tape_h,
-                             sw32, sw64, part, pre, p0, nu_p)
+            _forward_project(
+                t,
+                w_hr_t,
+                m,
+                h_buf[cur],
+                h_buf[1 - cur],
+                y,
+                lengths,
+                tape_h,
+                sw32,
+                sw64,
+                part,
+                pre,
+                p0,
+                nu_p,
+            )
             grid.sync()
 
 
 @cuda.jit(cache=True)
-def forward_phase(phase, s, kind, mode, gx, w_t, smode, b_ih, b_hh, w_hr_t, h_buf, c, m, y,
-                  lengths, reverse, tape_gates, tape_h, tape_c, nu, nu_p):
+def forward_phase(
+    phase,
+    s,
+    kind,
+    mode,
+    gx,
+    w_t,
+    smode,
+    b_ih,
+    b_hh,
+    w_hr_t,
+    h_buf,
+    c,
+    m,
+    y,
+    lengths,
+    reverse,
+    tape_gates,
+    tape_h,
+    tape_c,
+    nu,
+    nu_p,
+):
     """Phase ``phase`` (0: gates, 1: projection) of walk step ``s``, one launch."""
     part = cuda.shared.array(256, float64)
     pre = cuda.shared.array(2048, float64)
@@ -255,12 +359,49 @@ def forward_phase(phase, s, kind, mode, gx, w_t, smode, b_ih, b_hh, w_hr_t, h_bu
         G = 4 if kind == 0 else (3 if kind == 1 else 1)
         n0 = cuda.blockIdx.x * nu
         _stage(w_t, sw32, sw64, smode, n0, nu, G, b_ih.shape[0] // G)
-        _forward_gates(kind, mode, t, gx, w_t, sw32, sw64, smode, b_ih, b_hh, h_buf[cur],
-                       h_buf[1 - cur], c, m, y, lengths, w_hr_t.shape[0] > 0, tape_gates,
-                       tape_h, tape_c, part, pre, n0, nu)
+        _forward_gates(
+            kind,
+            mode,
+            t,
+            gx,
+            w_t,
+            sw32,
+            sw64,
+            smode,
+            b_ih,
+            b_hh,
+            h_buf[cur],
+            h_buf[1 - cur],
+            c,
+            m,
+            y,
+            lengths,
+            w_hr_t.shape[0] > 0,
+            tape_gates,
+            tape_h,
+            tape_c,
+            part,
+            pre,
+            n0,
+            nu,
+        )
     else:
-        _forward_project(t, w_hr_t, m, h_buf[cur], h_buf[1 - cur], y, lengths, tape_h, sw32,
-                         sw64, part, pre, cuda.blockIdx.x * nu_p, nu_p)
+        _forward_project(
+            t,
+            w_hr_t,
+            m,
+            h_buf[cur],
+            h_buf[1 - cur],
+            y,
+            lengths,
+            tape_h,
+            sw32,
+            sw64,
+            part,
+            pre,
+            cuda.blockIdx.x * nu_p,
+            nu_p,
+        )
 
 
 # ----------------------------------------------------------------------------- backward
@@ -273,8 +414,28 @@ def forward_phase(phase, s, kind, mode, gx, w_t, smode, b_ih, b_hh, w_hr_t, h_bu
 
 
 @cuda.jit(device=True)
-def _backward_gates(kind, mode, t, gates, h_prev, c_prev, w_hr, proj, dh_cur, dc, dgx, dgh,
-                    mt, lengths, sw32, sw64, part, pre, n0, nu):
+def _backward_gates(
+    kind,
+    mode,
+    t,
+    gates,
+    h_prev,
+    c_prev,
+    w_hr,
+    proj,
+    dh_cur,
+    dc,
+    dgx,
+    dgh,
+    mt,
+    lengths,
+    sw32,
+    sw64,
+    part,
+    pre,
+    n0,
+    nu,
+):
     """Gate gradients of step ``t`` for units ``n0 .. n0 + nu`` (``dc`` in place)."""
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     G = 4 if kind == 0 else (3 if kind == 1 else 1)
@@ -334,8 +495,27 @@ def _backward_gates(kind, mode, t, gates, h_prev, c_prev, w_hr, proj, dh_cur, dc
 
 
 @cuda.jit(device=True)
-def _backward_hidden(kind, t, t_next, w_hh, sw32, sw64, smode, gates, dgh, dy, dh_cur,
-                     dh_next, dhp, proj, lengths, part, pre, n0, nu):
+def _backward_hidden(
+    kind,
+    t,
+    t_next,
+    w_hh,
+    sw32,
+    sw64,
+    smode,
+    gates,
+    dgh,
+    dy,
+    dh_cur,
+    dh_next,
+    dhp,
+    proj,
+    lengths,
+    part,
+    pre,
+    n0,
+    nu,
+):
     """``dh`` entering step ``t`` for features ``n0 .. n0 + nu``, plus the output
     gradient of the next step of the walk (``t_next``, -1 at the end)."""
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
@@ -366,8 +546,28 @@ def _backward_hidden(kind, t, t_next, w_hh, sw32, sw64, smode, gates, dgh, dy, d
 
 
 @cuda.jit(cache=True)
-def backward_persistent(kind, mode, gates, h_prev, c_prev, w_hh, smode, w_hr, proj, dy,
-                        dh_buf, dc, dgx, dgh, dhp, mt, lengths, reverse, nu, nu_p):
+def backward_persistent(
+    kind,
+    mode,
+    gates,
+    h_prev,
+    c_prev,
+    w_hh,
+    smode,
+    w_hr,
+    proj,
+    dy,
+    dh_buf,
+    dc,
+    dgx,
+    dgh,
+    dhp,
+    mt,
+    lengths,
+    reverse,
+    nu,
+    nu_p,
+):
     """BPTT of one layer-direction in one cooperative launch. ``dh_buf[0]`` enters as the
     final-state gradient plus the last step's output gradient (:func:`seed_kernel`);
     the initial-state gradient ends in ``dh_buf[T % 2]``, ``dc``'s in ``dc``."""
@@ -383,17 +583,78 @@ def backward_persistent(kind, mode, gates, h_prev, c_prev, w_hh, smode, w_hr, pr
         t = s if reverse else T - 1 - s
         t_next = -1 if s == T - 1 else (s + 1 if reverse else T - 2 - s)
         cur = s % 2
-        _backward_gates(kind, mode, t, gates, h_prev, c_prev, w_hr, proj, dh_buf[cur], dc,
-                        dgx, dgh, mt, lengths, sw32, sw64, part, pre, n0, nu)
+        _backward_gates(
+            kind,
+            mode,
+            t,
+            gates,
+            h_prev,
+            c_prev,
+            w_hr,
+            proj,
+            dh_buf[cur],
+            dc,
+            dgx,
+            dgh,
+            mt,
+            lengths,
+            sw32,
+            sw64,
+            part,
+            pre,
+            n0,
+            nu,
+        )
         grid.sync()
-        _backward_hidden(kind, t, t_next, w_hh, sw32, sw64, smode, gates, dgh, dy,
-                         dh_buf[cur], dh_buf[1 - cur], dhp, proj, lengths, part, pre, p0, nu_p)
+        _backward_hidden(
+            kind,
+            t,
+            t_next,
+            w_hh,
+            sw32,
+            sw64,
+            smode,
+            gates,
+            dgh,
+            dy,
+            dh_buf[cur],
+            dh_buf[1 - cur],
+            dhp,
+            proj,
+            lengths,
+            part,
+            pre,
+            p0,
+            nu_p,
+        )
         grid.sync()
 
 
 @cuda.jit(cache=True)
-def backward_phase(phase, s, kind, mode, gates, h_prev, c_prev, w_hh, smode, w_hr, proj, dy,
-                   dh_buf, dc, dgx, dgh, dhp, mt, lengths, reverse, nu, nu_p):
+def backward_phase(
+    phase,
+    s,
+    kind,
+    mode,
+    gates,
+    h_prev,
+    c_prev,
+    w_hh,
+    smode,
+    w_hr,
+    proj,
+    dy,
+    dh_buf,
+    dc,
+    dgx,
+    dgh,
+    dhp,
+    mt,
+    lengths,
+    reverse,
+    nu,
+    nu_p,
+):
     """Phase ``phase`` (0: gates, 1: hidden) of walk step ``s``, one launch."""
     part = cuda.shared.array(256, float64)
     pre = cuda.shared.array(2048, float64)
@@ -403,14 +664,53 @@ def backward_phase(phase, s, kind, mode, gates, h_prev, c_prev, w_hh, smode, w_h
     t = s if reverse else T - 1 - s
     cur = s % 2
     if phase == 0:
-        _backward_gates(kind, mode, t, gates, h_prev, c_prev, w_hr, proj, dh_buf[cur], dc,
-                        dgx, dgh, mt, lengths, sw32, sw64, part, pre, cuda.blockIdx.x * nu, nu)
+        _backward_gates(
+            kind,
+            mode,
+            t,
+            gates,
+            h_prev,
+            c_prev,
+            w_hr,
+            proj,
+            dh_buf[cur],
+            dc,
+            dgx,
+            dgh,
+            mt,
+            lengths,
+            sw32,
+            sw64,
+            part,
+            pre,
+            cuda.blockIdx.x * nu,
+            nu,
+        )
     else:
         t_next = -1 if s == T - 1 else (s + 1 if reverse else T - 2 - s)
         p0 = cuda.blockIdx.x * nu_p
         _stage(w_hh, sw32, sw64, smode, p0, nu_p, 1, w_hh.shape[1])
-        _backward_hidden(kind, t, t_next, w_hh, sw32, sw64, smode, gates, dgh, dy,
-                         dh_buf[cur], dh_buf[1 - cur], dhp, proj, lengths, part, pre, p0, nu_p)
+        _backward_hidden(
+            kind,
+            t,
+            t_next,
+            w_hh,
+            sw32,
+            sw64,
+            smode,
+            gates,
+            dgh,
+            dy,
+            dh_buf[cur],
+            dh_buf[1 - cur],
+            dhp,
+            proj,
+            lengths,
+            part,
+            pre,
+            p0,
+            nu_p,
+        )
 
 
 @cuda.jit(cache=True)
@@ -442,8 +742,7 @@ class Plan:
         if G * self.nu > PRE_CAP:
             raise ValueError(f"hidden_size {H} too large for {blocks} blocks")
         # persistent: one-block grids in the simulator, at most one block per SM on a GPU
-        self.persistent = (blocks == 1 or not is_simulator()) if persistent is None \
-            else persistent
+        self.persistent = (blocks == 1 or not is_simulator()) if persistent is None else persistent
         self.itemsize = itemsize
 
     def shared(self, K, G, nu):
@@ -454,13 +753,31 @@ class Plan:
         return (1 if self.itemsize == 4 else 2), nbytes
 
 
-def run_forward(kind, mode, gx, w_t, b_ih, b_hh, w_hr_t, h_buf, c, m, y, lengths, reverse,
-                tapes, plan):
+def run_forward(
+    kind, mode, gx, w_t, b_ih, b_hh, w_hr_t, h_buf, c, m, y, lengths, reverse, tapes, plan
+):
     """Launch the forward recurrence (see :func:`forward_persistent`)."""
     G = GATES[kind]
     smode, nbytes = plan.shared(w_t.shape[0], G, plan.nu)
-    args = (kind, mode, gx, w_t, smode, b_ih, b_hh, w_hr_t, h_buf, c, m, y, lengths, reverse,
-            *tapes, plan.nu, plan.nu_p)
+    args = (
+        kind,
+        mode,
+        gx,
+        w_t,
+        smode,
+        b_ih,
+        b_hh,
+        w_hr_t,
+        h_buf,
+        c,
+        m,
+        y,
+        lengths,
+        reverse,
+        *tapes,
+        plan.nu,
+        plan.nu_p,
+    )
     if plan.persistent:
         _device.launch(forward_persistent, plan.blocks, THREADS, *args, shared_bytes=nbytes)
         return
@@ -471,12 +788,50 @@ def run_forward(kind, mode, gx, w_t, b_ih, b_hh, w_hr_t, h_buf, c, m, y, lengths
             _device.launch(forward_phase, plan.blocks, THREADS, 1, s, *args)
 
 
-def run_backward(kind, mode, gates, h_prev, c_prev, w_hh, w_hr, proj, dy, dh_buf, dc, dgx,
-                 dgh, dhp, mt, lengths, reverse, plan):
+def run_backward(
+    kind,
+    mode,
+    gates,
+    h_prev,
+    c_prev,
+    w_hh,
+    w_hr,
+    proj,
+    dy,
+    dh_buf,
+    dc,
+    dgx,
+    dgh,
+    dhp,
+    mt,
+    lengths,
+    reverse,
+    plan,
+):
     """Launch BPTT through one recurrence (see :func:`backward_persistent`)."""
     smode, nbytes = plan.shared(w_hh.shape[0], 1, plan.nu_p)
-    args = (kind, mode, gates, h_prev, c_prev, w_hh, smode, w_hr, proj, dy, dh_buf, dc, dgx,
-            dgh, dhp, mt, lengths, reverse, plan.nu, plan.nu_p)
+    args = (
+        kind,
+        mode,
+        gates,
+        h_prev,
+        c_prev,
+        w_hh,
+        smode,
+        w_hr,
+        proj,
+        dy,
+        dh_buf,
+        dc,
+        dgx,
+        dgh,
+        dhp,
+        mt,
+        lengths,
+        reverse,
+        plan.nu,
+        plan.nu_p,
+    )
     if plan.persistent:
         _device.launch(backward_persistent, plan.blocks, THREADS, *args, shared_bytes=nbytes)
         return
