@@ -13,9 +13,12 @@ import struct
 
 import numpy as np
 
+from ._version import __version__
+
 __all__ = ["save", "load", "save_safetensors", "load_safetensors"]
 
 _ST_DTYPES = {
+    "I8": np.int8,
     "F32": np.float32,
     "F64": np.float64,
     "F16": np.float16,
@@ -24,6 +27,7 @@ _ST_DTYPES = {
     "BF16": None,
 }
 _ST_NAMES = {
+    np.dtype(np.int8): "I8",
     np.dtype(np.float32): "F32",
     np.dtype(np.float64): "F64",
     np.dtype(np.float16): "F16",
@@ -31,6 +35,9 @@ _ST_NAMES = {
     np.dtype(np.int32): "I32",
 }
 _CONFIG_KEY = "__fastrnn_config__"
+#: Version of the layout written into the configuration; files of a newer version are refused.
+FORMAT_VERSION = 2  # 1: float weights only (no "format_version" key); 2: adds "weights"
+_WEIGHT_FORMATS = ("float32", "float64", "int8")
 
 
 def save_safetensors(path, tensors, metadata=None):
@@ -98,8 +105,15 @@ def save(model, path):
         Ending in ``.safetensors`` or ``.npz``.
     """
     path = os.fspath(path)
-    config = json.dumps({"class": type(model).__name__, "config": model.config()})
-    tensors = model.state_dict()
+    weights = getattr(model, "weights_format", None) or model.dtype.name
+    spec = {
+        "class": type(model).__name__,
+        "config": model.config(),
+        "format_version": FORMAT_VERSION,
+        "weights": weights,
+    }
+    config = json.dumps(spec)
+    tensors = model.quantized_state_dict() if weights == "int8" else model.state_dict()
     if path.endswith(".safetensors"):
         save_safetensors(path, tensors, {_CONFIG_KEY: config, "format": "np"})
     elif path.endswith(".npz"):
@@ -134,7 +148,24 @@ def load(path):
         raise ValueError(
             f"{path}: no fastrnn configuration in the file's metadata (key {_CONFIG_KEY!r})"
         )
-    spec = json.loads(config)
+    try:
+        spec = json.loads(config)
+    except ValueError as exc:
+        raise ValueError(f"{path}: the fastrnn configuration is not valid JSON ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+        raise ValueError(f"{path}: the fastrnn configuration must be an object with a 'config'")
+    version = spec.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: written in fastrnn file format version {version!r}; this fastrnn "
+            f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade fastrnn"
+        )
+    weights = spec.get("weights", "float")
+    if version >= 2 and weights not in _WEIGHT_FORMATS:
+        raise ValueError(
+            f"{path}: weights stored in format {weights!r}, which this fastrnn "
+            f"({__version__}) does not know (it knows {', '.join(_WEIGHT_FORMATS)})"
+        )
     classes = {
         name: getattr(mod, name)
         for mod, names in ((layers, layers.__all__), (cells, cells.__all__))
@@ -147,5 +178,9 @@ def load(path):
             f"{path}: unknown model class {spec.get('class')!r}; expected one of {sorted(classes)}"
         )
     model = cls(**spec["config"])
+    if weights == "int8":
+        if not hasattr(model, "load_quantized_state_dict"):
+            raise ValueError(f"{path}: int8 weights for {cls.__name__}, which has no int8 form")
+        return model.load_quantized_state_dict(tensors)
     model.load_state_dict(tensors)
     return model

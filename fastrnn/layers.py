@@ -273,6 +273,12 @@ class _RNNBase(ParameterMixin):
         cfg["dtype"] = self.dtype.name
         return cfg
 
+    @property
+    def weights_format(self):
+        """How the input and recurrent weights are stored: the dtype's name, or ``"int8"``
+        for a :meth:`quantize` copy."""
+        return "int8" if self._int8 else self.dtype.name
+
     def __repr__(self):
         defaults = dict(
             num_layers=1,
@@ -286,7 +292,76 @@ class _RNNBase(ParameterMixin):
         cfg = self.config()
         args = [str(cfg.pop("input_size")), str(cfg.pop("hidden_size"))]
         args += [f"{k}={v!r}" for k, v in cfg.items() if defaults.get(k, object()) != v]
+        if self._int8:
+            args.append("weights=int8")
         return f"{type(self).__name__}({', '.join(args)})"
+
+    def quantized_state_dict(self):
+        """The stored weights of a quantized model, for ``fastrnn.save``.
+
+        Returns
+        -------
+        dict of str to ndarray
+            For each quantized weight ``name``: ``name`` as int8 (torch's shape) and
+            ``name + ".scale"`` (float32, one scale per row); every other parameter
+            as in :meth:`state_dict`.
+        """
+        if not self._int8:
+            raise TypeError("quantized_state_dict: this model is not quantized")
+        out = {}
+        for name, p in self._params.items():
+            if name in self._int8:
+                w8_t, scale = self._int8[name]
+                out[name] = np.ascontiguousarray(w8_t.T)
+                out[name + ".scale"] = scale
+            else:
+                out[name] = p
+        return out
+
+    def load_quantized_state_dict(self, tensors):
+        """Make this float32 model the quantized model whose :meth:`quantized_state_dict`
+        is ``tensors`` (bit-identical outputs); returns the model.
+
+        Raises
+        ------
+        ValueError
+            If a tensor is missing, unexpected, or of the wrong dtype or shape.
+        """
+        expected = self._param_shapes()
+        quantized = [n for n in expected if n.startswith(("weight_ih", "weight_hh"))]
+        want = set(expected) | {n + ".scale" for n in quantized}
+        if set(tensors) != want:
+            raise ValueError(
+                f"quantized weights do not match {self!r}: missing "
+                f"{sorted(want - set(tensors))}, unexpected {sorted(set(tensors) - want)}"
+            )
+        float_part = {}
+        for name, shape in expected.items():
+            value = np.asarray(tensors[name])
+            if name in quantized:
+                scale = np.asarray(tensors[name + ".scale"])
+                if value.dtype != np.int8 or value.shape != shape:
+                    raise ValueError(
+                        f"{name} must be int8 of shape {shape}; got {value.dtype} {value.shape}"
+                    )
+                if (
+                    scale.dtype != np.float32
+                    or scale.shape != (shape[0],)
+                    or not np.all(np.isfinite(scale))
+                ):
+                    raise ValueError(f"{name}.scale must be {shape[0]} finite float32 values")
+                value = value * scale[:, None]
+            float_part[name] = value
+        self.load_state_dict(float_part)
+        self._int8 = {
+            name: (
+                np.ascontiguousarray(np.asarray(tensors[name]).T),
+                np.asarray(tensors[name + ".scale"]).copy(),
+            )
+            for name in quantized
+        }
+        self._step_ws = {}
+        return self
 
     # ------------------------------------------------------------------ states
     def _state_shapes(self, batch):

@@ -191,3 +191,11 @@ def test_convert_return_swapped_lists_root_and_nothing_twice():
     model, names = frt.convert(lstm, return_swapped=True)
     assert model is lstm and names == [""]
     assert frt.convert(lstm, return_swapped=True)[1] == []  # already converted
+
+
+def test_repr_shows_fastrnn():
+    model = torch.nn.Sequential(torch.nn.GRUCell(3, 4))
+    before = repr(model)
+    frt.convert(model)
+    assert repr(model) == before.replace("GRUCell(", "fastrnn_torch.GRUCell(")
+    assert repr(frt.LSTM(3, 4, num_layers=2)) == "fastrnn_torch.LSTM(3, 4, num_layers=2)"

@@ -42,3 +42,42 @@ def test_int8_is_inference_only_and_float_model_untouched(rng):
         fastrnn.GRU(8, 16, dtype="float64").quantize()
     with pytest.raises(ValueError, match="weights must be 'int8'"):
         m.quantize("int4")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_quantized_model_saves_and_loads_as_quantized(kind, suffix, tmp_path):
+    """The loaded copy stores int8 weights and gives bit-identical outputs."""
+    m, _ = make_pair(kind, 5, 12, "float32", num_layers=2)
+    q = m.quantize("int8")
+    assert repr(q).endswith("weights=int8)") and "weights=" not in repr(m)
+    path = tmp_path / f"q{suffix}"
+    fastrnn.save(q, path)
+    loaded = fastrnn.load(path)
+    assert loaded.weights_format == "int8" and repr(loaded) == repr(q)
+    x = np.random.default_rng(3).standard_normal((7, 2, 5)).astype(np.float32)
+    assert np.array_equal(loaded(x)[0], q(x)[0])
+    assert np.array_equal(loaded(x[:, :1])[0], q(x[:, :1])[0])  # the int8 kernel path
+    y1, _ = loaded.step(x[0], loaded.initial_state(2))
+    y2, _ = q.step(x[0], q.initial_state(2))
+    assert np.array_equal(y1, y2)
+    stored = fastrnn.io.load_safetensors(path)[0] if suffix == ".safetensors" else None
+    if stored is not None:
+        assert stored["weight_hh_l0"].dtype == np.int8
+
+
+def test_load_refuses_newer_format_and_unknown_weights(tmp_path):
+    import json
+
+    m = fastrnn.GRU(3, 4)
+    tensors = m.state_dict()
+    for spec, message in (
+        ({"format_version": 99, "weights": "float32"}, "format version 99"),
+        ({"format_version": 2, "weights": "int4"}, "format 'int4'"),
+    ):
+        path = tmp_path / "m.safetensors"
+        config = {"class": "GRU", "config": m.config(), **spec}
+        fastrnn.io.save_safetensors(path, tensors, {"__fastrnn_config__": json.dumps(config)})
+        with pytest.raises(ValueError, match=message) as info:
+            fastrnn.load(path)
+        assert str(path) in str(info.value)

@@ -111,6 +111,10 @@ class _Portable:
         state = {k: v for k, v in state.items() if k not in self._PRIVATE}
         return self._torch_class, (self.input_size, self.hidden_size), state
 
+    def _get_name(self):
+        # repr: "fastrnn_torch.LSTM(3, 4)", so a printed model shows what convert() did
+        return f"fastrnn_torch.{type(self).__name__}"
+
     def __deepcopy__(self, memo):
         new = type(self).__new__(type(self))
         memo[id(self)] = new
