@@ -68,9 +68,6 @@ def _tanh_rational(x):
     return p / q
 
 
-_tanh_f32 = numba.njit(_tanh_rational, error_model="numpy", nogil=True)
-
-
 #: Bound on the relative error of the float32 ``exp_nonpos`` on [-87, 0], checked by the tests.
 EXP_F32_MAX_REL_ERROR = 3e-7
 
@@ -96,9 +93,6 @@ def _exp_nonpos_f32(x):
     p = r * p + _C1
     p = r * p + _C0
     return p * _POW2[int(n) + 150]
-
-
-_exp_f32 = numba.njit(_exp_nonpos_f32, error_model="numpy", nogil=True)
 
 
 def exp_nonpos(x):
@@ -129,7 +123,7 @@ def _is_f32(x):
 @overload(tanh)
 def _tanh_overload(x):
     if _is_f32(x):
-        return lambda x: _tanh_f32(x)
+        return _tanh_rational  # compiled as the overload itself: one level, not two
     return lambda x: math.tanh(x)
 
 
@@ -147,7 +141,7 @@ def _sigmoid_overload(x):
 @overload(exp_nonpos)
 def _exp_overload(x):
     if _is_f32(x):
-        return lambda x: _exp_f32(x)
+        return _exp_nonpos_f32
     return lambda x: math.exp(x)
 
 

@@ -20,7 +20,7 @@ BENCH_HELP = """\
 Time fastrnn against torch.nn (and onnxruntime when installed) on the same weights,
 side by side in one process, and print a table of times and ratios (other engine's
 time / fastrnn's: above 1, fastrnn is faster). Needs torch: pip install 'fastrnn[torch]'.
-Writes latest.json and ratios.png to the --out folder."""
+Writes latest.json, vs_torch.png and vs_onnxruntime.png to the --out folder."""
 
 WARMUP_HELP = """\
 Compile fastrnn's CPU kernels for the cell types and dtypes asked for, so that later
@@ -119,7 +119,7 @@ def main(argv=None):
         help="fastrnn's CUDA kernels vs torch.nn on cuDNN (needs a GPU)",
     )
     bench.add_argument(
-        "--out", default="bench-results", help="folder for latest.json and ratios.png ('' to skip)"
+        "--out", default="bench-results", help="folder for latest.json and the charts ('' to skip)"
     )
     warm = sub.add_parser(
         "warmup",

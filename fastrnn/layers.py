@@ -903,7 +903,11 @@ class _RNNBase(ParameterMixin):
             "params": [
                 self._cell_params(layer, 0) + self._int8_params(layer) for layer in range(L)
             ],
-            "step_layer": recurrence.LOOPS[self._kern].step_layer,
+            "step_layer": (
+                recurrence.LOOPS[self._kern].step_layer_int8
+                if self._int8
+                else recurrence.LOOPS[self._kern].step_layer
+            ),
             # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
             "scratch": (
                 np.empty((B, GH), dt),

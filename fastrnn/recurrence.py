@@ -3,7 +3,7 @@
 The cell-specific math lives next to its backward in ``lstm.py``, ``gru.py`` and
 ``rnn.py`` (``cell_step`` / ``backward_step``, one shared argument list). The loops
 here are written once and specialised per cell type at compile time:
-``LOOPS[cell]`` holds the three loops of one cell module, compiled (lazily, and
+``LOOPS[cell]`` holds the loops of one cell module, compiled (lazily, and
 cached) with only that cell's math in them, so the first call of an LSTM compiles
 no GRU or RNN code.
 """
@@ -27,6 +27,7 @@ class Loops(NamedTuple):
 
     sequence: object
     step_layer: object
+    step_layer_int8: object
     backward_sequence: object
 
 
@@ -115,14 +116,38 @@ def _step_layer(
     no_gates,
 ):
     """Streaming step of one layer, every row running: the input and recurrent
-    products in one pass over both weight matrices (or over their int8 copies ``q_*``
-    with row scales ``s_*`` in a quantized model), then the fused cell step
-    (``h``/``c`` in place)."""
-    if s_hh.shape[0] > 0:
-        matmul_t(x, q_ih, s_ih, gx)
-        matmul_t(h, q_hh, s_hh, gh)
-    else:
-        matmul2_nt(x, w_ih, gx, h, w_hh, gh)
+    products in one pass over both weight matrices, then the fused cell step
+    (``h``/``c`` in place). ``q_*``/``s_*`` are unused (see ``_step_layer_int8``)."""
+    matmul2_nt(x, w_ih, gx, h, w_hh, gh)
+    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
+
+
+def _step_layer_int8(
+    x,
+    w_ih,
+    w_hh,
+    b_ih,
+    b_hh,
+    w_hr,
+    q_ih,
+    s_ih,
+    q_hh,
+    s_hh,
+    h,
+    c,
+    mode,
+    gx,
+    gh,
+    m,
+    hp,
+    ones,
+    no_gates,
+):
+    """``_step_layer`` of a quantized model: the products read the transposed int8
+    weights ``q_*`` with their row scales ``s_*`` (compiled only when a model is
+    quantized)."""
+    matmul_t(x, q_ih, s_ih, gx)
+    matmul_t(h, q_hh, s_hh, gh)
     cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
 
 
@@ -161,7 +186,7 @@ def _backward_sequence(
 
 
 def _specialise(cell):
-    """The three loops with ``cell``'s ``cell_step``/``backward_step`` bound as globals.
+    """The loops with ``cell``'s ``cell_step``/``backward_step`` bound as globals.
 
     Numba compiles a call to a global jitted function as a direct call, so each cell
     type gets loops with only its own math in them (one level of calls, nothing to
@@ -170,7 +195,7 @@ def _specialise(cell):
     name = cell.__name__.rsplit(".", 1)[1]
     bound = dict(globals(), cell_step=cell.cell_step, backward_step=cell.backward_step)
     loops = []
-    for template in (_sequence, _step_layer, _backward_sequence):
+    for template in (_sequence, _step_layer, _step_layer_int8, _backward_sequence):
         fn = types.FunctionType(template.__code__, bound, f"{name}{template.__name__}")
         fn.__qualname__ = fn.__name__
         fn.__doc__ = template.__doc__

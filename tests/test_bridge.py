@@ -1,6 +1,7 @@
 """fastrnn_torch against torch.nn: outputs, states and every .grad, on a grid."""
 
 import copy
+import os
 import threading
 
 import numpy as np
@@ -190,7 +191,7 @@ def test_state_dict_is_interchangeable():
     assert list(ours.state_dict()) == list(theirs.state_dict())
     theirs.load_state_dict(ours.state_dict())
     ours.load_state_dict(theirs.state_dict())
-    assert repr(ours) == repr(theirs)
+    assert repr(ours) == "fastrnn_torch." + repr(theirs)  # same arguments, and says whose
     torch.manual_seed(5)
     a = frt.GRU(3, 4)
     torch.manual_seed(5)
@@ -410,7 +411,8 @@ def test_bench_workloads_run_and_agree(tmp_path):
         assert set(r.times) >= {"fastrnn", "torch"} and max(r.max_abs_diff.values()) < 1e-4
     assert results[3].max_abs_diff["float32"] < 5e-2
     bench.print_table(results)
-    assert bench.save_chart(results, str(tmp_path / "r.png")) is not None
+    written = bench.save_charts(results[:3], results[3:], str(tmp_path), "test machine")
+    assert [os.path.basename(p) for p in written] == ["vs_torch.png", "vs_onnxruntime.png"]
 
 
 @pytest.mark.parametrize("compiled", [False, True])

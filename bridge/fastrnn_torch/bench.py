@@ -262,35 +262,30 @@ def print_table(results):
         )
 
 
-def save_chart(results, path):
-    """Bar chart of fastrnn's speed-ups (log scale); skipped without matplotlib."""
-    try:
-        import matplotlib
+def save_charts(results, int8_results, folder, title):
+    """One PNG per comparison in ``folder``: ``vs_torch.png`` (float32 rows) and
+    ``vs_onnxruntime.png`` (float32 rows, then fastrnn's int8 rows against float32
+    onnxruntime). Returns the paths written (none without matplotlib)."""
+    from fastrnn.charts import ratio_chart
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    labels = [
-        f"{r.model} {r.workload}"
-        + (" (orange: vs fp32 fastrnn)" if r.workload.startswith("int8") else "")
-        for r in results
-    ]
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1.2))
-    ys = np.arange(len(results))
-    for offset, engine, color in ((-0.2, "torch", "#d95f02"), (0.2, "onnxruntime", "#1b9e77")):
-        vals = [r.speedup(engine) or np.nan for r in results]
-        ax.barh(ys + offset, vals, height=0.4, color=color, label=f"vs {engine}")
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    ax.set_yticks(ys, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("fastrnn speed-up (other engine's time / fastrnn's time)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    def labels(rows):
+        return [f"{r.model} {r.workload}" for r in rows]
+
+    charts = (
+        ("vs_torch.png", "torch.nn", labels(results), [r.speedup("torch") for r in results]),
+        (
+            "vs_onnxruntime.png",
+            "onnxruntime",
+            labels(results + int8_results),
+            [r.speedup("onnxruntime") for r in results + int8_results],
+        ),
+    )
+    written = []
+    for name, versus, rows, ratios in charts:
+        path = ratio_chart(rows, ratios, os.path.join(folder, name), title, versus)
+        if path:
+            written.append(path)
+    return written
 
 
 def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-results"):
@@ -321,9 +316,22 @@ def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-r
         }
         with open(os.path.join(out, "latest.json"), "w") as f:
             json.dump(record, f, indent=1)
-        chart = save_chart(results, os.path.join(out, "ratios.png"))
-        print(f"wrote {os.path.join(out, 'latest.json')}" + (f" and {chart}" if chart else ""))
+        title = (
+            f"{machine()}; fastrnn {fastrnn.__version__}, torch {torch.__version__}"
+            f"{', onnxruntime ' + _ort_version() if _has_ort() else ''}; float32"
+        )
+        charts = save_charts(results[: len(jobs)], results[len(jobs) :], out, title)
+        print(
+            f"wrote {os.path.join(out, 'latest.json')}"
+            + (f" and {', '.join(charts)}" if charts else "")
+        )
     return results
+
+
+def _ort_version():
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def _has_ort():
