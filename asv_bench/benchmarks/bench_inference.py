@@ -160,3 +160,34 @@ class ColdStart:
         return float(np.median([self._run() for _ in range(3)]))
 
     track_import_load_first_step.unit = "seconds"
+
+
+def _cold_start_tool():
+    """tools/cold_start.py of this checkout (one definition of the measured scenarios)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "cold_start.py")
+    spec = importlib.util.spec_from_file_location("cold_start", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class ColdCompile:
+    """A fresh process with an *empty* Numba cache: import fastrnn and the first call of
+    an LSTM(32, 64), compile time included (what a new container pays)."""
+
+    params = (["forward", "step", "train"],)
+    param_names = ["first_call"]
+    timeout = 300
+    number = 1
+    repeat = 1
+
+    def setup(self, first_call):
+        self.tool = _cold_start_tool()
+
+    def track_seconds(self, first_call):
+        with tempfile.TemporaryDirectory() as cache:
+            return self.tool.run(first_call, cache)
+
+    track_seconds.unit = "seconds"
