@@ -51,6 +51,7 @@ def train(engine, args):
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = data(args.batch, args.length, args.seed)
     warmup = 3  # compile/caches: excluded from the timing
+    losses = []
     for step in range(args.steps + warmup):
         if step == warmup:
             start = time.perf_counter()
@@ -58,6 +59,7 @@ def train(engine, args):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(loss.item())
         if step == 0:
             first = loss.item()
     elapsed = time.perf_counter() - start
@@ -70,7 +72,34 @@ def train(engine, args):
         f"{engine:8} loss {first:.4f} -> {loss.item():.4f}  forecast mse {err:.4f}  "
         f"{rate:8.0f} samples/s"
     )
-    return loss.item(), rate
+    return loss.item(), rate, losses
+
+
+def plot_curves(results, path):
+    """Both engines' training losses on one chart (they should overlap)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    styles = {
+        "torch": dict(color="#d95f02", linewidth=3, alpha=0.6, label="torch.nn LSTMCell"),
+        "fastrnn": dict(
+            color="#1b9e77", linewidth=1.2, linestyle="--", label="fastrnn_torch LSTMCell"
+        ),
+    }
+    for engine, (_, _, losses) in results.items():
+        ax.plot(range(1, len(losses) + 1), losses, **styles[engine])
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MSE loss")
+    ax.set_title("examples/time_series.py: same seed, same data, both engines", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def main(argv=None):
@@ -93,11 +122,14 @@ def main(argv=None):
         default=0,
         help="random seed for data and weights (default: %(default)s)",
     )
+    ap.add_argument("--curves", metavar="PNG", help="also plot both engines' loss curves here")
     args = ap.parse_args(argv)
     engines = ["torch", "fastrnn"] if args.engine == "both" else [args.engine]
     results = {e: train(e, args) for e in engines}
     if len(results) == 2:
         print(f"fastrnn / torch samples/s: {results['fastrnn'][1] / results['torch'][1]:.2f}x")
+    if args.curves:
+        plot_curves(results, args.curves)
     return results
 
 

@@ -62,10 +62,20 @@ class ParameterMixin:
                 raise ValueError(f"state_dict[{name!r}] must have shape {shp}; got {value.shape}")
             if value.dtype.kind not in "fiu":
                 raise TypeError(f"state_dict[{name!r}] must be a real array; got {value.dtype}")
-            if not np.all(np.isfinite(value)):
-                raise ValueError(f"state_dict[{name!r}] contains non-finite values (NaN or inf)")
-            arrays[name] = value
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = value.astype(self.dtype)
+            if not np.all(np.isfinite(cast)):
+                reason = (
+                    f"beyond {self.dtype.name}'s range"
+                    if np.all(np.isfinite(value))
+                    else "NaN or inf"
+                )
+                raise ValueError(
+                    f"state_dict[{name!r}] has non-finite values in the model's dtype "
+                    f"{self.dtype.name} ({reason})"
+                )
+            arrays[name] = cast
         for name, value in arrays.items():
-            np.copyto(self._params[name], value, casting="unsafe")
+            np.copyto(self._params[name], value)
         if getattr(self, "_device_params", None) is not None:
             self.to_device()  # keep the resident GPU copy in step

@@ -1,6 +1,8 @@
 """Argument checks shared by the models. Every message names the argument,
 the expected shape or dtype, and what was received."""
 
+import os
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -70,3 +72,25 @@ def lengths(value, batch, seq_len):
             f"lengths must lie in [1, seq_len={seq_len}]; got min {arr.min()}, max {arr.max()}"
         )
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _physical_memory():
+    """Bytes of RAM of this machine, or None where it cannot be asked."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def parameter_memory(model, count):
+    """Refuse a configuration whose ``count`` parameters cannot fit in this machine's
+    memory, before anything is allocated (a typo such as ``num_layers=10**9`` must not
+    start allocating)."""
+    need = count * model.dtype.itemsize
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"{type(model).__name__} with this configuration has {count:,} parameters: "
+            f"{need / 2**30:,.1f} GiB of {model.dtype.name}, more than this machine's "
+            f"{have / 2**30:,.1f} GiB of memory"
+        )

@@ -42,6 +42,19 @@ class _CellBase(ParameterMixin):
     def _param_shapes(self):
         return {name[:-3]: shp for name, shp in self._layer._param_shapes().items()}
 
+    @classmethod
+    def param_shapes_for(cls, **config):
+        """torch's parameter names and shapes of ``cls(**config)``, without building it."""
+        config = dict(config)
+        config.pop("seed", None)
+        nonlinearity = config.pop("nonlinearity", "tanh")
+        if nonlinearity not in rnn.MODES:
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        if cls.mode == "RNN":
+            config["nonlinearity"] = nonlinearity
+        shapes = cls._layer_class.param_shapes_for(**config)
+        return {name[:-3]: shp for name, shp in shapes.items()}
+
     def config(self):
         cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias)
         if self.mode == "RNN":

@@ -131,6 +131,36 @@ class _RNNBase(ParameterMixin):
         dtype="float32",
         seed=None,
     ):
+        self._configure(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            nonlinearity,
+            dtype,
+        )
+        check.parameter_memory(self, self._param_count())
+        self._params = self._init_params(seed)
+        self._step_ws = {}
+
+    def _configure(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        nonlinearity="tanh",
+        dtype="float32",
+    ):
+        """Validate the constructor arguments and set the configuration attributes."""
         self.input_size = check.positive_int("input_size", input_size)
         self.hidden_size = check.positive_int("hidden_size", hidden_size)
         self.num_layers = check.positive_int("num_layers", num_layers)
@@ -157,8 +187,27 @@ class _RNNBase(ParameterMixin):
         self.dtype = check.as_dtype(dtype)
         self._kern = _KERNELS[self.mode]
         self._mode_code = rnn.MODES[nonlinearity]
-        self._params = self._init_params(seed)
-        self._step_ws = {}
+
+    @classmethod
+    def param_shapes_for(cls, **config):
+        """torch's parameter names and shapes of ``cls(**config)``, without building it.
+
+        ``config`` is validated as the constructor would (``fastrnn.load`` checks a file's
+        tensors against it before allocating anything).
+        """
+        import inspect
+
+        try:
+            bound = inspect.signature(cls.__init__).bind(None, **config)
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__} configuration: {exc}") from None
+        bound.apply_defaults()
+        args = {k: v for k, v in bound.arguments.items() if k != "self"}
+        args.pop("seed", None)
+        shell = cls.__new__(cls)
+        shell._configure(**args)
+        check.parameter_memory(shell, shell._param_count())
+        return shell._param_shapes()
 
     # ----------------------------------------------------------------- parameters
     @property
@@ -169,6 +218,14 @@ class _RNNBase(ParameterMixin):
     def output_size(self):
         """Feature size of ``h``: ``proj_size`` if set, else ``hidden_size``."""
         return self.proj_size or self.hidden_size
+
+    def _param_count(self):
+        """Number of parameters, computed without listing them (cheap for any size)."""
+        G, H, P, D = self._kern.GATES, self.hidden_size, self.output_size, self.num_directions
+        rest = G * H * P + (2 * G * H if self.bias else 0) + (P * H if self.proj_size else 0)
+        first = G * H * self.input_size + rest
+        later = G * H * D * P + rest
+        return D * (first + (self.num_layers - 1) * later)
 
     def _param_shapes(self):
         """torch's parameter names and shapes, in torch's order."""
