@@ -5,7 +5,6 @@ so a regression fails the test instead of taking the machine down.
 """
 
 import json
-import os
 import struct
 import subprocess
 import sys
