@@ -20,6 +20,7 @@ from . import gru, lstm, recurrence, rnn
 from ._params import ParameterMixin
 from .cuda import is_device_array
 from .linalg import gemm
+from .streaming import Streams
 from .training import Gradients, Tape, backward_recurrence
 
 __all__ = ["RNN", "LSTM", "GRU", "BLAS_MIN_BATCH"]
@@ -145,7 +146,7 @@ class _RNNBase(ParameterMixin):
         )
         check.parameter_memory(self, self._param_count())
         self._params = self._init_params(seed)
-        self._step_ws = {}
+        self._streams = Streams()
 
     def _configure(
         self,
@@ -291,7 +292,7 @@ class _RNNBase(ParameterMixin):
             raise TypeError(f"quantize needs a float32 model; this one is {self.dtype}")
         q = copy.copy(self)
         q._params = {name: p.copy() for name, p in self._params.items()}
-        q._step_ws = {}
+        q._streams = Streams()
         q._int8 = {}
         q._device_params = None
         for name, p in q._params.items():
@@ -417,7 +418,7 @@ class _RNNBase(ParameterMixin):
             )
             for name in quantized
         }
-        self._step_ws = {}
+        self._streams = Streams()
         return self
 
     # ------------------------------------------------------------------ states
@@ -850,7 +851,7 @@ class _RNNBase(ParameterMixin):
         """
         bound = copy.copy(self)
         bound._params = params
-        bound._step_ws = {}
+        bound._streams = Streams()
         bound._device_params = None
         return bound
 
@@ -871,12 +872,12 @@ class _RNNBase(ParameterMixin):
 
         Notes
         -----
-        After the first call for a batch size nothing is allocated: results go
-        to two alternating internal buffers, so the ``state`` passed in is never
-        modified, while the arrays returned stay valid until the next-but-one call.
-        Copy them to keep them longer. The buffers belong to the model: streams in
-        several threads need a model each (calling the model on whole sequences is
-        thread-safe).
+        The ``state`` passed in is never modified. Each stream (a sequence started
+        from ``None`` or from a state you made, continued with the states ``step``
+        returns) has its own buffers: after its first step nothing is allocated, any
+        number of streams can be interleaved on one model, and each returned state
+        stays valid until its stream has advanced two more steps (copy it to keep it
+        longer). Calls on one model are serialised; see :mod:`fastrnn.streaming`.
         """
         if self.bidirectional:
             raise ValueError(
@@ -897,31 +898,7 @@ class _RNNBase(ParameterMixin):
             )
         unbatched = x_t.ndim == 1
         B = 1 if unbatched else x_t.shape[0]
-        ws = self._step_ws.get((B, unbatched)) or self._make_step_ws(B, unbatched)
-        latest, older = ws["order"]
-        if state is not None and state is ws["returned"][latest]:
-            source = ws["buffers"][latest]  # our own previous result: already validated
-        else:
-            h_in, c_in = self._state_in(state, B, unbatched)
-            source = None if h_in is None else (h_in, c_in)
-            if h_in is not None and np.may_share_memory(h_in, ws["buffers"][older][0]):
-                latest, older = older, latest  # never overwrite the state passed in
-        h, c = ws["buffers"][older]
-        if source is None:
-            h.fill(0)
-            c.fill(0)
-        else:
-            h[...] = source[0].reshape(h.shape)
-            c[...] = source[1].reshape(c.shape)
-        inp = x_t.reshape(B, self.input_size)
-        if not inp.flags.c_contiguous:
-            inp = np.ascontiguousarray(inp)
-        step_layer, scratch = ws["step_layer"], ws["scratch"]
-        for layer, params in enumerate(ws["params"]):
-            step_layer(inp, *params, h[layer], c[layer], self._mode_code, *scratch)
-            inp = h[layer]
-        ws["order"] = (older, latest)
-        return ws["outputs"][older], ws["returned"][older]
+        return self._streams.step(self, x_t, state, B, unbatched)
 
     def _state_in(self, state, B, unbatched):
         """Validate a streaming state without copying it."""
@@ -943,44 +920,6 @@ class _RNNBase(ParameterMixin):
             c_in = check.array("state[1] (c)", c_in, self.dtype, c_shape)
             check.shape("state[1] (c)", c_in, c_shape)
         return h_in, (h_in[..., :0] if c_in is None else c_in)
-
-    def _make_step_ws(self, B, unbatched):
-        """Buffers for streaming at batch ``B``: two alternating states, and the arrays
-        and tuples handed to the caller, made once so a returned state is recognised
-        by identity on the next call."""
-        L, P, H = self.num_layers, self.output_size, self.hidden_size
-        GH = self._kern.GATES * H
-        dt = self.dtype
-        h_shape, c_shape = self._state_shapes(B)
-        if self.mode != "LSTM":
-            c_shape = (L, B, 0)
-        buffers = tuple((np.zeros(h_shape, dt), np.zeros(c_shape, dt)) for _ in range(2))
-        views = [(h[:, 0], c[:, 0]) if unbatched else (h, c) for h, c in buffers]
-        ws = {
-            "params": [
-                self._cell_params(layer, 0) + self._int8_params(layer) for layer in range(L)
-            ],
-            "step_layer": (
-                recurrence.LOOPS[self._kern].step_layer_int8
-                if self._int8
-                else recurrence.LOOPS[self._kern].step_layer
-            ),
-            # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
-            "scratch": (
-                np.empty((B, GH), dt),
-                np.empty((B, GH), dt),
-                np.empty((B, H), dt),
-                np.empty((B, max(P, H)), dt),
-                np.ones(B, np.int64),
-                np.empty((0, 0), dt),
-            ),
-            "buffers": buffers,
-            "outputs": [hv[-1] for hv, _ in views],
-            "returned": [v if self.mode == "LSTM" else v[0] for v in views],
-            "order": (0, 1),  # (latest result, the other buffer)
-        }
-        self._step_ws[B, unbatched] = ws
-        return ws
 
 
 class RNN(_RNNBase):

@@ -47,3 +47,70 @@ def test_step_rejects_bidirectional(rng):
     m, _ = make_pair("gru", 4, 6, "float64", bidirectional=True)
     with pytest.raises(ValueError, match="unidirectional"):
         m.step(rng.standard_normal((1, 4)), m.initial_state(1))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_interleaved_streams_on_one_model(kind, rng):
+    """The example of the reliability issue, then five streams stepped round-robin: each
+    equals the same stream stepped alone."""
+    m, _ = make_pair(kind, 4, 6, "float64", num_layers=2)
+    x = rng.standard_normal((1, 4))
+    y1, s1 = m.step(x)
+    y2, s2 = m.step(2 * x)
+    kept = [a.copy() for a in _states(s2)]
+    m.step(x, s1)
+    for a, b in zip(_states(s2), kept):
+        np.testing.assert_array_equal(a, b)  # the second stream's state survived
+    T, streams = 6, 5
+    xs = rng.standard_normal((streams, T, 1, 4))
+    alone = [m(xs[s])[0][:, 0] for s in range(streams)]
+    states = [m.initial_state(1) for _ in range(streams)]
+    outs = [[] for _ in range(streams)]
+    for t in range(T):
+        for s in range(streams):
+            y, states[s] = m.step(xs[s, t], states[s])
+            outs[s].append(y[0].copy())
+    for s in range(streams):
+        np.testing.assert_allclose(np.array(outs[s]), alone[s], rtol=0, atol=1e-12)
+
+
+def test_streaming_memory_is_bounded(rng):
+    from fastrnn import streaming
+
+    m, _ = make_pair("gru", 3, 4, "float32")
+    for batch in range(1, 40):
+        m.step(rng.standard_normal((batch, 3)).astype(np.float32))
+    assert len(m._streams) <= streaming.MAX_SHAPES
+    x = rng.standard_normal((1, 3)).astype(np.float32)
+    first = m.step(x)[1]
+    for _ in range(3 * streaming.MAX_STREAMS):
+        m.step(x)  # a new stream each time
+    ws = m._streams._workspaces[1, False]
+    assert len(ws.streams) <= streaming.MAX_STREAMS
+    assert len(ws.owner) == 3 * len(ws.streams)
+    y, _ = m.step(x, first)  # a dropped stream's state still works
+    np.testing.assert_allclose(y, m(np.stack([x, x]))[0][1], rtol=0, atol=1e-6)
+
+
+def test_step_from_threads_equals_serial(rng):
+    import threading
+
+    m, _ = make_pair("lstm", 4, 8, "float64")
+    xs = rng.standard_normal((4, 30, 2, 4))
+    expected = [m(x)[0] for x in xs]
+    got = [None] * len(xs)
+
+    def run(i):
+        state, ys = m.initial_state(2), []
+        for t in range(xs.shape[1]):
+            y, state = m.step(xs[i, t], state)
+            ys.append(y.copy())
+        got[i] = np.array(ys)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
