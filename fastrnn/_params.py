@@ -77,5 +77,16 @@ class ParameterMixin:
             arrays[name] = cast
         for name, value in arrays.items():
             np.copyto(self._params[name], value)
+        self._weights_changed()
         if getattr(self, "_device_params", None) is not None:
             self.to_device()  # keep the resident GPU copy in step
+
+    #: Bumped by every ``load_state_dict``: a training tape records it, and ``backward``
+    #: refuses a tape recorded with other weights.
+    weights_version = 0
+
+    def _weights_changed(self):
+        self.weights_version += 1
+        layer = getattr(self, "_layer", None)  # a cell shares its arrays with a layer
+        if layer is not None:
+            layer._weights_changed()

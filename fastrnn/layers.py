@@ -679,11 +679,15 @@ class _RNNBase(ParameterMixin):
             )
         if type(x) is not np.ndarray and is_device_array(x):
             return self._cuda_layers().forward_train(self, x, hx, lengths, dropout_masks, rng)
+        given = x
         x, unbatched = self._check_input(x)
+        if isinstance(given, np.ndarray) and np.may_share_memory(x, given):
+            x = x.copy()  # the tape owns its input: later edits of the caller's x change nothing
         T, B, _ = x.shape
         h, c = self._check_state(hx, B, unbatched)
-        lens = np.full(B, T, np.int64) if lengths is None else check.lengths(lengths, B, T)
+        lens = np.full(B, T, np.int64) if lengths is None else check.lengths(lengths, B, T).copy()
         tape = Tape(id(self), self._signature(), None, unbatched, lens)
+        tape.weights_version = self.weights_version
         tape.masks = self._dropout_masks(dropout_masks, rng, T, B, unbatched)
         y = self._forward(x, h, c, lens, tape)
         y = self._pack_output(y, unbatched)
@@ -715,6 +719,11 @@ class _RNNBase(ParameterMixin):
             raise ValueError(
                 "tape was recorded by another model (or before this model's "
                 "parameters changed shape); run forward_train on this model again"
+            )
+        if tape.weights_version != self.weights_version:
+            raise ValueError(
+                "tape was recorded before load_state_dict changed this model's weights: its "
+                "gradients would mix old and new weights; run forward_train again"
             )
         if tape.device is not None:
             return self._cuda_layers().backward(self, tape, grad_y, grad_state)

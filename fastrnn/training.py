@@ -38,6 +38,7 @@ class Tape:
     steps: list = field(default_factory=list)
     masks: list = field(default_factory=list)
     device: object = None  # the lengths as a device array when the tape lives on the GPU
+    weights_version: int = 0  # the model's ``weights_version`` when the tape was recorded
 
     def __repr__(self):
         nbytes = sum(a.nbytes for s in self.steps for a in s) + sum(

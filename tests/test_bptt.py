@@ -357,3 +357,33 @@ def test_truncated_bptt_chunks_equal_full_sequence(rng):
     for k in full.params:
         np.testing.assert_allclose(g1.params[k] + g2.params[k], full.params[k], atol=1e-12)
     assert TOL
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_tape_owns_its_inputs(kind, rng):
+    """Editing x or lengths after forward_train changes nothing in backward."""
+    m, _ = make_pair(kind, 3, 5, "float64", num_layers=2)
+    x = rng.standard_normal((6, 2, 3))
+    lengths = np.array([6, 4])
+    y, _, tape = m.forward_train(x, lengths=lengths)
+    clean = m.backward(tape, np.ones_like(y))
+    y, _, tape = m.forward_train(x, lengths=lengths)
+    x *= 3.0
+    lengths[1] = 1
+    edited = m.backward(tape, np.ones_like(y))
+    for name in clean.params:
+        np.testing.assert_array_equal(edited.params[name], clean.params[name])
+    np.testing.assert_array_equal(edited.input, clean.input)
+
+
+def test_stale_tape_is_refused_after_load_state_dict(rng):
+    m, tm = make_pair("lstm", 3, 5, "float64")
+    y, _, tape = m.forward_train(rng.standard_normal((4, 2, 3)))
+    m.load_state_dict(tm.state_dict())
+    with pytest.raises(ValueError, match="load_state_dict"):
+        m.backward(tape, np.ones_like(y))
+    cell = fastrnn.GRUCell(3, 4, dtype="float64")
+    h, tape = cell.forward_train(rng.standard_normal((2, 3)))
+    cell.load_state_dict(cell.state_dict())
+    with pytest.raises(ValueError, match="load_state_dict"):
+        cell.backward(tape, np.ones_like(h))

@@ -223,6 +223,7 @@ def forward_train(model, x, hx=None, lengths=None, dropout_masks=None, rng=None)
     h, c = _check_state(model, hx, B, unbatched)
     host_lens, lens = _lengths(lengths, B, T)
     tape = Tape(id(model), model._signature(), None, unbatched, host_lens, device=lens)
+    tape.weights_version = model.weights_version
     tape.masks = _device_masks(model, dropout_masks, rng, T, B, unbatched)
     y = run(model, device_params(model), x, h, c, lens, tape)
     y = _pack_output(model, y, unbatched)
