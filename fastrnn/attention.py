@@ -160,7 +160,9 @@ def _additive_forward(pq, pk, bias, vvec, values, mbool, context, weights):
             for h in range(H):
                 acc += vvec[h] * tanh(pq[b, h] + pk[b, j, h] + bias[h])
             w[j] = acc
-            m = max(m, acc)
+            # the max of the *stored* scores: acc may carry more precision than w, and at
+            # |score| ~ 1e30 the difference alone would underflow every exp to 0
+            m = max(m, w[j])
         ctx = context[b]
         ctx[:] = 0
         if m == -np.inf:

@@ -220,3 +220,32 @@ def test_bad_input_is_reported(rng):
     with pytest.raises(TypeError, match="tape must come from"):
         attention.additive_backward(tape, np.ones((2, 4)))
     assert TORCH_DTYPE
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e30, 1e37])
+def test_additive_and_luong_concat_stay_finite_at_huge_float32_scores(scale, rng):
+    """Scores near float32's range: softmax from the stored scores, as torch computes it."""
+    B, L, qs, ks, vs, H = 2, 6, 4, 4, 3, 8
+    q, k, val = (
+        rng.standard_normal(s).astype(np.float32) for s in [(B, qs), (B, L, ks), (B, L, vs)]
+    )
+    wq, wk = (rng.standard_normal((H, s)).astype(np.float32) for s in (qs, ks))
+    vv = (rng.standard_normal(H) * scale / H).astype(np.float32)
+    ctx, w = attention.additive(q, k, val, wq, wk, vv)
+    t = [torch.from_numpy(a) for a in (q, k, val, wq, wk, vv)]
+    c_ref, w_ref = torch_additive(*t, None)
+    assert np.all(np.isfinite(ctx)) and np.all(np.isfinite(w))
+    np.testing.assert_allclose(w, w_ref.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ctx, c_ref.numpy(), atol=1e-5)
+    # Luong "concat" scores v · tanh(W [q; k] + b): the same kernel
+    hidden = 4
+    query, keys = (
+        rng.standard_normal((B, hidden)).astype(np.float32),
+        rng.standard_normal((B, L, hidden)).astype(np.float32),
+    )
+    W = rng.standard_normal((hidden, 2 * hidden)).astype(np.float32)
+    b = np.zeros(hidden, np.float32)
+    v = (rng.standard_normal(hidden) * scale / hidden).astype(np.float32)
+    ctx, w = attention.luong(query, keys, method="concat", weights=(W, b, v))
+    assert np.all(np.isfinite(ctx)) and np.all(np.isfinite(w))
+    assert np.allclose(w.sum(axis=1), 1, atol=1e-5)

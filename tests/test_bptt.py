@@ -301,20 +301,46 @@ def test_finite_differences(kind):
         np.testing.assert_allclose(grad, numeric, atol=1e-7, rtol=1e-6, err_msg=name)
 
 
-def test_clip_grad_norm_matches_torch(rng):
-    grads = {k: rng.standard_normal(s) for k, s in [("a", (3, 4)), ("b", (5,))]}
-    params = [torch.nn.Parameter(torch.zeros(v.shape, dtype=torch.float64)) for v in grads.values()]
-    for p, g in zip(params, grads.values()):
-        p.grad = torch.from_numpy(g.copy())
-    for max_norm, norm_type in [(1.0, 2.0), (100.0, 2.0), (0.5, float("inf"))]:
-        g = {k: v.copy() for k, v in grads.items()}
-        for p, v in zip(params, grads.values()):
-            p.grad = torch.from_numpy(v.copy())
-        total = fastrnn.clip_grad_norm(g, max_norm, norm_type)
-        ttotal = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
-        assert abs(total - float(ttotal)) < 1e-12
-        for p, v in zip(params, g.values()):
-            np.testing.assert_allclose(v, p.grad.numpy(), rtol=1e-12)
+def _torch_clip(grads, max_norm, norm_type, **kwargs):
+    params = [torch.nn.Parameter(torch.zeros(v.shape, dtype=torch.float64)) for v in grads]
+    for p, v in zip(params, grads):
+        p.grad = torch.from_numpy(v.copy())
+    total = torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, **kwargs)
+    return float(total), [p.grad.numpy() for p in params]
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.5, float("inf"), float("-inf"), 0.0, -2.0])
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+@pytest.mark.parametrize("special", ["none", "zero", "nan", "inf"])
+def test_clip_grad_norm_matches_torch(norm_type, max_norm, special, rng):
+    grads = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
+    if special == "zero":
+        grads[1][2] = 0.0
+    elif special == "nan":
+        grads[0][1, 1] = np.nan
+    elif special == "inf":
+        grads[1][0] = np.inf
+    ttotal, tgrads = _torch_clip(grads, max_norm, norm_type)
+    ours = [g.copy() for g in grads]
+    total = fastrnn.clip_grad_norm(ours, max_norm, norm_type)
+    np.testing.assert_allclose(total, ttotal, rtol=1e-12, equal_nan=True)
+    for a, b in zip(ours, tgrads):
+        np.testing.assert_allclose(a, b, rtol=1e-12, equal_nan=True)
+
+
+def test_clip_grad_norm_error_if_nonfinite_and_bad_arguments(rng):
+    grads = {"a": np.array([1.0, np.nan])}
+    with pytest.raises(RuntimeError, match="non-finite"):
+        fastrnn.clip_grad_norm(grads, 1.0, error_if_nonfinite=True)
+    with pytest.raises(RuntimeError):
+        _torch_clip(list(grads.values()), 1.0, 2.0, error_if_nonfinite=True)
+    assert np.isnan(grads["a"][0]) is np.False_  # untouched when it refuses
+    with pytest.raises(ValueError, match="norm_type"):
+        fastrnn.clip_grad_norm([np.ones(2)], 1.0, norm_type=float("nan"))
+    with pytest.raises(TypeError, match="norm_type"):
+        fastrnn.clip_grad_norm([np.ones(2)], 1.0, norm_type="fro")
+    with pytest.raises(TypeError, match="floating-point ndarrays"):
+        fastrnn.clip_grad_norm([[1.0, 2.0]], 1.0)
 
 
 def test_backward_rejects_bad_input(rng):

@@ -51,7 +51,7 @@ def _softmax_kernel(S, madd, mbool, causal, scale, B1, q0, lse, from_lse):
             if (has_bool and not mbool[b0, b1, i, j]) or (causal and j > i):
                 s = -math.inf
             S[n, r, j] = s
-            m = max(m, s)
+            m = max(m, S[n, r, j])  # the stored (rounded) score: see the CPU kernel
         if from_lse:
             L = lse[n, i]
             for j in range(Lk):
