@@ -11,7 +11,7 @@ class ParameterMixin:
 
     def _init_params(self, seed):
         """torch's init: every parameter uniform in ±1/sqrt(hidden_size)."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check.seed(seed))
         bound = 1.0 / np.sqrt(self.hidden_size)
         return {
             name: rng.uniform(-bound, bound, size=shp).astype(self.dtype)
@@ -47,6 +47,7 @@ class ParameterMixin:
                 "load_state_dict on a quantized model: load into the float32 "
                 "model and call quantize() again"
             )
+        check.mapping("state_dict", state_dict)
         expected = self._param_shapes()
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]

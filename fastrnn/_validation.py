@@ -9,7 +9,10 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def as_dtype(dtype):
-    """Normalise a model ``dtype`` argument to float32 or float64."""
+    """Normalise a model ``dtype`` argument to float32 or float64 (None is refused:
+    NumPy would read it as float64)."""
+    if dtype is None:
+        raise TypeError("dtype must be 'float32' or 'float64'; got None")
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -23,6 +26,58 @@ def positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
     return int(value)
+
+
+def choice(name, value, allowed):
+    """``value`` if it is one of the strings ``allowed``, else a ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def probability(name, value):
+    """A float in [0, 1] (Python or NumPy number, not bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
+    if not 0 <= float(value) <= 1:  # NaN fails too
+        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}")
+    return float(value)
+
+
+def seed(value):
+    """A ``numpy.random.default_rng`` seed: None or a non-negative integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"seed must be None or an integer >= 0; got {value!r}")
+    return int(value)
+
+
+def generator(name, value):
+    """A ``numpy.random.Generator`` from None, an integer seed or a Generator."""
+    if value is None or isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value is not None and value < 0:
+            raise ValueError(
+                f"{name} must be a numpy Generator, an integer >= 0 or None; got {value!r}"
+            )
+        return np.random.default_rng(value)
+    if isinstance(value, np.random.Generator):
+        return value
+    raise TypeError(
+        f"{name} must be a numpy.random.Generator, an integer seed or None; "
+        f"got {type(value).__name__}"
+    )
+
+
+def mapping(name, value):
+    """A dict-like of parameter names to arrays."""
+    if not hasattr(value, "keys") or not hasattr(value, "__getitem__"):
+        raise TypeError(
+            f"{name} must be a mapping of parameter names to arrays; got {type(value).__name__}"
+        )
+    return value
 
 
 def to_numpy(value):
@@ -41,9 +96,11 @@ def array(name, value, dtype, shape_text):
         )
     value = to_numpy(value)
     if value.dtype != dtype:
+        hint = f"Cast it with .astype(np.{dtype})"
+        if value.dtype in FLOAT_DTYPES:
+            hint += f" or build the model with dtype='{value.dtype}'"
         raise TypeError(
-            f"{name} must have dtype {dtype} (the model's dtype); got {value.dtype}. "
-            f"Cast it with .astype(np.{dtype}) or build the model with dtype='{value.dtype}'."
+            f"{name} must have dtype {dtype} (the model's dtype); got {value.dtype}. {hint}."
         )
     return value
 

@@ -264,6 +264,8 @@ def _sdpa_shapes(q, k, v):
     for name, a in (("query", q), ("key", k), ("value", v)):
         if a.ndim < 2:
             raise ValueError(f"{name} must have shape (..., L, features); got {a.shape}")
+        if a.shape[a.ndim - 1] == 0:
+            raise ValueError(f"{name} must have at least one feature; got shape {a.shape}")
     if q.shape[q.ndim - 1] != k.shape[k.ndim - 1]:
         raise ValueError(
             f"query and key must have the same last dimension; got {q.shape} and {k.shape}"

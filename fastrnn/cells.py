@@ -25,8 +25,7 @@ class _CellBase(ParameterMixin):
     def __init__(
         self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype="float32", seed=None
     ):
-        if nonlinearity not in rnn.MODES:
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        check.choice("nonlinearity", nonlinearity, tuple(rnn.MODES))
         extra = {"nonlinearity": nonlinearity} if self.mode == "RNN" else {}
         self._layer = self._layer_class(
             input_size, hidden_size, bias=bias, dtype=dtype, seed=seed, **extra
@@ -47,9 +46,9 @@ class _CellBase(ParameterMixin):
         """torch's parameter names and shapes of ``cls(**config)``, without building it."""
         config = dict(config)
         config.pop("seed", None)
-        nonlinearity = config.pop("nonlinearity", "tanh")
-        if nonlinearity not in rnn.MODES:
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        nonlinearity = check.choice(
+            "nonlinearity", config.pop("nonlinearity", "tanh"), tuple(rnn.MODES)
+        )
         if cls.mode == "RNN":
             config["nonlinearity"] = nonlinearity
         shapes = cls._layer_class.param_shapes_for(**config)

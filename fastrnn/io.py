@@ -321,6 +321,13 @@ def _model_classes():
     }
 
 
+def _path(path):
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}") from None
+
+
 def save(model, path):
     """Save a fastrnn model's parameters and configuration.
 
@@ -340,7 +347,7 @@ def save(model, path):
             f"model must be a fastrnn RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell; got "
             f"{type(model).__name__}"
         )
-    path = os.fspath(path)
+    path = _path(path)
     if not path.endswith((".safetensors", ".npz")):
         raise ValueError(f"path must end in '.safetensors' or '.npz'; got {path!r}")
     weights = getattr(model, "weights_format", None) or model.dtype.name
@@ -427,7 +434,7 @@ def load(path):
         safetensors/npz file, malformed header or offsets, missing or unknown
         configuration, a newer format version, tensors that do not match.
     """
-    path = os.fspath(path)
+    path = _path(path)
     if not path.endswith((".safetensors", ".npz")):
         raise ValueError(f"path must end in '.safetensors' or '.npz'; got {path!r}")
     found = {}

@@ -172,14 +172,8 @@ class _RNNBase(ParameterMixin):
             raise ValueError(
                 f"proj_size must be smaller than hidden_size={hidden_size}; got {proj_size}"
             )
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, (int, float))
-            or not 0 <= dropout <= 1
-        ):
-            raise ValueError(f"dropout must be a number in [0, 1]; got {dropout!r}")
-        if nonlinearity not in rnn.MODES:
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        dropout = check.probability("dropout", dropout)
+        check.choice("nonlinearity", nonlinearity, tuple(rnn.MODES))
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
@@ -196,6 +190,12 @@ class _RNNBase(ParameterMixin):
         ``config`` is validated as the constructor would (``fastrnn.load`` checks a file's
         tensors against it before allocating anything).
         """
+        return cls._shell(**config)._param_shapes()
+
+    @classmethod
+    def _shell(cls, **config):
+        """A validated model of this configuration that owns no parameter memory:
+        ``_bind`` gives it arrays to compute with."""
         import inspect
 
         try:
@@ -208,7 +208,14 @@ class _RNNBase(ParameterMixin):
         shell = cls.__new__(cls)
         shell._configure(**args)
         check.parameter_memory(shell, shell._param_count())
-        return shell._param_shapes()
+        # names, shapes and dtype of the parameters, in torch's order, in no memory:
+        # read-only zero-stride views of a single zero
+        zero = np.zeros((), shell.dtype)
+        shell._params = {
+            name: np.broadcast_to(zero, shape) for name, shape in shell._param_shapes().items()
+        }
+        shell._streams = Streams()
+        return shell
 
     # ----------------------------------------------------------------- parameters
     @property
@@ -284,7 +291,8 @@ class _RNNBase(ParameterMixin):
         Returns
         -------
         model : same class, inference only (``forward_train`` and
-            ``load_state_dict`` raise).
+            ``load_state_dict`` raise, and its arrays are read-only: edit the float32
+            model and quantize it again).
         """
         if weights != "int8":
             raise ValueError(f"weights must be 'int8'; got {weights!r}")
@@ -303,7 +311,17 @@ class _RNNBase(ParameterMixin):
                 scale = scale.astype(np.float32)
                 q._int8[name] = (np.ascontiguousarray(w8.T), scale)
                 p[...] = w8 * scale[:, None]
+        q._freeze()
         return q
+
+    def _freeze(self):
+        """Make a quantized model's arrays read-only: an in-place edit of its weights
+        would leave the int8 copy stale, so it raises instead."""
+        for p in self._params.values():
+            p.flags.writeable = False
+        for w8, scale in self._int8.values():
+            w8.flags.writeable = False
+            scale.flags.writeable = False
 
     @property
     def _zero_bias(self):
@@ -419,6 +437,7 @@ class _RNNBase(ParameterMixin):
             for name in quantized
         }
         self._streams = Streams()
+        self._freeze()
         return self
 
     # ------------------------------------------------------------------ states
@@ -436,6 +455,8 @@ class _RNNBase(ParameterMixin):
             For LSTM a tuple ``(h0, c0)``, ``c0`` of shape
             (num_layers * num_directions, batch, hidden_size).
         """
+        if batch_size is not None:
+            batch_size = check.positive_int("batch_size", batch_size, minimum=0)
         h_shape, c_shape = self._state_shapes(batch_size)
         h = np.zeros(h_shape, self.dtype)
         return (h, np.zeros(c_shape, self.dtype)) if self.mode == "LSTM" else h
@@ -622,7 +643,7 @@ class _RNNBase(ParameterMixin):
         n = self.num_layers - 1
         scale = 0.0 if self.dropout == 1 else 1.0 / (1.0 - self.dropout)
         if masks is None:
-            rng = np.random.default_rng() if rng is None else rng
+            rng = check.generator("rng", rng)
             return [
                 (rng.random((T, B, F)) >= self.dropout).astype(self.dtype) * scale for _ in range(n)
             ]

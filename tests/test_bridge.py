@@ -432,3 +432,24 @@ def test_partly_frozen_weights_match_torch(compiled):
             assert p.grad is None, name
         else:
             assert (p.grad - q.grad).abs().max() < 1e-10, name
+
+
+def test_modules_keep_no_hidden_copies_of_weights():
+    """The bridge's per-configuration core models own no parameter memory, and a deleted
+    module's memory goes with it."""
+    import gc
+    import weakref
+
+    from fastrnn_torch import _ops
+
+    m = frt.LSTM(64, 700, num_layers=2)
+    x = torch.randn(3, 2, 64)
+    m(x)[0].sum().backward()
+    config = next(iter(m.__dict__["_fastrnn_config"].values()))
+    core = _ops.core_model(config)
+    owned = sum(p.base.nbytes if p.base is not None else p.nbytes for p in core._params.values())
+    assert owned <= 8 * len(core._params)  # one scalar each, whatever the shapes
+    ref = weakref.ref(m.weight_hh_l0)
+    del m
+    gc.collect()
+    assert ref() is None

@@ -81,3 +81,16 @@ def test_load_refuses_newer_format_and_unknown_weights(tmp_path):
         with pytest.raises(ValueError, match=message) as info:
             fastrnn.load(path)
         assert str(path) in str(info.value)
+
+
+def test_quantized_weights_cannot_go_stale(tmp_path):
+    """In-place edits of a quantized model's arrays raise (the int8 copy would go stale)."""
+    m, _ = make_pair("lstm", 4, 8, "float32")
+    for q in (m.quantize("int8"), None):
+        if q is None:
+            fastrnn.save(m.quantize("int8"), tmp_path / "q.safetensors")
+            q = fastrnn.load(tmp_path / "q.safetensors")
+        for name, p in q.state_dict().items():
+            with pytest.raises(ValueError, match="read-only"):
+                p[...] = 0
+    m.state_dict()["weight_hh_l0"][0, 0] += 1.0  # the float32 model stays editable

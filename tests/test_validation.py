@@ -95,3 +95,71 @@ def test_step_and_cell_validation(lstm):
         cell(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match=r"hx must have shape \(2, 6\); got \(2, 5\)"):
         cell(np.zeros((2, 4), np.float32), np.zeros((2, 5), np.float32))
+
+
+_BAD_CALLS = {
+    "initial_state(-1)": (lambda m: m.initial_state(-1), ValueError, "batch_size"),
+    "initial_state(2.5)": (lambda m: m.initial_state(2.5), ValueError, "batch_size"),
+    "seed=-1": (lambda m: fastrnn.GRU(3, 4, seed=-1), ValueError, "seed"),
+    "seed='a'": (lambda m: fastrnn.GRU(3, 4, seed="a"), ValueError, "seed"),
+    "nonlinearity list": (
+        lambda m: fastrnn.RNN(3, 4, nonlinearity=["tanh"]),
+        ValueError,
+        "nonlinearity",
+    ),
+    "cell nonlinearity list": (
+        lambda m: fastrnn.RNNCell(3, 4, nonlinearity=["tanh"]),
+        ValueError,
+        "nonlinearity",
+    ),
+    "load_state_dict(None)": (lambda m: m.load_state_dict(None), TypeError, "state_dict"),
+    "dtype=None": (lambda m: fastrnn.GRU(3, 4, dtype=None), TypeError, "dtype"),
+    "dropout nan": (
+        lambda m: fastrnn.GRU(3, 4, num_layers=2, dropout=float("nan")),
+        ValueError,
+        "dropout",
+    ),
+    "rng='x'": (
+        lambda m: fastrnn.GRU(3, 4, num_layers=2, dropout=0.5).forward_train(
+            np.zeros((2, 1, 3), np.float32), rng="x"
+        ),
+        TypeError,
+        "rng",
+    ),
+    "integer hx": (
+        lambda m: m(np.zeros((2, 1, 3), np.float32), (np.zeros((1, 1, 4), np.int64),) * 2),
+        TypeError,
+        "h0.*float32",
+    ),
+    "bool hx": (
+        lambda m: m(np.zeros((2, 1, 3), np.float32), (np.zeros((1, 1, 4), bool),) * 2),
+        TypeError,
+        "h0",
+    ),
+    "attention without features": (
+        lambda m: fastrnn.attention.scaled_dot_product(*(np.zeros((1, 2, 0), np.float32),) * 3),
+        ValueError,
+        "query",
+    ),
+    "save path None": (lambda m: fastrnn.save(m, None), TypeError, "path"),
+    "save a dict": (lambda m: fastrnn.save({}, "x.npz"), TypeError, "model"),
+    "clip norm_type nan": (
+        lambda m: fastrnn.clip_grad_norm([np.ones(2)], 1.0, float("nan")),
+        ValueError,
+        "norm_type",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CALLS))
+def test_bad_arguments_name_themselves(case):
+    call, error, pattern = _BAD_CALLS[case]
+    with pytest.raises(error, match=pattern):
+        call(fastrnn.LSTM(3, 4))
+
+
+def test_numpy_numbers_are_accepted_like_python_numbers():
+    m = fastrnn.GRU(np.int64(3), np.int32(4), num_layers=np.int64(2), dropout=np.float32(0.25))
+    assert m.dropout == pytest.approx(0.25) and m.hidden_size == 4
+    y, _, tape = m.forward_train(np.zeros((2, 1, 3), np.float32), rng=7)  # an integer seed
+    assert y.shape == (2, 1, 4)

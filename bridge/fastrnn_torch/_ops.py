@@ -42,9 +42,10 @@ def _config(config):
 
 @functools.lru_cache(maxsize=64)
 def core_model(config):
-    """The core model for a configuration (its own weights are never used)."""
+    """The core model for a configuration, without weights of its own (a few hundred
+    bytes): each call binds it to the module's tensors."""
     cfg = dict(_config(config))
-    return _CORE[cfg.pop("mode")](**cfg)
+    return _CORE[cfg.pop("mode")]._shell(**cfg)
 
 
 def _onednn_linear():
