@@ -90,7 +90,7 @@ def test_quantized_weights_cannot_go_stale(tmp_path):
         if q is None:
             fastrnn.save(m.quantize("int8"), tmp_path / "q.safetensors")
             q = fastrnn.load(tmp_path / "q.safetensors")
-        for name, p in q.state_dict().items():
+        for p in q.state_dict().values():
             with pytest.raises(ValueError, match="read-only"):
                 p[...] = 0
     m.state_dict()["weight_hh_l0"][0, 0] += 1.0  # the float32 model stays editable
