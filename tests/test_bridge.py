@@ -453,3 +453,25 @@ def test_modules_keep_no_hidden_copies_of_weights():
     del m
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize(
+    "make, name, shape",
+    [
+        (lambda: (frt.GRU(3, 4), torch.nn.GRU(3, 4)), "weight_hh_l0", (300, 4)),
+        (lambda: (frt.GRU(3, 4), torch.nn.GRU(3, 4)), "weight_hh_l0", (12, 2)),
+        (lambda: (frt.RNN(3, 4), torch.nn.RNN(3, 4)), "weight_ih_l0", (4, 2)),
+        (lambda: (frt.LSTM(3, 4), torch.nn.LSTM(3, 4)), "bias_ih_l0", (3,)),
+        (lambda: (frt.GRUCell(3, 4), torch.nn.GRUCell(3, 4)), "weight_hh", (12, 2)),
+    ],
+)
+def test_wrong_shaped_parameters_raise_like_torch(make, name, shape):
+    """A Parameter of the wrong shape assigned by the user: a RuntimeError as torch.nn
+    raises, never an out-of-bounds read (this used to corrupt the heap)."""
+    ours, theirs = make()
+    cell = isinstance(ours, torch.nn.RNNCellBase)
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    for module in (ours, theirs):
+        setattr(module, name, torch.nn.Parameter(torch.randn(*shape)))
+        with pytest.raises(RuntimeError):
+            module(x)

@@ -199,3 +199,18 @@ def test_repr_shows_fastrnn():
     frt.convert(model)
     assert repr(model) == before.replace("GRUCell(", "fastrnn_torch.GRUCell(")
     assert repr(frt.LSTM(3, 4, num_layers=2)) == "fastrnn_torch.LSTM(3, 4, num_layers=2)"
+
+
+def test_export_refuses_what_load_would_refuse(tmp_path):
+    import fastrnn
+
+    gru = torch.nn.GRU(3, 4)
+    path = tmp_path / "gru.safetensors"
+    frt.export(gru, path)
+    good = path.read_bytes()
+    with torch.no_grad():
+        gru.weight_hh_l0[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="weight_hh_l0.*non-finite"):
+        frt.export(gru, path)
+    assert path.read_bytes() == good  # the earlier export is untouched
+    assert fastrnn.load(path).hidden_size == 4

@@ -239,3 +239,25 @@ def test_repr_reads_like_torch():
         repr(fastrnn.RNN(3, 5, nonlinearity="relu"))
         == "RNN(3, 5, nonlinearity='relu', dtype='float32')"
     )
+
+
+def test_whole_sequences_from_threads_equal_serial(rng):
+    """Kernels release the GIL: concurrent calls on one model must not share scratch."""
+    import threading
+
+    m, _ = make_pair("gru", 4, 8, "float64", num_layers=2)
+    xs = [rng.standard_normal((12, b, 4)) for b in (1, 2, 20, 3)]
+    expected = [m(x)[0] for x in xs]
+    got = [None] * len(xs)
+
+    def run(i):
+        for _ in range(5):
+            got[i] = m(xs[i])[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)

@@ -130,8 +130,22 @@ def _tape_shapes(config, T, B):
     return shapes
 
 
+def check_weights(core, weights):
+    """torch.nn's RuntimeError for a parameter of the wrong shape (a user can assign any
+    Parameter): the kernels index with the configured shapes, never past the memory."""
+    if len(weights) != len(core._params):
+        raise RuntimeError(f"expected {len(core._params)} weights, got {len(weights)}")
+    for (name, want), w in zip(core._params.items(), weights):
+        if tuple(w.shape) != want.shape:
+            raise RuntimeError(
+                f"{name} must have shape {tuple(want.shape)} for this module's configuration; "
+                f"got {tuple(w.shape)}"
+            )
+
+
 def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
     """The forward on tensors: ``(y, h_n, c_n, tape)``; ``tape`` is [] unless ``train``."""
+    check_weights(core_model(config), weights)
     if _cuda.on_gpu(x):
         return _cuda.forward(core_model(config), x, weights, h0, c0, lengths, masks, train)
     mode, L, D, H, P = _sizes(config)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import torch
 
-from fastrnn.io import save_safetensors
+from fastrnn.io import FORMAT_VERSION, save_safetensors
 
 from . import modules
 
@@ -111,5 +111,11 @@ def export(module, path):
         tensors[key] = np.ascontiguousarray(arr.numpy())
     cfg["dtype"] = "float64" if all(a.dtype == np.float64 for a in tensors.values()) else "float32"
     tensors = {k: v.astype(cfg["dtype"]) for k, v in tensors.items()}
-    meta = {"__fastrnn_config__": json.dumps({"class": name, "config": cfg}), "format": "pt"}
-    save_safetensors(path, tensors, meta)
+    for key, value in tensors.items():  # a file fastrnn.load would refuse is not written
+        if not np.all(np.isfinite(value)):
+            raise ValueError(
+                f"{key} has non-finite values (NaN or inf) in {cfg['dtype']}; not exported"
+            )
+    spec = {"class": name, "config": cfg, "format_version": FORMAT_VERSION, "weights": cfg["dtype"]}
+    meta = {"__fastrnn_config__": json.dumps(spec), "format": "pt"}
+    save_safetensors(path, tensors, meta)  # atomic: a failed export keeps the old file
