@@ -475,3 +475,55 @@ def test_wrong_shaped_parameters_raise_like_torch(make, name, shape):
         setattr(module, name, torch.nn.Parameter(torch.randn(*shape)))
         with pytest.raises(RuntimeError):
             module(x)
+
+
+def _outcome(fn):
+    """('ok', shapes and dtypes of the tensors returned) or ('raises', exception type)."""
+    try:
+        out = fn()
+    except Exception as exc:  # compared with torch.nn's type below
+        return "raises", type(exc)
+    flat = []
+    stack = [out]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):
+            stack.extend(item)
+        else:
+            flat.append((tuple(item.shape), item.dtype))
+    return "ok", sorted(flat, key=str)
+
+
+_CORNERS = {
+    "batch 0": lambda M: M(3, 4)(torch.randn(5, 0, 3)),
+    "seq 0": lambda M: M(3, 4)(torch.randn(0, 2, 3)),
+    "int hx": lambda M: M(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.int64)),
+    "float64 hx": lambda M: M(3, 4)(
+        torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64)
+    ),
+    "bool hx": lambda M: M(3, 4)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.bool)),
+    "cell batch 0": lambda M: M(3, 4)(torch.randn(0, 3)),
+    "cell int hx": lambda M: M(3, 4)(torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.int64)),
+    "cell float64 hx": lambda M: M(3, 4)(torch.randn(2, 3), torch.zeros(2, 4, dtype=torch.float64)),
+    "cell batch mismatch": lambda M: M(3, 4)(torch.randn(2, 3), torch.zeros(3, 4)),
+    "cell hidden mismatch": lambda M: M(3, 4)(torch.randn(2, 3), torch.zeros(2, 5)),
+    "cell hidden_size 0": lambda M: M(3, 0)(torch.randn(2, 3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CORNERS))
+@pytest.mark.parametrize("kind", ["GRU", "RNN"])
+def test_zero_sizes_and_state_dtypes_like_torch(case, kind):
+    cell = case.startswith("cell")
+    ours = getattr(frt, kind + ("Cell" if cell else ""))
+    theirs = getattr(torch.nn, kind + ("Cell" if cell else ""))
+    assert _outcome(lambda: _CORNERS[case](ours)) == _outcome(lambda: _CORNERS[case](theirs))
+
+
+def test_lstm_state_dtype_and_cell_batch_messages():
+    m = frt.LSTMCell(3, 4)
+    x = torch.randn(2, 3)
+    with pytest.raises(RuntimeError, match="Input batch size 2 doesn't match hidden1 batch size 3"):
+        m(x, (torch.zeros(2, 4), torch.zeros(3, 4)))
+    with pytest.raises(RuntimeError, match="dtype"):
+        frt.LSTM(3, 4)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4).long()))

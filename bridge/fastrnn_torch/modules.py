@@ -49,6 +49,16 @@ def _supported(x, weights):
     return all(w.device == x.device and w.dtype == x.dtype for w in weights)
 
 
+def _check_state_dtype(h, x):
+    """torch.nn's error for an initial state whose dtype differs from the input's
+    (integer, bool or another float type would give wrong results or fail in a kernel)."""
+    if h.dtype != x.dtype:
+        raise RuntimeError(
+            f"hx must have the input's dtype {x.dtype}; got {h.dtype} (torch.nn: mat1 and mat2 "
+            "must have the same dtype)"
+        )
+
+
 def _needs_grad(tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -181,6 +191,10 @@ class _RNNMixin(_Portable):
             batched = input.unsqueeze(1 - int(self.batch_first)) if unbatched else input
             self.check_forward_args(batched, hx, None)
         B = x.shape[1]
+        for h in hx if lstm else (hx,):
+            _check_state_dtype(h, x)
+        if x.shape[0] == 0 or B == 0:
+            return self._torch_class.forward(self, input, hx)  # torch.nn's empty results
         h0, c0 = hx if lstm else (hx, x.new_empty((0,)))
         masks = []
         if self.training and self.dropout > 0 and self.num_layers > 1:
@@ -301,11 +315,19 @@ class _CellMixin(_Portable):
             parts = (z, z) if lstm else (z,)
         else:
             parts = tuple(h.unsqueeze(0) if unbatched else h for h in parts)
-            for h in parts:
-                if tuple(h.shape) != (B, self.hidden_size):
+            for i, h in enumerate(parts):  # torch.nn's checks and messages
+                if h.shape[0] != B:
                     raise RuntimeError(
-                        f"hidden has shape {tuple(h.shape)}, expected {(B, self.hidden_size)}"
+                        f"Input batch size {B} doesn't match hidden{i} batch size {h.shape[0]}"
                     )
+                if h.shape[1] != self.hidden_size:
+                    raise RuntimeError(
+                        f"hidden{i} has inconsistent hidden_size: got {h.shape[1]}, "
+                        f"expected {self.hidden_size}"
+                    )
+                _check_state_dtype(h, x)
+        if B == 0 or self.hidden_size == 0:
+            return super().forward(input, hx)  # empty results, as torch.nn computes them
         h0 = parts[0].unsqueeze(0)
         c0 = parts[1].unsqueeze(0) if lstm else x.new_empty((0,))
         train = _needs_grad([x, h0, c0] + weights)
