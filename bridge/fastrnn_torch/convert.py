@@ -22,13 +22,54 @@ _SWAPS = {
 __all__ = ["convert", "export"]
 
 
-def convert(model, *, return_swapped=False):
+_SUBCLASSES = {}  # user subclass of a torch.nn recurrent class -> its fastrnn twin
+
+
+def _replacement(cls):
+    """The fastrnn_torch class for ``cls``, or None when ``cls`` is not recurrent.
+
+    A subclass of a torch.nn recurrent class (a user's own, or the class
+    ``torch.nn.utils.parametrize`` creates for weight_norm/spectral_norm) gets a twin
+    that derives from both, fastrnn's ``forward`` first, so the subclass's other
+    methods and properties keep working.
+    """
+    if cls in _SWAPS:
+        return _SWAPS[cls]
+    if cls in _SUBCLASSES:
+        return _SUBCLASSES[cls]
+    base = next((b for b in cls.__mro__[1:] if b in _SWAPS), None)
+    if base is None or issubclass(cls, tuple(_SWAPS.values())):
+        return None
+    own = [b for b in cls.__mro__[: cls.__mro__.index(base)] if "forward" in vars(b)]
+    if own:
+        raise TypeError(
+            f"convert: {own[0].__qualname__} overrides forward(), which fastrnn's module would "
+            f"replace; make it hold a {base.__name__} (e.g. self.rnn = nn.{base.__name__}(...)) "
+            f"and convert that, or use fastrnn_torch.{base.__name__} in it directly"
+        )
+    twin = type(
+        cls.__name__,
+        (_SWAPS[base], cls),
+        {
+            "_torch_class": cls,  # pickles as the user's class, like the original module
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        },
+    )
+    _SUBCLASSES[cls] = twin
+    return twin
+
+
+def convert(model, *, strict=False, return_swapped=False):
     """Make every torch.nn RNN/LSTM/GRU(+Cell) inside ``model`` (itself included) run on fastrnn.
 
     The swap happens in place by changing each module's class to its fastrnn_torch
     twin (same attributes, see ``fastrnn_torch.modules``): the Parameter objects
     stay the same, so an optimizer built before the call keeps working, and
-    ``state_dict`` is unchanged.
+    ``state_dict`` is unchanged. Subclasses are swapped too (their own methods are
+    kept; one that overrides ``forward`` is refused), and so are modules with
+    parametrizations (``weight_norm``, ``spectral_norm``: the weights are computed at
+    every call, as torch does).
 
     After the swap ``isinstance(m, torch.nn.LSTM)`` is False for the layers (they
     derive from ``torch.nn.RNNBase``, which ``torch.compile`` can trace); find
@@ -40,6 +81,9 @@ def convert(model, *, return_swapped=False):
     Parameters
     ----------
     model : torch.nn.Module
+        Not a TorchScript module (convert before ``torch.jit.script``).
+    strict : bool, default False
+        Raise ``ValueError`` if nothing was swapped.
     return_swapped : bool, default False
         Also return the qualified names (as in ``model.named_modules()``, ``""``
         for ``model`` itself) of the modules that were swapped.
@@ -49,12 +93,27 @@ def convert(model, *, return_swapped=False):
     model : torch.nn.Module
         With ``return_swapped``, the tuple ``(model, names)``.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule) or any(
+        isinstance(m, torch.jit.ScriptModule) for m in model.modules()
+    ):
+        raise TypeError(
+            "convert: the model is (or holds) a TorchScript module (torch.jit.script), whose "
+            "code is compiled and cannot be swapped; convert the eager model first, then "
+            "script or compile it"
+        )
+    plan = [(name, module, _replacement(type(module))) for name, module in model.named_modules()]
     swapped = []
-    for name, module in model.named_modules():
-        replacement = _SWAPS.get(type(module))
+    for name, module, replacement in plan:
         if replacement is not None:
             module.__class__ = replacement
             swapped.append(name)
+    if strict and not swapped:
+        raise ValueError(
+            f"convert(strict=True): no torch.nn RNN, LSTM, GRU or *Cell found in "
+            f"{type(model).__name__} (already converted modules are not counted)"
+        )
     return (model, swapped) if return_swapped else model
 
 

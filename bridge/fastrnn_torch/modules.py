@@ -26,9 +26,11 @@ methods are reused as they are.
 """
 
 import copy
+import copyreg
 import json
 
 import torch
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _cuda
@@ -119,6 +121,11 @@ class _Portable:
         # allows for an allowlisted torch.nn class.
         state = self.__getstate__() if hasattr(self, "__getstate__") else self.__dict__
         state = {k: v for k, v in state.items() if k not in self._PRIVATE}
+        if self._torch_class.__module__ != "torch.nn.modules.rnn":
+            # a converted subclass (its constructor may take other arguments): rebuilt
+            # without calling it, as the user's class (needs weights_only=False, as any
+            # subclass does unless allowlisted)
+            return copyreg._reconstructor, (self._torch_class, object, None), state
         return self._torch_class, (self.input_size, self.hidden_size), state
 
     def _get_name(self):
@@ -150,6 +157,8 @@ class _RNNMixin(_Portable):
 
     def forward(self, input, hx=None):
         weights = self._flat_weights
+        if parametrize.is_parametrized(self):  # weight_norm etc.: computed at every call
+            weights = [getattr(self, name) for name in self._flat_weights_names]
         data = input.data if isinstance(input, PackedSequence) else input
         if not _supported(data, weights) or _recording_portable_graph():
             return self._torch_class.forward(self, input, hx)
