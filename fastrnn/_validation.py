@@ -139,6 +139,18 @@ def _physical_memory():
         return None
 
 
+def fits_in_memory(what, count, dtype):
+    """Refuse ``count`` elements of ``dtype`` that cannot fit in this machine's memory,
+    before anything is allocated."""
+    need = count * np.dtype(dtype).itemsize
+    have = _physical_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"{what} would need {count:,} values: {need / 2**30:,.1f} GiB of "
+            f"{np.dtype(dtype).name}, more than this machine's {have / 2**30:,.1f} GiB of memory"
+        )
+
+
 def parameter_memory(model, count):
     """Refuse a configuration whose ``count`` parameters cannot fit in this machine's
     memory, before anything is allocated (a typo such as ``num_layers=10**9`` must not
