@@ -163,7 +163,7 @@ def test_packed_sequences(kind, enforce_sorted):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_gradcheck_and_no_double_backward(kind):
+def test_gradcheck_and_double_backward(kind):
     m, _ = twins(LAYERS, kind, "float64", 2, 3, num_layers=2, bidirectional=True)
     x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: m(x)[0], (x,))
@@ -178,10 +178,8 @@ def test_gradcheck_and_no_double_backward(kind):
     assert torch.autograd.gradcheck(
         f, (x, *[p.detach().clone().requires_grad_(True) for p in params[:4]])
     )
-    y = m(x)[0].sum()
-    (gx,) = torch.autograd.grad(y, x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        gx.sum().backward()
+    inputs = (x, *[p.detach().clone().requires_grad_(True) for p in params[:4]])
+    assert torch.autograd.gradgradcheck(f, inputs)
 
 
 def test_state_dict_is_interchangeable():
@@ -527,3 +525,49 @@ def test_lstm_state_dtype_and_cell_batch_messages():
         m(x, (torch.zeros(2, 4), torch.zeros(3, 4)))
     with pytest.raises(RuntimeError, match="dtype"):
         frt.LSTM(3, 4)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4).long()))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (
+            frt.LSTM(2, 3, proj_size=2, num_layers=2, dropout=0.5),
+            torch.nn.LSTM(2, 3, proj_size=2, num_layers=2, dropout=0.5),
+        ),
+        lambda: (frt.GRU(2, 3, bidirectional=True), torch.nn.GRU(2, 3, bidirectional=True)),
+        lambda: (frt.RNN(2, 3, nonlinearity="relu"), torch.nn.RNN(2, 3, nonlinearity="relu")),
+    ],
+)
+def test_double_backward_matches_torch_with_packing_and_dropout(make):
+    """Gradients of gradients (e.g. a gradient penalty) equal torch.nn's, with variable
+    lengths and inter-layer dropout (same seed: the same masks in eval and train)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    ours, theirs = make()
+    ours, theirs = ours.double(), theirs.double()
+    theirs.load_state_dict(ours.state_dict())
+    ours.eval(), theirs.eval()  # dropout off: torch.nn's and fastrnn's masks differ
+    x0 = torch.randn(4, 3, 2, dtype=torch.float64)
+    lengths = torch.tensor([4, 2, 3])
+    penalties = []
+    for module in (ours, theirs):
+        x = x0.clone().requires_grad_(True)
+        out, _ = module(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        (gx,) = torch.autograd.grad(out.data.square().sum(), x, create_graph=True)
+        penalty = gx.square().sum()
+        penalty.backward()
+        penalties.append(
+            (penalty.detach(), {n: p.grad.clone() for n, p in module.named_parameters()})
+        )
+    (p1, g1), (p2, g2) = penalties
+    assert (p1 - p2).abs() < 1e-10 * max(1.0, p2.abs())
+    for name in g1:
+        assert (g1[name] - g2[name]).abs().max() < 1e-9, name
+
+
+def test_cells_double_backward():
+    cell = frt.LSTMCell(2, 3).double()
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, h, c: cell(x, (h, c))[0], (x, h, c))

@@ -29,7 +29,7 @@ import fastrnn
 from fastrnn import gru, lstm, rnn
 from fastrnn.training import Tape
 
-from . import _cuda
+from . import _cuda, _twice
 
 _CORE = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
 _KERNELS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
@@ -229,21 +229,46 @@ class RNNFunction(torch.autograd.Function):
         masks = list(weights_and_masks[n_weights:])
         y, hn, cn, tape = forward_impl(x, weights, h0, c0, lengths, masks, config, True)
         ctx.save_for_backward(x, lengths, *weights, *masks, *tape)
+        ctx.initial = (h0, c0)  # for gradients of gradients only (see _twice.py)
         ctx.meta = (config, n_weights, len(masks), tuple(hn.shape), tuple(cn.shape))
         ctx.mark_non_differentiable(*tape)
         return (y, hn, cn, *tape)
 
     @staticmethod
     def backward(ctx, grad_y, grad_hn, grad_cn, *grad_tape):
-        create_graph = torch.is_grad_enabled()
+        if torch.is_grad_enabled():  # create_graph=True: gradients that are differentiable
+            return RNNFunction._backward_twice(ctx, grad_y, grad_hn, grad_cn)
         with torch.no_grad():
-            grads = RNNFunction._backward(ctx, grad_y, grad_hn, grad_cn)
-        if not create_graph:
-            return grads
-        # Gradients of gradients are not implemented: make using them fail clearly.
-        tensors = [g.detach().requires_grad_() for g in grads if g is not None]
-        wrapped = iter(torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(tensors))(*tensors))
-        return tuple(None if g is None else next(wrapped) for g in grads)
+            return RNNFunction._backward(ctx, grad_y, grad_hn, grad_cn)
+
+    @staticmethod
+    def _backward_twice(ctx, grad_y, grad_hn, grad_cn):
+        """The same gradients, computed with torch.nn's operators so that autograd can
+        differentiate them again (slower; only when a graph of the backward is asked)."""
+        config, nw, nm, h_shape, c_shape = ctx.meta
+        saved = ctx.saved_tensors
+        x, lengths = saved[0], saved[1]
+        weights = list(saved[2 : 2 + nw])
+        masks = list(saved[2 + nw : 2 + nw + nm])
+        h0, c0 = ctx.initial
+        y_shape = (x.shape[0], x.shape[1], _y_width(config))
+        needs = ctx.needs_input_grad  # (config, n_weights, x, h0, c0, lengths, *weights, ...)
+        lstm = _sizes(config)[0] == "LSTM"
+        grads = _twice.gradients(
+            config,
+            x,
+            h0,
+            c0,
+            weights,
+            lengths,
+            masks,
+            _grad_or_zeros(grad_y, y_shape, x),
+            _grad_or_zeros(grad_hn, h_shape, x),
+            _grad_or_zeros(grad_cn, c_shape, x) if lstm else None,
+            [needs[2], needs[3], needs[4] and lstm, *needs[6 : 6 + nw]],
+        )
+        gx, gh, gc, gw = grads[0], grads[1], grads[2], grads[3:]
+        return (None, None, gx, gh, gc, None, *gw, *([None] * nm))
 
     @staticmethod
     def _backward(ctx, grad_y, grad_hn, grad_cn):
@@ -407,8 +432,8 @@ def _y_width(config):
 
 
 _DOUBLE_BACKWARD = (
-    "fastrnn_torch: double backward (gradients of gradients through a "
-    "recurrent layer) is not supported"
+    "fastrnn_torch: double backward through a torch.compile'd recurrent layer is not "
+    "supported; run that part eagerly (eager mode supports it)"
 )
 
 
