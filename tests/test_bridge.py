@@ -571,3 +571,27 @@ def test_cells_double_backward():
     h = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     c = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda x, h, c: cell(x, (h, c))[0], (x, h, c))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_batched_gradients_and_vmap(kind):
+    """autograd.grad(..., is_grads_batched=True) equals torch.nn's; torch.func.vmap over a
+    module equals a loop (torch.nn's own layers have no batching rule)."""
+    torch.manual_seed(0)
+    ours = getattr(frt, kind)(2, 3, num_layers=2).double()
+    theirs = getattr(torch.nn, kind)(2, 3, num_layers=2).double()
+    theirs.load_state_dict(ours.state_dict())
+    x0 = torch.randn(4, 2, 2, dtype=torch.float64)
+    found = []
+    for module in (ours, theirs):
+        x = x0.clone().requires_grad_(True)
+        y = module(x)[0]
+        basis = torch.eye(y.numel(), dtype=torch.float64).reshape(-1, *y.shape)[:6]
+        (g,) = torch.autograd.grad(y, x, basis, is_grads_batched=True)
+        found.append(g)
+    assert (found[0] - found[1]).abs().max() < 1e-10
+    xs = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        looped = torch.stack([ours(x)[0] for x in xs])
+    mapped = torch.func.vmap(lambda x: ours(x)[0])(xs)
+    assert (mapped - looped).abs().max() < 1e-12

@@ -218,25 +218,56 @@ def _grad_or_zeros(grad, like_shape, x):
 # ------------------------------------------------------------------ eager: autograd.Function
 
 
+def _batched(*tensors):
+    """Whether a gradient comes batched by ``vmap`` (``is_grads_batched=True``)."""
+    functorch = torch._C._functorch
+    return any(
+        t is not None and (functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t))
+        for t in tensors
+    )
+
+
 class RNNFunction(torch.autograd.Function):
     """Eager-mode autograd node: the same computation as the custom op, with less
     dispatch overhead (custom ops cost tens of microseconds per call in eager mode,
     which matters for cells stepped in a Python loop)."""
 
     @staticmethod
-    def forward(ctx, config, n_weights, x, h0, c0, lengths, *weights_and_masks):
+    def forward(config, n_weights, x, h0, c0, lengths, *weights_and_masks):
         weights = list(weights_and_masks[:n_weights])
         masks = list(weights_and_masks[n_weights:])
         y, hn, cn, tape = forward_impl(x, weights, h0, c0, lengths, masks, config, True)
+        return (y, hn, cn, *tape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        config, n_weights, x, h0, c0, lengths, *weights_and_masks = inputs
+        weights, masks = weights_and_masks[:n_weights], weights_and_masks[n_weights:]
+        _, hn, cn, *tape = output
         ctx.save_for_backward(x, lengths, *weights, *masks, *tape)
         ctx.initial = (h0, c0)  # for gradients of gradients only (see _twice.py)
         ctx.meta = (config, n_weights, len(masks), tuple(hn.shape), tuple(cn.shape))
         ctx.mark_non_differentiable(*tape)
-        return (y, hn, cn, *tape)
+
+    @staticmethod
+    def vmap(info, in_dims, config, n_weights, x, h0, c0, lengths, *weights_and_masks):
+        """``torch.func.vmap``: one call per batch entry, results stacked."""
+        args = (x, h0, c0, lengths, *weights_and_masks)
+        dims = in_dims[2:]
+        outs = [
+            RNNFunction.apply(
+                config, n_weights, *(a if d is None else a.select(d, i) for a, d in zip(args, dims))
+            )
+            for i in range(info.batch_size)
+        ]
+        stacked = tuple(torch.stack(parts) for parts in zip(*outs))
+        return stacked, (0,) * len(stacked)
 
     @staticmethod
     def backward(ctx, grad_y, grad_hn, grad_cn, *grad_tape):
-        if torch.is_grad_enabled():  # create_graph=True: gradients that are differentiable
+        if torch.is_grad_enabled() or _batched(grad_y, grad_hn, grad_cn):
+            # create_graph=True (gradients that are differentiable) or is_grads_batched
+            # (vmap over the backward): torch ops, which autograd and vmap can transform
             return RNNFunction._backward_twice(ctx, grad_y, grad_hn, grad_cn)
         with torch.no_grad():
             return RNNFunction._backward(ctx, grad_y, grad_hn, grad_cn)
