@@ -1,3 +1,3 @@
-"""The version of fastrnn and fastrnn_torch: written here only (pyproject reads it)."""
+"""The version of fastrnn and its PyTorch bridge: written here only (pyproject reads it)."""
 
 __version__ = "0.2.0"

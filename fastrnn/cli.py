@@ -146,21 +146,13 @@ def main(argv=None):
             print(f"{cell:5} {dtype:8} {s:6.1f} s")
         return 0
     _pin(args.cores)
-    try:
-        from fastrnn_torch import bench as runner
-    except ImportError as exc:
-        print(
-            f"fastrnn bench needs torch to compare against ({exc}); "
-            "install with: pip install 'fastrnn[torch]'",
-            file=sys.stderr,
-        )
+    runner = _bench_runner("gpu" if args.gpu else "cpu")
+    if runner is None:
         return 1
     modes = ("LSTM", "GRU", "RNN") if args.cell == "all" else (args.cell.upper(),)
     if args.gpu:
-        from fastrnn_torch import bench_gpu
-
-        return bench_gpu.main(quick=args.quick, modes=modes, out=args.out)
-    runner.main(
+        return runner(quick=args.quick, modes=modes, out=args.out)
+    runner(
         quick=args.quick,
         cores=args.cores,
         full=args.full,
@@ -169,6 +161,30 @@ def main(argv=None):
         out=args.out,
     )
     return 0
+
+
+def _bench_runner(name):
+    """The comparison registered under ``name`` in the ``fastrnn.bench`` entry points (the
+    PyTorch bridge registers ``cpu`` and ``gpu``), or None after saying what is missing."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="fastrnn.bench") if ep.name == name]
+    if not found:
+        print(
+            f"fastrnn bench: no '{name}' comparison is installed (it comes with the "
+            "PyTorch bridge: pip install 'fastrnn[torch]')",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return found[0].load()
+    except ImportError as exc:
+        print(
+            f"fastrnn bench needs torch to compare against ({exc}); "
+            "install with: pip install 'fastrnn[torch]'",
+            file=sys.stderr,
+        )
+        return None
 
 
 if __name__ == "__main__":

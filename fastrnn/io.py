@@ -421,7 +421,7 @@ def _expected(path, cls, config, weights):
 
 
 def load(path):
-    """Load a model written by :func:`save` (or by ``fastrnn_torch.export``).
+    """Load a model written by :func:`save` (or by the PyTorch bridge's ``export``).
 
     The file is checked before anything is allocated: its configuration must describe
     a valid model, and its tensors must be exactly that model's parameters (names,

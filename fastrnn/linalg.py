@@ -6,38 +6,59 @@ the weight matrix is as fast as BLAS (the cost is reading the weights); large
 batches go through NumPy's BLAS from the Python-level driver instead.
 """
 
+import contextvars
+
 import numpy as np
 
 from ._jit import kernel
 
 
 def numpy_gemm(a, b, out=None):
-    """``a @ b`` through NumPy's BLAS (the default matrix product of the models).
-
-    Models call their matrix products through a replaceable function of this
-    signature, so that the PyTorch bridge can run them on torch's BLAS and
-    thread pool instead: two thread pools spinning on the same two cores slow
-    each other down several-fold.
-    """
+    """``a @ b`` through NumPy's BLAS (the default matrix product of the models)."""
     return np.matmul(a, b, out=out)
 
 
-_GEMM = [numpy_gemm]
+_DEFAULT = [numpy_gemm]  # set_gemm's process-wide choice
+_CURRENT = contextvars.ContextVar("fastrnn_gemm", default=None)  # use_gemm's, per context
 
 
 def gemm(a, b, out=None):
-    """``a @ b`` (2-D) with the process-wide product function (see :func:`set_gemm`)."""
-    return _GEMM[0](a, b, out=out)
+    """``a @ b`` (2-D) with the product function in force: the one :func:`use_gemm` set in
+    this thread/context, else the process-wide one (:func:`set_gemm`, NumPy by default)."""
+    fn = _CURRENT.get()
+    return (fn or _DEFAULT[0])(a, b, out=out)
+
+
+class use_gemm:
+    """Context manager: fastrnn's large products inside the block go through
+    ``fn(a, b, out=None)``, in this thread (or asyncio task) only.
+
+    The PyTorch bridge runs the kernels inside ``use_gemm(torch's product)`` so a
+    process that uses torch runs one BLAS thread pool, not two (two pools spinning on
+    the same cores slow each other several-fold); importing the bridge changes nothing
+    for code that calls fastrnn directly.
+    """
+
+    __slots__ = ("fn", "token")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.token = None
+
+    def __enter__(self):
+        self.token = _CURRENT.set(self.fn)
+        return self.fn
+
+    def __exit__(self, *exc):
+        _CURRENT.reset(self.token)
+        return False
 
 
 def set_gemm(fn):
-    """Route fastrnn's large matrix products through ``fn(a, b, out=None)``.
-
-    ``fastrnn_torch`` calls this on import with torch's product, so a process
-    that uses torch runs one BLAS thread pool, not two. Returns the previous function.
-    """
-    previous = _GEMM[0]
-    _GEMM[0] = fn
+    """Route fastrnn's large matrix products through ``fn(a, b, out=None)`` in the whole
+    process (unless a :class:`use_gemm` block says otherwise); returns the previous one."""
+    previous = _DEFAULT[0]
+    _DEFAULT[0] = fn
     return previous
 
 

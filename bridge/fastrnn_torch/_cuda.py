@@ -106,14 +106,12 @@ def context(x):
         return
     from numba import cuda
 
-    if linalg._GEMM[0] is linalg.tiled_gemm:
-        linalg.set_gemm(_cublas_gemm)
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     # torch and Numba both work on the tensor's GPU (through its primary context), so
     # the products' device="cuda" and Numba's allocations land there
     with torch.cuda.device(index), cuda.gpus[index]:
         stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
-        with _device.using(stream, alloc):
+        with _device.using(stream, alloc), linalg.use_gemm(_cublas_gemm):
             yield
 
 

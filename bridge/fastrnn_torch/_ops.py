@@ -27,6 +27,7 @@ from torch import Tensor
 
 import fastrnn
 from fastrnn import gru, lstm, rnn
+from fastrnn.linalg import use_gemm
 from fastrnn.training import Tape
 
 from . import _cuda, _twice
@@ -102,7 +103,16 @@ def torch_gemm(a, b, out=None):
     return out
 
 
-fastrnn.linalg.set_gemm(torch_gemm)  # one BLAS thread pool per process: torch's
+def _with_torch_gemm(fn):
+    """Run ``fn`` with the core's large products on torch's BLAS (``use_gemm``), so the
+    process keeps one thread pool; importing the bridge changes nothing in fastrnn."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with use_gemm(torch_gemm):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _bound(config, weights):
@@ -143,6 +153,7 @@ def check_weights(core, weights):
             )
 
 
+@_with_torch_gemm
 def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
     """The forward on tensors: ``(y, h_n, c_n, tape)``; ``tape`` is [] unless ``train``."""
     check_weights(core_model(config), weights)
@@ -171,6 +182,7 @@ def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
     return torch.from_numpy(y), torch.from_numpy(h), cn, flat
 
 
+@_with_torch_gemm
 def backward_impl(
     grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, config, input_grad, param_grads
 ):

@@ -13,7 +13,6 @@ kernels, CUDA tensors on ``fastrnn.cuda``'s (zero copies, torch's stream);
 anything else (half precision, attention dropout) uses the plain torch formula.
 """
 
-import contextlib
 import math
 
 import numpy as np
@@ -21,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from fastrnn import attention as core
+from fastrnn.linalg import use_gemm
 
 from . import _cuda
+from ._ops import torch_gemm
 
 __all__ = ["scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAttention"]
 
@@ -55,8 +56,9 @@ def _t(a, like):
 
 
 def _engine(x):
-    """The context the core runs in: torch's stream and allocator for CUDA tensors."""
-    return _cuda.context(x) if _cuda.on_gpu(x) else contextlib.nullcontext()
+    """The context the core runs in: torch's stream and allocator for CUDA tensors,
+    torch's matrix product for CPU tensors."""
+    return _cuda.context(x) if _cuda.on_gpu(x) else use_gemm(torch_gemm)
 
 
 class _CoreFunction(torch.autograd.Function):

@@ -7,6 +7,7 @@ kernel, unless a faster product was installed with :func:`set_gemm` — the
 PyTorch bridge installs torch's cuBLAS product when it runs on real GPUs.
 """
 
+import contextvars
 import math
 
 import numpy as np
@@ -108,7 +109,8 @@ def tiled_gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     return c
 
 
-_GEMM = [tiled_gemm]
+_DEFAULT = [tiled_gemm]  # set_gemm's process-wide choice
+_CURRENT = contextvars.ContextVar("fastrnn_cuda_gemm", default=None)  # use_gemm's
 
 
 def gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
@@ -122,14 +124,34 @@ def gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     ka = a.shape[a.ndim - 2] if trans_a else a.shape[a.ndim - 1]
     if ka == 0:  # empty sum: only c's scaling is left
         return scale(c, beta)
-    return _GEMM[0](a, b, c, alpha, beta, trans_a, trans_b)
+    fn = _CURRENT.get() or _DEFAULT[0]
+    return fn(a, b, c, alpha, beta, trans_a, trans_b)
+
+
+class use_gemm:
+    """Context manager: device products inside the block go through
+    ``fn(a, b, c, alpha, beta, trans_a, trans_b)`` (this thread/context only)."""
+
+    __slots__ = ("fn", "token")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.token = None
+
+    def __enter__(self):
+        self.token = _CURRENT.set(self.fn)
+        return self.fn
+
+    def __exit__(self, *exc):
+        _CURRENT.reset(self.token)
+        return False
 
 
 def set_gemm(fn):
-    """Route the device products through ``fn(a, b, c, alpha, beta, trans_a, trans_b)``;
-    returns the previous function."""
-    previous = _GEMM[0]
-    _GEMM[0] = fn
+    """Route the device products through ``fn(a, b, c, alpha, beta, trans_a, trans_b)``
+    in the whole process; returns the previous function."""
+    previous = _DEFAULT[0]
+    _DEFAULT[0] = fn
     return previous
 
 
