@@ -245,35 +245,10 @@ class RNNFunction(torch.autograd.Function):
     which matters for cells stepped in a Python loop)."""
 
     @staticmethod
-    def forward(config, n_weights, x, h0, c0, lengths, *weights_and_masks):
-        weights = list(weights_and_masks[:n_weights])
-        masks = list(weights_and_masks[n_weights:])
-        y, hn, cn, tape = forward_impl(x, weights, h0, c0, lengths, masks, config, True)
-        return (y, hn, cn, *tape)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        config, n_weights, x, h0, c0, lengths, *weights_and_masks = inputs
-        weights, masks = weights_and_masks[:n_weights], weights_and_masks[n_weights:]
-        _, hn, cn, *tape = output
-        ctx.save_for_backward(x, lengths, *weights, *masks, *tape)
-        ctx.initial = (h0, c0)  # for gradients of gradients only (see _twice.py)
-        ctx.meta = (config, n_weights, len(masks), tuple(hn.shape), tuple(cn.shape))
-        ctx.mark_non_differentiable(*tape)
-
-    @staticmethod
-    def vmap(info, in_dims, config, n_weights, x, h0, c0, lengths, *weights_and_masks):
-        """``torch.func.vmap``: one call per batch entry, results stacked."""
-        args = (x, h0, c0, lengths, *weights_and_masks)
-        dims = in_dims[2:]
-        outs = [
-            RNNFunction.apply(
-                config, n_weights, *(a if d is None else a.select(d, i) for a, d in zip(args, dims))
-            )
-            for i in range(info.batch_size)
-        ]
-        stacked = tuple(torch.stack(parts) for parts in zip(*outs))
-        return stacked, (0,) * len(stacked)
+    def forward(ctx, config, n_weights, x, h0, c0, lengths, *weights_and_masks):
+        output = _forward_train(config, n_weights, x, h0, c0, lengths, weights_and_masks)
+        _save(ctx, (config, n_weights, x, h0, c0, lengths, *weights_and_masks), output)
+        return output
 
     @staticmethod
     def backward(ctx, grad_y, grad_hn, grad_cn, *grad_tape):
@@ -351,6 +326,58 @@ class RNNFunction(torch.autograd.Function):
         )
 
 
+def _forward_train(config, n_weights, x, h0, c0, lengths, weights_and_masks):
+    weights = list(weights_and_masks[:n_weights])
+    masks = list(weights_and_masks[n_weights:])
+    y, hn, cn, tape = forward_impl(x, weights, h0, c0, lengths, masks, config, True)
+    return (y, hn, cn, *tape)
+
+
+def _save(ctx, inputs, output):
+    """What the backward needs (shared by both autograd functions)."""
+    config, n_weights, x, h0, c0, lengths, *weights_and_masks = inputs
+    weights, masks = weights_and_masks[:n_weights], weights_and_masks[n_weights:]
+    _, hn, cn, *tape = output
+    ctx.save_for_backward(x, lengths, *weights, *masks, *tape)
+    ctx.initial = (h0, c0)  # for gradients of gradients only (see _twice.py)
+    ctx.meta = (config, n_weights, len(masks), tuple(hn.shape), tuple(cn.shape))
+    ctx.mark_non_differentiable(*tape)
+
+
+class RNNTransformFunction(RNNFunction):
+    """:class:`RNNFunction` in the form ``torch.func`` transforms need (a separate
+    ``setup_context``, a ``vmap`` rule). Used only for tensors under such a transform:
+    torch binds the arguments of this form with ``inspect.signature`` at every call,
+    which would double the per-call cost of a cell stepped in a loop."""
+
+    @staticmethod
+    def forward(config, n_weights, x, h0, c0, lengths, *weights_and_masks):
+        return _forward_train(config, n_weights, x, h0, c0, lengths, weights_and_masks)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, inputs, output)
+
+    @staticmethod
+    def vmap(info, in_dims, config, n_weights, x, h0, c0, lengths, *weights_and_masks):
+        """``torch.func.vmap``: one call per batch entry, results stacked."""
+        args = (x, h0, c0, lengths, *weights_and_masks)
+        dims = in_dims[2:]
+        outs = [
+            RNNTransformFunction.apply(
+                config, n_weights, *(a if d is None else a.select(d, i) for a, d in zip(args, dims))
+            )
+            for i in range(info.batch_size)
+        ]
+        stacked = tuple(torch.stack(parts) for parts in zip(*outs))
+        return stacked, (0,) * len(stacked)
+
+
+def _under_transform(tensors):
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return any(wrapped(t) for t in tensors)
+
+
 def rnn(x, weights, h0, c0, lengths, masks, config, train):
     """Run the model: the custom op under ``torch.compile``, else the cheaper eager path."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -358,7 +385,8 @@ def rnn(x, weights, h0, c0, lengths, masks, config, train):
     if not train:
         with torch.no_grad():
             return forward_impl(x, weights, h0, c0, lengths, masks, config, False)
-    out = RNNFunction.apply(config, len(weights), x, h0, c0, lengths, *weights, *masks)
+    function = RNNTransformFunction if _under_transform((x, h0, c0, *weights)) else RNNFunction
+    out = function.apply(config, len(weights), x, h0, c0, lengths, *weights, *masks)
     return out[0], out[1], out[2], list(out[3:])
 
 

@@ -33,8 +33,16 @@ import torch
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import _cuda
-from ._ops import rnn
+from . import _cells, _cuda
+from ._ops import _under_transform, rnn
+
+_MODE_CODES = {"tanh": 0, "relu": 1}
+
+
+def _graph_capture():
+    """torch.compile / jit.trace / torch.export at work (they need the custom op)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -337,10 +345,32 @@ class _CellMixin(_Portable):
                 _check_state_dtype(h, x)
         if B == 0 or self.hidden_size == 0:
             return super().forward(input, hx)  # empty results, as torch.nn computes them
+        config = _config(self, self._mode, 1, x.dtype)
+        train = _needs_grad([x, *parts] + weights)
+        if (
+            x.device.type == "cpu" and not _graph_capture() and not _under_transform([x, *parts])
+        ):  # the eager fast path: one fused step, forward and backward (see _cells.py)
+            b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
+            h0 = parts[0].contiguous()
+            c0 = parts[1].contiguous() if lstm else x.new_empty((B, 0))
+            h1, c1 = _cells.step(
+                self._mode,
+                _MODE_CODES.get(getattr(self, "nonlinearity", "tanh"), 0),
+                config,
+                x.contiguous(),
+                h0,
+                c0,
+                weights[0],
+                weights[1],
+                b_ih,
+                b_hh,
+                train,
+            )
+            if lstm:
+                return (h1[0], c1[0]) if unbatched else (h1, c1)
+            return h1[0] if unbatched else h1
         h0 = parts[0].unsqueeze(0)
         c0 = parts[1].unsqueeze(0) if lstm else x.new_empty((0,))
-        train = _needs_grad([x, h0, c0] + weights)
-        config = _config(self, self._mode, 1, x.dtype)
         lengths = torch.ones(B, dtype=torch.int64)
         _, hn, cn, _ = rnn(
             x.unsqueeze(0).contiguous(),
