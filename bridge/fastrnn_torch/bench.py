@@ -200,6 +200,35 @@ def training_workload(mode, T, B, size, repeats):
     return res
 
 
+def cell_loop_workload(mode, T, B, size, repeats):
+    """A ``*Cell`` stepped T times in a Python loop, then backward (the decoder pattern)."""
+    torch.manual_seed(0)
+    tm = getattr(torch.nn, mode + "Cell")(size, size)
+    m = getattr(frt_modules, mode + "Cell")(size, size)
+    m.load_state_dict(tm.state_dict())
+    xs = torch.randn(T, B, size, requires_grad=True)
+
+    def loop(cell):
+        def run():
+            xs.grad = None
+            h = torch.zeros(B, size)
+            state = (h, h) if mode == "LSTM" else h
+            loss = 0
+            for t in range(T):
+                state = cell(xs[t], state)
+                loss = loss + (state[0] if mode == "LSTM" else state).sum()
+            loss.backward()
+            return xs.grad
+
+        return run
+
+    res = Result(mode, f"cell loop T={T} B={B} H={size}")
+    res.max_abs_diff["torch"] = float((loop(m)() - loop(tm)()).abs().max())
+    res.times["fastrnn"] = best_time(loop(m), repeats)
+    res.times["torch"] = best_time(loop(tm), repeats)
+    return res
+
+
 def workloads(modes, hidden, full, repeats, threads):
     """(label, thunk) for the embedded default configuration (``--full``: more sizes)."""
     steps = sorted({64, hidden} | ({512} if full else set()))
@@ -214,6 +243,10 @@ def workloads(modes, hidden, full, repeats, threads):
             )
         for B in (1, 32):
             jobs.append(lambda mode=mode, B=B: training_workload(mode, 50, B, hidden, repeats))
+        for B, size in ((1, 64), (1, 256), (32, 256)):
+            jobs.append(
+                lambda mode=mode, B=B, size=size: cell_loop_workload(mode, 20, B, size, repeats)
+            )
     int8 = [
         lambda mode=mode, kind=kind: int8_workload(mode, kind, hidden, repeats, threads)
         for mode in modes
