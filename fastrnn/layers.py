@@ -590,6 +590,7 @@ class _RNNBase(ParameterMixin):
         """
         if tape is not None:
             masks = tape.masks
+        self._check_param_shapes()
         T, B, _ = x.shape
         D, P, H = self.num_directions, self.output_size, self.hidden_size
         layer_input = x
@@ -775,6 +776,20 @@ class _RNNBase(ParameterMixin):
             grad_x = np.ascontiguousarray(grad_x.transpose(1, 0, 2))
         return Gradients(grad_x, self._pack_state(dh_all, dc_all, unbatched), params)
 
+    def _check_param_shapes(self):
+        """The kernels index with the configured sizes: refuse parameters whose shape
+        changed under the model (``state_dict()[k].shape = ...``) before any kernel runs."""
+        expected = self.__dict__.get("_expected_shapes")
+        if expected is None:
+            expected = self.__dict__["_expected_shapes"] = self._param_shapes()
+        for name, shape in expected.items():
+            got = self._params[name].shape
+            if got != shape:
+                raise ValueError(
+                    f"parameter {name!r} has shape {got}, but this model's configuration needs "
+                    f"{shape}; restore it or load_state_dict() a matching one"
+                )
+
     def _backward(self, tape, dy_all, dh_all, dc_all, input_grad=True, param_grads=True):
         """BPTT in the internal layout.
 
@@ -785,6 +800,7 @@ class _RNNBase(ParameterMixin):
         True (all), False (none) or a collection of parameter names, the others
         then being returned as zeros without their products being computed.
         """
+        self._check_param_shapes()
         T, B = tape.layer_inputs[0].shape[:2]
         D, P = self.num_directions, self.output_size
         wanted = set(self._params) if param_grads is True else set(param_grads or ())

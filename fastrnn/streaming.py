@@ -80,6 +80,8 @@ class _Workspace:
             np.ones(B, np.int64),
             np.empty((0, 0), dt),
         )
+        # the float weights' shapes, checked at every step (the kernels index with them)
+        self.shapes = [tuple(a.shape for a in p[:5]) for p in self.params]
         self.streams = OrderedDict()  # key -> _Stream, least recently used first
         self.owner = {}  # id(object handed out) -> (stream key, buffer index)
 
@@ -98,6 +100,13 @@ class _Workspace:
         return stream
 
     def step(self, model, x, state):
+        for params, shapes in zip(self.params, self.shapes):
+            for a, shape in zip(params, shapes):
+                if a.shape != shape:
+                    raise ValueError(
+                        f"a parameter of {model!r} changed shape to {a.shape} (expected "
+                        f"{shape}); restore it or load_state_dict() a matching one"
+                    )
         found = None if state is None else self.owner.get(id(state))
         if found is not None and self.streams[found[0]].returned[found[1]] is state:
             stream = self._stream(model, found[0], None)

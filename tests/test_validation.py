@@ -163,3 +163,23 @@ def test_numpy_numbers_are_accepted_like_python_numbers():
     assert m.dropout == pytest.approx(0.25) and m.hidden_size == 4
     y, _, tape = m.forward_train(np.zeros((2, 1, 3), np.float32), rng=7)  # an integer seed
     assert y.shape == (2, 1, 4)
+
+
+@pytest.mark.parametrize("call", ["forward", "step", "train", "cell"])
+def test_parameters_reshaped_in_place_are_refused_before_any_kernel(call):
+    """No out-of-bounds read whatever a user does to the arrays state_dict() hands out."""
+    model = fastrnn.GRUCell(3, 4) if call == "cell" else fastrnn.GRU(3, 4)
+    x = np.zeros((2, 3) if call in ("step", "cell") else (5, 2, 3), np.float32)
+    if call == "step":
+        model.step(x)  # the workspace exists before the edit
+    name = "weight_hh" if call == "cell" else "weight_hh_l0"
+    model.state_dict()[name].shape = (24, 2)  # same bytes, other shape
+    with pytest.raises(ValueError, match="shape"):
+        if call == "forward":
+            model(x)
+        elif call == "step":
+            model.step(x)
+        elif call == "train":
+            model.forward_train(x)
+        else:
+            model(x)
