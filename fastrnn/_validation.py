@@ -141,13 +141,13 @@ def _physical_memory():
 
 def fits_in_memory(what, count, dtype):
     """Refuse ``count`` elements of ``dtype`` that cannot fit in this machine's memory,
-    before anything is allocated."""
+    before anything is allocated; ``what`` starts the message."""
     need = count * np.dtype(dtype).itemsize
     have = _physical_memory()
     if have is not None and need > have:
         raise ValueError(
-            f"{what} would need {count:,} values: {need / 2**30:,.1f} GiB of "
-            f"{np.dtype(dtype).name}, more than this machine's {have / 2**30:,.1f} GiB of memory"
+            f"{what}: {need / 2**30:,.1f} GiB of {np.dtype(dtype).name}, more than this "
+            f"machine's {have / 2**30:,.1f} GiB of memory"
         )
 
 
@@ -155,11 +155,8 @@ def parameter_memory(model, count):
     """Refuse a configuration whose ``count`` parameters cannot fit in this machine's
     memory, before anything is allocated (a typo such as ``num_layers=10**9`` must not
     start allocating)."""
-    need = count * model.dtype.itemsize
-    have = _physical_memory()
-    if have is not None and need > have:
-        raise ValueError(
-            f"{type(model).__name__} with this configuration has {count:,} parameters: "
-            f"{need / 2**30:,.1f} GiB of {model.dtype.name}, more than this machine's "
-            f"{have / 2**30:,.1f} GiB of memory"
-        )
+    fits_in_memory(
+        f"{type(model).__name__} with this configuration has {count:,} parameters",
+        count,
+        model.dtype,
+    )

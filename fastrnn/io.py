@@ -301,7 +301,7 @@ def _read_npz(path, expect=None):
                 with archive.open(info) as fp:
                     tensors[key] = np.lib.format.read_array(fp, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, FileFormatError) or isinstance(exc, FileNotFoundError):
+        if isinstance(exc, (FileFormatError, FileNotFoundError)):
             raise
         raise FileFormatError(f"{path}: not a readable .npz file ({exc})") from None
     return tensors, config

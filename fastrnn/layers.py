@@ -459,10 +459,9 @@ class _RNNBase(ParameterMixin):
         if batch_size is not None:
             batch_size = check.positive_int("batch_size", batch_size, minimum=0)
         h_shape, c_shape = self._state_shapes(batch_size)
+        count = math.prod(h_shape) + (math.prod(c_shape) if self.mode == "LSTM" else 0)
         check.fits_in_memory(
-            f"initial_state(batch_size={batch_size})",
-            math.prod(h_shape) + (math.prod(c_shape) if self.mode == "LSTM" else 0),
-            self.dtype,
+            f"initial_state(batch_size={batch_size}) would need {count:,} values", count, self.dtype
         )
         h = np.zeros(h_shape, self.dtype)
         return (h, np.zeros(c_shape, self.dtype)) if self.mode == "LSTM" else h

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from fastrnn import gru, lstm, rnn
+from fastrnn.layers import BLAS_MIN_BATCH
 from fastrnn.linalg import matmul2_nt
 
 from . import _twice
+from ._ops import _batched
 
 _KERNELS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
-#: From this batch size the products go to torch's BLAS instead of the Numba kernel.
-BLAS_MIN_BATCH = 16
 
 
 class _Constants:
@@ -165,14 +165,6 @@ class CellFunction(torch.autograd.Function):
         gb_ih = dgx.sum(0) if b_ih is not None and needs[8] else None
         gb_hh = dgh.sum(0) if b_hh is not None and needs[9] else None
         return None, None, None, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh
-
-
-def _batched(*tensors):
-    functorch = torch._C._functorch
-    return any(
-        t is not None and (functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t))
-        for t in tensors
-    )
 
 
 def _check_shapes(mode, x, h0, w_ih, w_hh, b_ih, b_hh):

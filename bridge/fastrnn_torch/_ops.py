@@ -378,9 +378,14 @@ def _under_transform(tensors):
     return any(wrapped(t) for t in tensors)
 
 
+def graph_capture():
+    """torch.compile / jit.trace at work: they need the custom operator."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def rnn(x, weights, h0, c0, lengths, masks, config, train):
     """Run the model: the custom op under ``torch.compile``, else the cheaper eager path."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if graph_capture():
         return rnn_op(x, weights, h0, c0, lengths, masks, config, train)
     if not train:
         with torch.no_grad():

@@ -33,16 +33,10 @@ import torch
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from fastrnn import rnn as core_rnn
+
 from . import _cells, _cuda
-from ._ops import _under_transform, rnn
-
-_MODE_CODES = {"tanh": 0, "relu": 1}
-
-
-def _graph_capture():
-    """torch.compile / jit.trace / torch.export at work (they need the custom op)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
+from ._ops import _under_transform, graph_capture, rnn
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -348,14 +342,14 @@ class _CellMixin(_Portable):
         config = _config(self, self._mode, 1, x.dtype)
         train = _needs_grad([x, *parts] + weights)
         if (
-            not _cuda.on_gpu(x) and not _graph_capture() and not _under_transform([x, *parts])
+            not _cuda.on_gpu(x) and not graph_capture() and not _under_transform([x, *parts])
         ):  # the eager fast path: one fused step, forward and backward (see _cells.py)
             b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
             h0 = parts[0].contiguous()
             c0 = parts[1].contiguous() if lstm else x.new_empty((B, 0))
             h1, c1 = _cells.step(
                 self._mode,
-                _MODE_CODES.get(getattr(self, "nonlinearity", "tanh"), 0),
+                core_rnn.MODES[getattr(self, "nonlinearity", "tanh")],
                 config,
                 x.contiguous(),
                 h0,
