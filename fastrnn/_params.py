@@ -7,7 +7,10 @@ from . import _validation as check
 
 class ParameterMixin:
     """Needs ``_param_shapes()`` (torch's names and shapes, in torch's order),
-    ``hidden_size`` and ``dtype``; provides init, ``state_dict`` and ``load_state_dict``."""
+    ``hidden_size`` and ``dtype``; provides init, ``state_dict``, ``load_state_dict`` and
+    the resident GPU copy (``to_device``)."""
+
+    _device_params = None  # resident GPU copies of the parameters (``to_device``)
 
     def _init_params(self, seed):
         """torch's init: every parameter uniform in ±1/sqrt(hidden_size)."""
@@ -81,6 +84,30 @@ class ParameterMixin:
         self._weights_changed()
         if getattr(self, "_device_params", None) is not None:
             self.to_device()  # keep the resident GPU copy in step
+
+    def to_device(self):
+        """Keep a copy of the parameters on the GPU; returns the model.
+
+        Device inputs then use the resident copy instead of copying the weights
+        at every call. The copy is taken now: ``load_state_dict`` refreshes it,
+        in-place edits of the host arrays need another ``to_device()``.
+        """
+        from .cuda import require, to_device
+
+        require(f"{type(self).__name__}.to_device()")
+        self._device_params = {name: to_device(p) for name, p in self._params.items()}
+        return self
+
+    def device_state_dict(self):
+        """The resident GPU parameters (after :meth:`to_device`), under torch's names.
+
+        The model's own device arrays, like :meth:`state_dict`'s host arrays: an
+        optimizer step written into them in place updates the model on the GPU (copy
+        them back with ``load_state_dict({k: v.copy_to_host() ...})``).
+        """
+        if self._device_params is None:
+            raise RuntimeError("device_state_dict: call to_device() first")
+        return dict(self._device_params)
 
     #: Bumped by every ``load_state_dict``: a training tape records it, and ``backward``
     #: refuses a tape recorded with other weights.

@@ -9,9 +9,9 @@ backward) run for cells and layers.
 import numpy as np
 
 from . import _validation as check
-from . import rnn
 from ._params import ParameterMixin
 from .cuda import is_device_array
+from .engine.spec import ACTIVATIONS
 from .layers import GRU, LSTM, RNN
 from .training import Tape
 
@@ -25,7 +25,7 @@ class _CellBase(ParameterMixin):
     def __init__(
         self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype="float32", seed=None
     ):
-        check.choice("nonlinearity", nonlinearity, tuple(rnn.MODES))
+        check.choice("nonlinearity", nonlinearity, tuple(ACTIVATIONS))
         extra = {"nonlinearity": nonlinearity} if self.mode == "RNN" else {}
         self._layer = self._layer_class(
             input_size, hidden_size, bias=bias, dtype=dtype, seed=seed, **extra
@@ -47,7 +47,7 @@ class _CellBase(ParameterMixin):
         config = dict(config)
         config.pop("seed", None)
         nonlinearity = check.choice(
-            "nonlinearity", config.pop("nonlinearity", "tanh"), tuple(rnn.MODES)
+            "nonlinearity", config.pop("nonlinearity", "tanh"), tuple(ACTIVATIONS)
         )
         if cls.mode == "RNN":
             config["nonlinearity"] = nonlinearity
@@ -86,9 +86,9 @@ class _CellBase(ParameterMixin):
     def _array(self, name, value, shape_text):
         """``check.array``, or its device twin for device arrays (no copy, no cast)."""
         if type(value) is not np.ndarray and is_device_array(value):
-            from .cuda.layers import _array
+            from ._device_inputs import array
 
-            return _array(name, value, self.dtype, shape_text)
+            return array(name, value, self.dtype, shape_text)
         return check.array(name, value, self.dtype, shape_text)
 
     def _check(self, x, hx):

@@ -66,7 +66,7 @@ def warmup(cells=("lstm", "gru", "rnn"), dtypes=("float32", "float64"), stream=N
     import numpy as np
 
     from . import GRU, LSTM, RNN
-    from .layers import BLAS_MIN_BATCH
+    from .engine import BLAS_MIN_BATCH
     from .progress import progress
 
     classes = {"lstm": LSTM, "gru": GRU, "rnn": RNN}

@@ -23,9 +23,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import recurrence
+from . import _inputs, recurrence
+from . import _validation as check
+from .cuda import is_device_array
+from .engine.cpu import CPU
+from .engine.driver import layer_params
 
-__all__ = ["Streams", "MAX_SHAPES", "MAX_STREAMS"]
+__all__ = ["Streams", "StreamingMixin", "MAX_SHAPES", "MAX_STREAMS"]
 
 MAX_SHAPES = 4
 MAX_STREAMS = 64
@@ -39,7 +43,7 @@ class _Stream:
 
     def __init__(self, model, B, unbatched, anchor):
         L = model.num_layers
-        h_shape, c_shape = model._state_shapes(B)
+        h_shape, c_shape = model.spec.state_shapes(B)
         if model.mode != "LSTM":
             c_shape = (L, B, 0)
         dt = model.dtype
@@ -63,13 +67,16 @@ class _Workspace:
 
     def __init__(self, model, B, unbatched):
         L, P, H = model.num_layers, model.output_size, model.hidden_size
-        GH = model._kern.GATES * H
-        dt = model.dtype
+        spec, dt = model.spec, model.dtype
+        GH = spec.gates * H
         self.B, self.unbatched = B, unbatched
+        self.activation = spec.activation
+        params = model.state_dict()
         self.params = [
-            model._cell_params(layer, 0) + model._int8_params(layer) for layer in range(L)
+            layer_params(spec, params, layer, 0, CPU) + _int8_params(model, layer)
+            for layer in range(L)
         ]
-        loops = recurrence.LOOPS[model._kern]
+        loops = recurrence.LOOPS[spec.kernels]
         self.step_layer = loops.step_layer_int8 if model._int8 else loops.step_layer
         # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
         self.scratch = (
@@ -113,7 +120,7 @@ class _Workspace:
             source = found[1]
             h_in, c_in = stream.buffers[source]
         else:
-            h_in, c_in = model._state_in(state, self.B, self.unbatched)
+            h_in, c_in = _inputs.streaming_state(model, state, self.B, self.unbatched)
             # a caller's state object starts (or continues) the stream keyed by it
             key = object() if state is None else ("caller", id(state))
             stream = self._stream(model, key, state)
@@ -129,12 +136,20 @@ class _Workspace:
         inp = x.reshape(self.B, model.input_size)
         if not inp.flags.c_contiguous:
             inp = np.ascontiguousarray(inp)
-        step_layer, scratch, mode = self.step_layer, self.scratch, model._mode_code
+        step_layer, scratch, activation = self.step_layer, self.scratch, self.activation
         for layer, params in enumerate(self.params):
-            step_layer(inp, *params, h[layer], c[layer], mode, *scratch)
+            step_layer(inp, *params, h[layer], c[layer], activation, *scratch)
             inp = h[layer]
         stream.latest = out
         return stream.outputs[out], stream.returned[out]
+
+
+def _int8_params(model, layer):
+    """``(q_ih, s_ih, q_hh, s_hh)`` of a quantized model's layer, else empty placeholders."""
+    if not model._int8:
+        q, s = np.empty((0, 0), np.int8), np.empty(0, model.dtype)
+        return q, s, q, s
+    return model._int8[f"weight_ih_l{layer}"] + model._int8[f"weight_hh_l{layer}"]
 
 
 class Streams:
@@ -159,3 +174,51 @@ class Streams:
 
     def __len__(self):
         return len(self._workspaces)
+
+
+class StreamingMixin:
+    """The models' streaming inference (``step``) over their :class:`Streams`."""
+
+    def step(self, x_t, state=None):
+        """Advance every layer by one time step (streaming inference).
+
+        Parameters
+        ----------
+        x_t : ndarray, shape (batch, input_size), or (input_size,) unbatched
+        state : ndarray or tuple of ndarray, optional
+            As returned by :meth:`initial_state` or a previous ``step``; zeros if None.
+
+        Returns
+        -------
+        y_t : ndarray, shape (batch, H_out)
+        state : same structure as ``state``
+
+        Notes
+        -----
+        The ``state`` passed in is never modified. Each stream (a sequence started
+        from ``None`` or from a state you made, continued with the states ``step``
+        returns) has its own buffers: after its first step nothing is allocated, any
+        number of streams can be interleaved on one model, and each returned state
+        stays valid until its stream has advanced two more steps (copy it to keep it
+        longer). Calls on one model are serialised; see :mod:`fastrnn.streaming`.
+        """
+        if self.bidirectional:
+            raise ValueError(
+                "step() needs a unidirectional model: the reverse direction of a "
+                "bidirectional model depends on future inputs"
+            )
+        if not (type(x_t) is np.ndarray and x_t.dtype == self.dtype):  # fast path first
+            if is_device_array(x_t):
+                raise TypeError(
+                    "x_t is a device array; step() streams on the CPU. On the GPU, "
+                    "call the model on a length-1 sequence with the state"
+                )
+            x_t = check.array("x_t", x_t, self.dtype, f"(batch, {self.input_size})")
+        if x_t.ndim not in (1, 2) or x_t.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x_t must have shape (batch, {self.input_size}) or "
+                f"({self.input_size},); got {x_t.shape}"
+            )
+        unbatched = x_t.ndim == 1
+        B = 1 if unbatched else x_t.shape[0]
+        return self._streams.step(self, x_t, state, B, unbatched)

@@ -7,7 +7,7 @@ from conftest import CELLS, KINDS, TOL, make_pair, random_inputs
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
-from fastrnn import layers
+from fastrnn import engine
 
 REL_TOL = {"float32": 1e-4, "float64": 1e-10}
 
@@ -124,7 +124,7 @@ def test_gradients_match_torch_options(kind, variant, rng):
         "no_hx": dict(with_hx=False, with_lengths=True),
         "unbatched": dict(unbatched=True, num_layers=2, bidirectional=True),
         "blas": dict(
-            B=layers.BLAS_MIN_BATCH + 1, num_layers=2, bidirectional=True, with_lengths=True
+            B=engine.BLAS_MIN_BATCH + 1, num_layers=2, bidirectional=True, with_lengths=True
         ),
     }[variant]
     check_grads(kind, "float64", rng, **opts)

@@ -434,8 +434,9 @@ def test_partly_frozen_weights_match_torch(compiled):
 
 
 def test_modules_keep_no_hidden_copies_of_weights():
-    """The bridge's per-configuration core models own no parameter memory, and a deleted
-    module's memory goes with it."""
+    """The bridge caches per configuration an engine Spec, which holds no array, and a
+    deleted module's memory goes with it."""
+    import dataclasses
     import gc
     import weakref
 
@@ -445,9 +446,9 @@ def test_modules_keep_no_hidden_copies_of_weights():
     x = torch.randn(3, 2, 64)
     m(x)[0].sum().backward()
     config = next(iter(m.__dict__["_fastrnn_config"].values()))
-    core = _ops.core_model(config)
-    owned = sum(p.base.nbytes if p.base is not None else p.nbytes for p in core._params.values())
-    assert owned <= 8 * len(core._params)  # one scalar each, whatever the shapes
+    spec = _ops.spec_for(config)
+    assert isinstance(spec, fastrnn.engine.Spec) and spec.hidden_size == 700
+    assert not any(isinstance(getattr(spec, f.name), np.ndarray) for f in dataclasses.fields(spec))
     ref = weakref.ref(m.weight_hh_l0)
     del m
     gc.collect()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
-from fastrnn import layers, reference
+from fastrnn import engine, reference
 
 
 def torch_forward(tm, x, hx, lengths, batch_first):
@@ -115,7 +115,7 @@ def test_blas_path_matches_torch(kind, rng):
         kind,
         "float64",
         rng,
-        B=layers.BLAS_MIN_BATCH + 1,
+        B=engine.BLAS_MIN_BATCH + 1,
         num_layers=2,
         bidirectional=True,
         with_hx=True,

@@ -12,79 +12,38 @@ on torch's BLAS. The same kernels as everywhere else: parity with torch.nn is te
 import numpy as np
 import torch
 
-from fastrnn import gru, lstm, rnn
-from fastrnn.layers import BLAS_MIN_BATCH
-from fastrnn.linalg import matmul2_nt
+from fastrnn import engine
 
 from . import _twice
-from ._ops import _batched
-
-_KERNELS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
-
-
-class _Constants:
-    """Per (cell type, batch, hidden, dtype): the read-only arrays every call passes."""
-
-    cache = {}
-
-    @classmethod
-    def get(cls, mode, B, H, dtype):
-        key = (mode, B, H, dtype)
-        found = cls.cache.get(key)
-        if found is None:
-            np_dtype = np.dtype(str(dtype).replace("torch.", ""))
-            kern = _KERNELS[mode]
-            found = cls.cache[key] = dict(
-                ones=np.ones(B, np.int64),
-                no_proj=np.empty((0, H), np_dtype),
-                empty2=np.empty((0, 0), np_dtype),
-                zero_bias=np.zeros(kern.GATES * H, np_dtype),
-                zeros_dy=np.zeros((B, H), np_dtype),
-            )
-            if len(cls.cache) > 64:  # bounded: a few shapes are live at a time
-                cls.cache.pop(next(iter(cls.cache)))
-        return found
+from ._ops import _batched, spec_for
 
 
 def _np(t):
     return t.detach().numpy()
 
 
-def _forward(mode, code, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
-    """``(h1, c1, gates)`` tensors; ``gates`` (B, TAPE_GATES*H) only with ``keep_gates``."""
-    kern = _KERNELS[mode]
+def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
+    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H) only with ``keep_gates``."""
     B, H = h0.shape
-    k = _Constants.get(mode, B, H, x.dtype)
-    G = kern.GATES * H
-    dt = k["zero_bias"].dtype
-    if B >= BLAS_MIN_BATCH:
+    G = spec.gates * H
+    if B >= engine.BLAS_MIN_BATCH:
         gx = torch.mm(x.detach(), w_ih.detach().t()).numpy()
         gh = torch.mm(h0.detach(), w_hh.detach().t()).numpy()
     else:
-        gx, gh = np.empty((B, G), dt), np.empty((B, G), dt)
-        matmul2_nt(_np(x), _np(w_ih), gx, _np(h0), _np(w_hh), gh)
+        gx, gh = np.empty((B, G), spec.dtype), np.empty((B, G), spec.dtype)
+        engine.cell_products(_np(x), _np(w_ih), _np(h0), _np(w_hh), gx, gh)
     h1 = h0.detach().clone()
-    c1 = c0.detach().clone() if mode == "LSTM" else torch.empty((B, 0), dtype=x.dtype)
-    gates = torch.empty((B, kern.TAPE_GATES * H) if keep_gates else (0, 0), dtype=x.dtype)
-    h1a = h1.numpy()
-    bias_ih = k["zero_bias"] if b_ih is None else _np(b_ih)
-    bias_hh = k["zero_bias"] if b_hh is None else _np(b_hh)
-    m, scratch = np.empty((B, H), dt), np.empty((B, H), dt)
-    kern.cell_step(
+    c1 = c0.detach().clone() if spec.has_cell_state else torch.empty((B, 0), dtype=x.dtype)
+    gates = torch.empty((B, spec.tape_gates * H), dtype=x.dtype) if keep_gates else None
+    engine.cell_forward(
+        spec,
         gx,
         gh,
-        bias_ih,
-        bias_hh,
-        k["no_proj"],
-        h1a,
+        None if b_ih is None else _np(b_ih),
+        None if b_hh is None else _np(b_hh),
+        h1.numpy(),
         c1.numpy(),
-        h1a,
-        0,
-        k["ones"],
-        code,
-        m,
-        scratch,
-        gates.numpy(),
+        None if gates is None else gates.numpy(),
     )
     return h1, c1, gates
 
@@ -93,21 +52,23 @@ class CellFunction(torch.autograd.Function):
     """One step of a cell: ``(h1, c1)`` from ``(x, h0, c0)`` and the weights."""
 
     @staticmethod
-    def forward(ctx, mode, code, config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        h1, c1, gates = _forward(mode, code, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
+    def forward(ctx, config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        spec = spec_for(config)
+        h1, c1, gates = _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates)
-        ctx.meta = (mode, code, config)
-        if mode != "LSTM":
+        ctx.config = config
+        if not spec.has_cell_state:
             ctx.mark_non_differentiable(c1)  # an empty placeholder
         return h1, c1
 
     @staticmethod
     def backward(ctx, grad_h1, grad_c1):
-        mode, code, config = ctx.meta
+        config = ctx.config
+        spec = spec_for(config)
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates = ctx.saved_tensors
-        needs = ctx.needs_input_grad  # (mode, code, config, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        needs = (None, None, None) + ctx.needs_input_grad[1:]  # (..., x, h0, c0, w_ih, ...)
         B, H = h0.shape
-        lstm_cell = mode == "LSTM"
+        lstm_cell = spec.has_cell_state
         if grad_h1 is None:
             grad_h1 = torch.zeros_like(h0)
         if lstm_cell and grad_c1 is None:
@@ -130,31 +91,14 @@ class CellFunction(torch.autograd.Function):
             )
             gx, gh0, gc0 = (None if g is None else g[0] for g in grads[:3])
             gw = list(grads[3:]) + [None] * (4 - len(weights))
-            return (None, None, None, gx, gh0, gc0, *gw)
-        kern = _KERNELS[mode]
-        k = _Constants.get(mode, B, H, x.dtype)
+            return (None, gx, gh0, gc0, *gw)
         dh = grad_h1.detach().clone(memory_format=torch.contiguous_format)
         dc = grad_c1.detach().clone(memory_format=torch.contiguous_format) if lstm_cell else c0
-        G = kern.GATES * H
+        G = spec.gates * H
         dgx = torch.empty((B, G), dtype=x.dtype)
-        dgh = torch.empty((B, G), dtype=x.dtype) if kern.SEPARATE_DGH else dgx
-        dm = np.empty((B, H), k["zero_bias"].dtype)
-        kern.backward_step(
-            0,
-            k["ones"],
-            _np(gates),
-            _np(h0),
-            _np(c0),
-            k["no_proj"],
-            k["zeros_dy"],
-            dh.numpy(),
-            _np(dc),
-            dgx.numpy(),
-            dgh.numpy(),
-            k["empty2"],
-            k["empty2"],
-            dm,
-            code,
+        dgh = torch.empty((B, G), dtype=x.dtype) if spec.kernels.SEPARATE_DGH else dgx
+        engine.cell_backward(
+            spec, _np(gates), _np(h0), _np(c0), dh.numpy(), _np(dc), dgx.numpy(), dgh.numpy()
         )
         x, h0, w_ih, w_hh = x.detach(), h0.detach(), w_ih.detach(), w_hh.detach()
         gx = torch.mm(dgx, w_ih) if needs[3] else None
@@ -164,13 +108,13 @@ class CellFunction(torch.autograd.Function):
         gw_hh = torch.mm(dgh.t(), h0) if needs[7] else None
         gb_ih = dgx.sum(0) if b_ih is not None and needs[8] else None
         gb_hh = dgh.sum(0) if b_hh is not None and needs[9] else None
-        return None, None, None, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh
+        return None, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh
 
 
-def _check_shapes(mode, x, h0, w_ih, w_hh, b_ih, b_hh):
+def _check_shapes(spec, x, h0, w_ih, w_hh, b_ih, b_hh):
     """torch.nn's RuntimeError for parameters a user replaced with wrong shapes: the
     kernels index with these sizes, never past the memory."""
-    G = _KERNELS[mode].GATES * h0.shape[1]
+    G = spec.gates * h0.shape[1]
     want = {
         "weight_ih": (G, x.shape[1]),
         "weight_hh": (G, h0.shape[1]),
@@ -185,11 +129,12 @@ def _check_shapes(mode, x, h0, w_ih, w_hh, b_ih, b_hh):
             )
 
 
-def step(mode, code, config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train):
+def step(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train):
     """``(h1, c1)`` of one step; ``c1`` is empty but for LSTM. Inputs 2-D, contiguous."""
-    _check_shapes(mode, x, h0, w_ih, w_hh, b_ih, b_hh)
+    spec = spec_for(config)
+    _check_shapes(spec, x, h0, w_ih, w_hh, b_ih, b_hh)
     if train:
-        return CellFunction.apply(mode, code, config, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return CellFunction.apply(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     with torch.no_grad():
-        h1, c1, _ = _forward(mode, code, x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+        h1, c1, _ = _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
     return h1, c1

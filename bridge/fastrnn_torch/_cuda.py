@@ -18,7 +18,7 @@ import functools
 import torch
 
 import fastrnn
-from fastrnn.training import Tape
+from fastrnn import engine
 
 
 def on_gpu(x):
@@ -65,9 +65,9 @@ def device_array(t):
     return fastrnn.cuda.as_device_array(_Interface(t.detach()))
 
 
-def _scaled_masks(core, masks, x):
+def _scaled_masks(spec, masks, x):
     """Inter-layer dropout keep-masks scaled like the core's (inverted dropout)."""
-    scale = 0.0 if core.dropout == 1 else 1.0 / (1.0 - core.dropout)
+    scale = engine.mask_scale(spec)
     return [device_array(((k != 0).to(x.dtype) * scale).contiguous()) for k in masks]
 
 
@@ -94,14 +94,14 @@ def _cublas_gemm(a, b, c, alpha, beta, trans_a, trans_b):
 @contextlib.contextmanager
 def context(x):
     """fastrnn's CUDA work inside runs on torch's current stream and allocator."""
-    from fastrnn.cuda import _device, linalg
+    from fastrnn.cuda import linalg
 
     def alloc(shape, dtype):
         t = torch.empty(shape, dtype=_TORCH_DTYPE[dtype.name], device=x.device)
         return device_array(t)
 
     if fastrnn.cuda.is_simulator():
-        with _device.using(0, alloc):
+        with fastrnn.cuda.using(0, alloc):
             yield
         return
     from numba import cuda
@@ -111,7 +111,7 @@ def context(x):
     # the products' device="cuda" and Numba's allocations land there
     with torch.cuda.device(index), cuda.gpus[index]:
         stream = cuda.external_stream(torch.cuda.current_stream(x.device).cuda_stream)
-        with _device.using(stream, alloc), linalg.use_gemm(_cublas_gemm):
+        with fastrnn.cuda.using(stream, alloc), linalg.use_gemm(_cublas_gemm):
             yield
 
 
@@ -123,69 +123,58 @@ _TORCH_DTYPE = {
 }
 
 
-def forward(core, x, weights, h0, c0, lengths, masks, train):
-    """The bridge's forward on CUDA tensors: ``(y, h_n, c_n, tape tensors)``."""
-    from fastrnn.cuda import layers
+def _params(spec, weights):
+    return {n: device_array(w) for n, w in zip(spec.param_shapes(), weights)}
 
-    mode = core.mode
-    L, D = core.num_layers, core.num_directions
-    B = x.shape[1]
+
+def _cell_state(spec, c, x):
+    L, D, B = spec.num_layers, spec.num_directions, x.shape[1]
+    return c.detach().clone() if spec.has_cell_state else x.new_zeros((L * D, B, spec.hidden_size))
+
+
+def forward(spec, x, weights, h0, c0, lengths, masks, train):
+    """The bridge's forward on CUDA tensors: ``(y, h_n, c_n, tape tensors)``."""
     with context(x):
-        params = {n: device_array(w) for n, w in zip(core._params, weights)}
-        hn = h0.detach().clone()
-        cn = c0.detach().clone() if mode == "LSTM" else x.new_zeros((L * D, B, core.hidden_size))
+        hn, cn = h0.detach().clone(), _cell_state(spec, c0, x)
         lens = lengths.to(device=x.device, dtype=torch.int64).contiguous()
-        scaled = _scaled_masks(core, masks, x)
-        tape = Tape(id(core), None, None, False, None, device=device_array(lens))
-        tape.masks = scaled
-        y = layers.run(
-            core,
-            params,
+        y, _, tape = engine.forward(
+            spec,
+            _params(spec, weights),
             device_array(x),
-            device_array(hn),
-            device_array(cn),
-            tape.device,
-            tape if train else None,
-            scaled,
+            (device_array(hn), device_array(cn)),
+            device_array(lens),
+            train=train,
+            dropout_masks=_scaled_masks(spec, masks, x),
         )
-        flat = []
-        if train:
-            flat = [as_tensor(a, x) for step in tape.steps for a in step]
-            flat += [as_tensor(a, x) for a in tape.layer_inputs[1:]]
-        return as_tensor(y, x), hn, cn if mode == "LSTM" else x.new_empty((0,)), flat
+        flat = [as_tensor(a, x) for a in tape.to_flat()] if train else []
+        return as_tensor(y, x), hn, cn if spec.has_cell_state else x.new_empty((0,)), flat
 
 
 def backward(
-    core, grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, input_grad, param_grads
+    spec, grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, input_grad, param_grads
 ):
     """BPTT on CUDA tensors: ``(grad_x, grad_h0, grad_c0, grad_weights)`` (as ``_ops``)."""
-    from fastrnn.cuda import layers
-
-    L, D = core.num_layers, core.num_directions
-    lstm = core.mode == "LSTM"
     with context(x):
-        params = {n: device_array(w) for n, w in zip(core._params, weights)}
         lens = lengths.to(device=x.device, dtype=torch.int64).contiguous()
-        t = Tape(id(core), None, None, False, None, device=device_array(lens))
-        arrays = [device_array(a) for a in tape]
-        t.steps = [tuple(arrays[3 * k : 3 * k + 3]) for k in range(L * D)]
-        t.layer_inputs = [device_array(x)] + arrays[3 * L * D :]
-        t.masks = _scaled_masks(core, masks, x)
-        dh = grad_hn.detach().clone()
-        dc = (
-            grad_cn.detach().clone() if lstm else x.new_zeros((L * D, x.shape[1], core.hidden_size))
+        t = engine.Tape.from_flat(
+            [device_array(a) for a in tape],
+            device_array(x),
+            device_array(lens),
+            _scaled_masks(spec, masks, x),
+            spec.num_layers * spec.num_directions,
         )
-        wanted = [n for n, need in zip(core._params, param_grads) if need]
-        gx, params = layers.run_backward(
-            core,
-            params,
+        dh, dc = grad_hn.detach().clone(), _cell_state(spec, grad_cn, x)
+        names = list(spec.param_shapes())
+        wanted = [n for n, need in zip(names, param_grads) if need]
+        grads = engine.backward(
+            spec,
+            _params(spec, weights),
             t,
             device_array(grad_y.contiguous()),
-            device_array(dh),
-            device_array(dc),
-            input_grad,
-            wanted,
+            (device_array(dh), device_array(dc)),
+            input_grad=input_grad,
+            param_grads=wanted,
         )
-        gx = as_tensor(gx, x) if input_grad else x.new_empty((0,))
-        gw = [as_tensor(params[n], x) for n in core._params] if wanted else []
-        return gx, dh, dc if lstm else x.new_empty((0,)), gw
+        gx = as_tensor(grads.input, x) if input_grad else x.new_empty((0,))
+        gw = [as_tensor(grads.params[n], x) for n in names] if wanted else []
+        return gx, dh, dc if spec.has_cell_state else x.new_empty((0,)), gw

@@ -14,8 +14,8 @@ Tensors are handed to the NumPy kernels with ``Tensor.numpy()`` and the
 results come back with ``torch.from_numpy``: no copies of the inputs, the
 weights or the outputs. CUDA tensors take ``fastrnn.cuda``'s kernels instead
 (``_cuda.py``), with the same tape layout. ``config`` is a JSON string with the model's
-constructor arguments; it selects a cached core model that is re-bound to the
-tensors' memory on each call.
+constructor arguments; it selects a cached :class:`fastrnn.engine.Spec`, and the weights
+go to :func:`fastrnn.engine.forward` / :func:`~fastrnn.engine.backward` as views.
 """
 
 import functools
@@ -25,28 +25,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import fastrnn
-from fastrnn import gru, lstm, rnn
+from fastrnn import engine
 from fastrnn.linalg import use_gemm
-from fastrnn.training import Tape
 
 from . import _cuda, _twice
-
-_CORE = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
-_KERNELS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
 
 
 @functools.cache
 def _config(config):
     return json.loads(config)
-
-
-@functools.lru_cache(maxsize=64)
-def core_model(config):
-    """The core model for a configuration, without weights of its own (a few hundred
-    bytes): each call binds it to the module's tensors."""
-    cfg = dict(_config(config))
-    return _CORE[cfg.pop("mode")]._shell(**cfg)
 
 
 def _onednn_linear():
@@ -115,70 +102,74 @@ def _with_torch_gemm(fn):
     return wrapper
 
 
-def _bound(config, weights):
-    core = core_model(config)
-    names = list(core._params)
-    return core._bind({n: w.detach().numpy() for n, w in zip(names, weights)})
-
-
-def _sizes(config):
+@functools.lru_cache(maxsize=64)
+def spec_for(config):
+    """The engine's :class:`~fastrnn.engine.Spec` of a configuration."""
     cfg = _config(config)
-    D = 2 if cfg["bidirectional"] else 1
-    H = cfg["hidden_size"]
-    P = cfg.get("proj_size", 0) or H
-    return cfg["mode"], cfg["num_layers"], D, H, P
+    return engine.Spec(
+        cfg["mode"],
+        cfg["input_size"],
+        cfg["hidden_size"],
+        cfg["num_layers"],
+        cfg["bias"],
+        cfg["bidirectional"],
+        cfg.get("proj_size", 0),
+        cfg.get("nonlinearity", "tanh"),
+        cfg["dropout"],
+        np.dtype(cfg["dtype"]),
+    )
 
 
-def _tape_shapes(config, T, B):
-    """Shapes of the tape tensors, in the order ``rnn`` returns them."""
-    mode, L, D, H, P = _sizes(config)
-    width = _KERNELS[mode].TAPE_GATES * H
-    shapes = []
-    for _ in range(L * D):
-        shapes += [(T, B, width), (T, B, P), (T if mode == "LSTM" else 0, B, H)]
-    shapes += [(T, B, D * P)] * (L - 1)
-    return shapes
+@functools.lru_cache(maxsize=64)
+def param_shapes(config):
+    return spec_for(config).param_shapes()
 
 
-def check_weights(core, weights):
+def _params(config, weights):
+    """torch's names to NumPy views of the weight tensors' memory."""
+    return {n: w.detach().numpy() for n, w in zip(param_shapes(config), weights)}
+
+
+def check_weights(config, weights):
     """torch.nn's RuntimeError for a parameter of the wrong shape (a user can assign any
     Parameter): the kernels index with the configured shapes, never past the memory."""
-    if len(weights) != len(core._params):
-        raise RuntimeError(f"expected {len(core._params)} weights, got {len(weights)}")
-    for (name, want), w in zip(core._params.items(), weights):
-        if tuple(w.shape) != want.shape:
+    shapes = param_shapes(config)
+    if len(weights) != len(shapes):
+        raise RuntimeError(f"expected {len(shapes)} weights, got {len(weights)}")
+    for (name, want), w in zip(shapes.items(), weights):
+        if tuple(w.shape) != want:
             raise RuntimeError(
-                f"{name} must have shape {tuple(want.shape)} for this module's configuration; "
+                f"{name} must have shape {want} for this module's configuration; "
                 f"got {tuple(w.shape)}"
             )
+
+
+def _cell_state(spec, c0, B, dtype):
+    return (
+        c0
+        if spec.has_cell_state
+        else np.empty((spec.num_layers * spec.num_directions, B, 0), dtype)
+    )
 
 
 @_with_torch_gemm
 def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
     """The forward on tensors: ``(y, h_n, c_n, tape)``; ``tape`` is [] unless ``train``."""
-    check_weights(core_model(config), weights)
+    check_weights(config, weights)
+    spec = spec_for(config)
     if _cuda.on_gpu(x):
-        return _cuda.forward(core_model(config), x, weights, h0, c0, lengths, masks, train)
-    mode, L, D, H, P = _sizes(config)
-    m = _bound(config, weights)
+        return _cuda.forward(spec, x, weights, h0, c0, lengths, masks, train)
     xa = x.detach().numpy()
-    T, B, _ = xa.shape
+    B = xa.shape[1]
     h = h0.detach().numpy().copy()
-    c = c0.detach().numpy().copy() if mode == "LSTM" else np.empty((L * D, B, 0), xa.dtype)
-    lens = lengths.numpy()
-    scaled = (
-        m._dropout_masks([k.detach().numpy() for k in masks], None, T, B, False) if masks else []
-    )
-    tape = None
-    if train:
-        tape = Tape(id(m), None, None, False, lens)
-        tape.masks = scaled
-    y = m._forward(xa, h, c, lens, tape, scaled)
-    flat = []
-    if train:
-        flat = [torch.from_numpy(a) for step in tape.steps for a in step]
-        flat += [torch.from_numpy(a) for a in tape.layer_inputs[1:]]
-    cn = torch.from_numpy(c) if mode == "LSTM" else x.new_empty((0,))
+    c = _cell_state(spec, c0.detach().numpy().copy() if spec.has_cell_state else None, B, xa.dtype)
+    scaled = engine.scaled_masks(spec, [k.detach().numpy() for k in masks])
+    y, _, tape = engine.forward(
+        spec, _params(config, weights), xa, (h, c), lengths.numpy(), train=train,
+        dropout_masks=scaled,
+    )  # fmt: skip
+    flat = [torch.from_numpy(a) for a in tape.to_flat()] if train else []
+    cn = torch.from_numpy(c) if spec.has_cell_state else x.new_empty((0,))
     return torch.from_numpy(y), torch.from_numpy(h), cn, flat
 
 
@@ -190,36 +181,34 @@ def backward_impl(
     one flag per weight; a weight not asked for costs no product (its gradient is
     zeros), and with none asked for the list is empty; ``grad_x`` is (0,) unless
     ``input_grad``."""
+    spec = spec_for(config)
     if _cuda.on_gpu(x):
         return _cuda.backward(
-            core_model(config),
-            grad_y,
-            grad_hn,
-            grad_cn,
-            x,
-            weights,
-            lengths,
-            masks,
-            tape,
-            input_grad,
+            spec, grad_y, grad_hn, grad_cn, x, weights, lengths, masks, tape, input_grad,
             param_grads,
-        )
-    mode, L, D, H, P = _sizes(config)
-    m = _bound(config, weights)
+        )  # fmt: skip
     xa = x.detach().numpy()
-    T, B, _ = xa.shape
-    arrays = [t.detach().numpy() for t in tape]
-    t = Tape(id(m), None, None, False, lengths.numpy())
-    t.steps = [tuple(arrays[3 * k : 3 * k + 3]) for k in range(L * D)]
-    t.layer_inputs = [xa] + arrays[3 * L * D :]
-    t.masks = m._dropout_masks([k.numpy() for k in masks], None, T, B, False) if masks else []
+    B = xa.shape[1]
+    t = engine.Tape.from_flat(
+        [a.detach().numpy() for a in tape],
+        xa,
+        lengths.numpy(),
+        engine.scaled_masks(spec, [k.numpy() for k in masks]),
+        spec.num_layers * spec.num_directions,
+    )
     dh = grad_hn.detach().numpy().copy()
-    dc = grad_cn.detach().numpy().copy() if mode == "LSTM" else np.empty((L * D, B, 0), xa.dtype)
-    wanted = [n for n, need in zip(m._params, param_grads) if need]
-    gx, params = m._backward(t, grad_y.detach().numpy(), dh, dc, input_grad, wanted)
-    gx = torch.from_numpy(gx) if input_grad else x.new_empty((0,))
-    gc = torch.from_numpy(dc) if mode == "LSTM" else x.new_empty((0,))
-    gw = [torch.from_numpy(params[n]) for n in m._params] if wanted else []
+    dc = _cell_state(
+        spec, grad_cn.detach().numpy().copy() if spec.has_cell_state else None, B, xa.dtype
+    )
+    names = list(param_shapes(config))
+    wanted = [n for n, need in zip(names, param_grads) if need]
+    grads = engine.backward(
+        spec, _params(config, weights), t, grad_y.detach().numpy(), (dh, dc),
+        input_grad=input_grad, param_grads=wanted,
+    )  # fmt: skip
+    gx = torch.from_numpy(grads.input) if input_grad else x.new_empty((0,))
+    gc = torch.from_numpy(dc) if spec.has_cell_state else x.new_empty((0,))
+    gw = [torch.from_numpy(grads.params[n]) for n in names] if wanted else []
     return gx, torch.from_numpy(dh), gc, gw
 
 
@@ -271,7 +260,7 @@ class RNNFunction(torch.autograd.Function):
         h0, c0 = ctx.initial
         y_shape = (x.shape[0], x.shape[1], _y_width(config))
         needs = ctx.needs_input_grad  # (config, n_weights, x, h0, c0, lengths, *weights, ...)
-        lstm = _sizes(config)[0] == "LSTM"
+        lstm = spec_for(config).has_cell_state
         grads = _twice.gradients(
             config,
             x,
@@ -313,7 +302,7 @@ class RNNFunction(torch.autograd.Function):
             list(weight_needs),
         )
         gw = [g if need else None for g, need in zip(gw, weight_needs)] if gw else [None] * nw
-        lstm = _sizes(config)[0] == "LSTM"
+        lstm = spec_for(config).has_cell_state
         return (
             None,
             None,
@@ -414,10 +403,11 @@ def rnn_op(
 
 @rnn_op.register_fake
 def _rnn_fake(x, weights, h0, c0, lengths, masks, config, train):
-    mode, L, D, H, P = _sizes(config)
+    spec = spec_for(config)
+    L, D, H, P = spec.num_layers, spec.num_directions, spec.hidden_size, spec.output_size
     T, B, _ = x.shape
-    tape = [x.new_empty(s) for s in _tape_shapes(config, T, B)] if train else []
-    cn = x.new_empty((L * D, B, H)) if mode == "LSTM" else x.new_empty((0,))
+    tape = [x.new_empty(s) for s in engine.Tape.flat_shapes(spec, T, B)] if train else []
+    cn = x.new_empty((L * D, B, H)) if spec.has_cell_state else x.new_empty((0,))
     return x.new_empty((T, B, D * P)), x.new_empty((L * D, B, P)), cn, tape
 
 
@@ -488,13 +478,12 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, grad_tape):
         input_grad,
         param_grads,
     )
-    mode = _sizes(ctx.config)[0]
     gw = [g if need else None for g, need in zip(gw, needs[1])] if gw else [None] * nw
     return (
         gx if input_grad else None,
         gw,
         gh,
-        gc if mode == "LSTM" else None,
+        gc if spec_for(ctx.config).has_cell_state else None,
         None,
         [None] * nm,
         None,
@@ -503,8 +492,8 @@ def _backward(ctx, grad_y, grad_hn, grad_cn, grad_tape):
 
 
 def _y_width(config):
-    _, _, D, _, P = _sizes(config)
-    return D * P
+    spec = spec_for(config)
+    return spec.num_directions * spec.output_size
 
 
 _DOUBLE_BACKWARD = (

@@ -33,8 +33,6 @@ import torch
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from fastrnn import rnn as core_rnn
-
 from . import _cells, _cuda
 from ._ops import _under_transform, graph_capture, rnn
 
@@ -348,8 +346,6 @@ class _CellMixin(_Portable):
             h0 = parts[0].contiguous()
             c0 = parts[1].contiguous() if lstm else x.new_empty((B, 0))
             h1, c1 = _cells.step(
-                self._mode,
-                core_rnn.MODES[getattr(self, "nonlinearity", "tanh")],
                 config,
                 x.contiguous(),
                 h0,

@@ -103,6 +103,15 @@ def to_device(array):
     return copy(array)
 
 
+def using(stream=0, alloc=None):
+    """Context manager: fastrnn's CUDA work inside runs on ``stream`` (a Numba stream)
+    and allocates with ``alloc(shape, dtype) -> device array`` (Numba's allocator if
+    None). A framework uses it to run fastrnn on its own stream and memory pool."""
+    from ._device import using as context
+
+    return context(stream, alloc)
+
+
 def __getattr__(name):
     if name == "attention":  # imported on first use: it compiles kernels
         import importlib

@@ -18,14 +18,14 @@ from numba import cuda
 
 from .. import _validation as check
 from .. import attention as cpu
+from .._device_inputs import array as _array
 from . import _device, linalg
-from .layers import _array
 
 THREADS = linalg.THREADS
 
 
 def _blocks(n):
-    return linalg._blocks(n)
+    return linalg.blocks(n)
 
 
 # ----------------------------------------------------------------------------- kernels

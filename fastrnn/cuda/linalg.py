@@ -158,7 +158,7 @@ def set_gemm(fn):
 # ----------------------------------------------------------------------------- elementwise
 
 
-def _blocks(n):
+def blocks(n):
     return max(1, min(math.ceil(n / THREADS), 1024))
 
 
@@ -227,7 +227,7 @@ def _map(op, out, a=None, b=None, alpha=0):
         o = _as3(out)
         _device.launch(
             _map3_kernel,
-            _blocks(out.size),
+            blocks(out.size),
             THREADS,
             op,
             o,
@@ -266,7 +266,7 @@ def swap01(x):
     A, B, C = x.shape
     out = _device.empty((B, A, C), x.dtype)
     if out.size:
-        _device.launch(_swap01_kernel, _blocks(out.size), THREADS, x, out)
+        _device.launch(_swap01_kernel, blocks(out.size), THREADS, x, out)
     return out
 
 
@@ -285,7 +285,7 @@ def transpose(a):
     if out.size:
         _device.launch(
             _swap01_kernel,
-            _blocks(out.size),
+            blocks(out.size),
             THREADS,
             a.reshape((a.shape[0], a.shape[1], 1)),
             out.reshape(out.shape + (1,)),
@@ -298,5 +298,5 @@ def column_sum(a, out):
     if out.size:
         if a.shape[0] == 0:
             return scale(out, 0)
-        _device.launch(_column_sum_kernel, _blocks(out.size), THREADS, a, out)
+        _device.launch(_column_sum_kernel, blocks(out.size), THREADS, a, out)
     return out

@@ -1,0 +1,186 @@
+"""The engine: the one door to fastrnn's recurrent kernels, for the models and the bridge.
+
+A :class:`Spec` says what to compute, ``params`` (torch's names to arrays) with what;
+:func:`forward` runs a whole multi-layer stack and, with ``train=True``, leaves a
+:class:`Tape`; :func:`backward` turns the tape and the output gradients into
+:class:`Gradients`. :func:`cell_forward` and :func:`cell_backward` are one time step of
+one layer (the ``*Cell`` loops). Arrays are the caller's: NumPy arrays run on the CPU
+backend, device arrays (``__cuda_array_interface__``) on the CUDA one
+(:func:`backend_for`). The engine validates nothing a user typed: the models do.
+"""
+
+import numpy as np
+
+from ..linalg import matmul2_nt
+from . import driver
+from .cpu import BLAS_MIN_BATCH, CPU
+from .spec import Spec, suffix
+from .tape import Gradients, Steps, Tape
+
+__all__ = [
+    "Spec",
+    "Tape",
+    "Steps",
+    "Gradients",
+    "forward",
+    "backward",
+    "cell_forward",
+    "cell_backward",
+    "scaled_masks",
+    "mask_scale",
+    "cell_products",
+    "backend_for",
+    "suffix",
+    "BLAS_MIN_BATCH",
+]
+
+
+def backend_for(x):
+    """The backend that computes on arrays like ``x``: CPU for NumPy arrays, CUDA for
+    device arrays."""
+    if type(x) is np.ndarray:
+        return CPU
+    from ..cuda import backend, is_device_array
+
+    return backend.CUDA if is_device_array(x) else CPU
+
+
+def forward(spec, params, x, state, lengths, *, train=False, dropout_masks=(), int8=None):
+    """Run every layer and direction of ``spec`` over a sequence.
+
+    Parameters
+    ----------
+    spec : Spec
+    params : dict of str to array
+        torch's parameter names (``spec.param_shapes()``) to arrays of those shapes.
+    x : array, shape (seq_len, batch, input_size), contiguous
+    state : tuple (h, c)
+        ``h`` (num_layers * num_directions, batch, H_out) and ``c`` (same, hidden_size;
+        ignored but for LSTM, may have 0 features), contiguous: they hold the initial
+        state and are left holding the final one (the caller's buffers).
+    lengths : array of int64, shape (batch,)
+        Valid steps per sequence (the backend's array: device lengths on the GPU).
+    train : bool
+        Record and return a :class:`Tape`.
+    dropout_masks : sequence of arrays, shape (seq_len, batch, num_directions * H_out)
+        Scaled inter-layer masks (:func:`scaled_masks`), applied after every layer
+        but the last.
+    int8 : dict, optional
+        Quantized recurrent weights, ``"weight_hh..."`` name to ``(transposed int8, row
+        scales)`` (CPU only).
+
+    Returns
+    -------
+    y : array, shape (seq_len, batch, num_directions * H_out)
+    state : tuple (h, c)
+        ``state`` itself, now the final state.
+    tape : Tape or None
+    """
+    h, c = state
+    y, tape = driver.forward(
+        spec, params, x, h, c, lengths, backend_for(x), train, dropout_masks, int8
+    )
+    return y, state, tape
+
+
+def backward(spec, params, tape, grad_y, grad_state, *, input_grad=True, param_grads=True):
+    """Backpropagation through time from a :func:`forward` tape.
+
+    Parameters
+    ----------
+    spec, params
+        As given to :func:`forward`.
+    tape : Tape
+    grad_y : array, shape (seq_len, batch, num_directions * H_out)
+    grad_state : tuple (dh, dc)
+        Gradients w.r.t. the final state, contiguous, shaped like the state; they
+        are overwritten with the gradients w.r.t. the initial state.
+    input_grad : bool
+        Compute the gradient w.r.t. ``x`` (else ``Gradients.input`` is None).
+    param_grads : bool or collection of str
+        Which parameter gradients to compute; the others are zeros (None: none at all).
+
+    Returns
+    -------
+    Gradients
+        ``input`` (seq_len, batch, input_size), ``hx`` the ``grad_state`` tuple,
+        ``params`` torch's names to arrays (None when none was asked for).
+    """
+    dh, dc = grad_state
+    backend = backend_for(tape.layer_inputs[0])
+    return driver.backward(spec, params, tape, grad_y, dh, dc, backend, input_grad, param_grads)
+
+
+def mask_scale(spec):
+    """The factor of kept values under inter-layer dropout: ``1 / (1 - dropout)``
+    (inverted dropout, as torch.nn), 0 when everything is dropped."""
+    return 0.0 if spec.dropout == 1 else 1.0 / (1.0 - spec.dropout)
+
+
+def scaled_masks(spec, keep_masks):
+    """NumPy keep-masks (nonzero: keep) as the scaled masks :func:`forward` applies."""
+    scale = mask_scale(spec)
+    return [np.ascontiguousarray((m != 0).astype(spec.dtype) * scale) for m in keep_masks]
+
+
+def cell_forward(spec, gx, gh, b_ih, b_hh, h, c, gates=None):
+    """One step of one layer from the two products ``gx = x W_ih^T`` and
+    ``gh = h W_hh^T`` (B, G·H), on the CPU. ``h`` (B, H) and, for LSTM, ``c`` (B, H)
+    are updated in place; ``gates`` (B, tape_gates·H), if given, receives what
+    :func:`cell_backward` needs. ``gh`` is used as scratch."""
+    B, H = h.shape
+    k = _constants(spec, B, H)
+    m, scratch = np.empty((B, H), h.dtype), np.empty((B, H), h.dtype)
+    b_ih = k.zero_bias if b_ih is None else b_ih
+    b_hh = k.zero_bias if b_hh is None else b_hh
+    spec.kernels.cell_step(
+        gx, gh, b_ih, b_hh, k.no_proj, h, c, h, 0, k.ones, spec.activation, m, scratch,
+        k.no_gates if gates is None else gates,
+    )  # fmt: skip
+
+
+def cell_products(x, w_ih, h, w_hh, gx, gh):
+    """``gx = x W_ih^T`` and ``gh = h W_hh^T`` in one pass (small batches, CPU)."""
+    matmul2_nt(x, w_ih, gx, h, w_hh, gh)
+
+
+def cell_backward(spec, gates, h, c, dh, dc, dgx, dgh):
+    """The gate gradients of one :func:`cell_forward` step, on the CPU.
+
+    ``gates``, ``h``, ``c`` are the step's record and its incoming state; ``dh`` (and
+    for LSTM ``dc``) the gradients w.r.t. the outgoing state, left holding the part of
+    the incoming state's gradient that does not go through ``W_hh`` (``dh`` zero, ``dc``
+    LSTM's cell path). Fills ``dgx`` and ``dgh`` (B, G·H), which may be the same array
+    unless ``spec.kernels.SEPARATE_DGH``."""
+    B, H = dh.shape
+    k = _constants(spec, B, H)
+    dm = np.empty((B, H), dh.dtype)
+    spec.kernels.backward_step(
+        0, k.ones, gates, h, c, k.no_proj, k.zeros_dy, dh, dc, dgx, dgh, k.empty2, k.empty2,
+        dm, spec.activation,
+    )  # fmt: skip
+
+
+class _Constants:
+    """Read-only arrays a step passes for what it does not use, per (cell, B, H, dtype)."""
+
+    cache = {}
+
+    def __init__(self, spec, B, H):
+        dt = spec.dtype
+        self.ones = np.ones(B, np.int64)
+        self.no_proj = np.empty((0, H), dt)
+        self.no_gates = np.empty((0, 0), dt)
+        self.empty2 = np.empty((0, 0), dt)
+        self.zero_bias = np.zeros(spec.gates * H, dt)
+        self.zeros_dy = np.zeros((B, H), dt)
+
+
+def _constants(spec, B, H):
+    key = (spec.cell, B, H, spec.dtype)
+    found = _Constants.cache.get(key)
+    if found is None:
+        found = _Constants.cache[key] = _Constants(spec, B, H)
+        if len(_Constants.cache) > 64:  # bounded: a few shapes are live at a time
+            _Constants.cache.pop(next(iter(_Constants.cache)))
+    return found

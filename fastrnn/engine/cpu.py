@@ -1,0 +1,168 @@
+"""The CPU backend: NumPy arrays, Numba kernels, the current GEMM (``fastrnn.linalg``).
+
+For small batches a layer-direction's whole recurrence runs inside one Numba kernel
+(``recurrence.LOOPS``); from ``BLAS_MIN_BATCH`` rows up the per-step recurrent product
+is large enough that BLAS wins, so a Python loop calls the GEMM and the fused cell step.
+"""
+
+import numpy as np
+
+from .. import recurrence
+from ..linalg import gemm
+
+#: Batch size from which the per-step recurrent product goes through BLAS.
+BLAS_MIN_BATCH = 16
+
+
+def _placeholder(dtype):
+    """A (1, 0, 0) array standing for an absent tape or workspace."""
+    return np.empty((1, 0, 0), dtype)
+
+
+class CPUBackend:
+    """Arrays and per-layer kernels on the CPU (see :mod:`fastrnn.engine.driver`)."""
+
+    name = "cpu"
+
+    # ------------------------------------------------------------------ arrays
+    @staticmethod
+    def empty(shape, dtype):
+        return np.empty(shape, dtype)
+
+    @staticmethod
+    def zeros(shape, dtype):
+        return np.zeros(shape, dtype)
+
+    @staticmethod
+    def multiply(a, b):
+        return a * b
+
+    @staticmethod
+    def project(X, w):
+        """``X @ w.T`` as a new array."""
+        return gemm(X, w.T)
+
+    @staticmethod
+    def product_tn(a, b, out):
+        """``out = a.T @ b``."""
+        gemm(a.T, b, out=out)
+
+    @staticmethod
+    def product_nn(a, b, out, accumulate):
+        """``out = a @ b``, or ``out += a @ b`` with ``accumulate``."""
+        if accumulate:
+            out += gemm(a, b)
+        else:
+            gemm(a, b, out=out)
+
+    @staticmethod
+    def column_sum(a, out):
+        np.sum(a, axis=0, out=out)
+
+    # ------------------------------------------------------------------ recurrences
+    @staticmethod
+    def recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
+        """One layer-direction forward over ``gx`` (T, B, G·H) = ``x W_ih^T``.
+
+        ``h`` (B, H_out) and ``c`` (B, H) hold the initial state and are left holding the
+        final one; ``y`` (T, B, H_out) is written (a strided view is written through a
+        contiguous buffer). ``steps`` is the tape's :class:`~fastrnn.engine.Steps` or None;
+        ``int8`` is ``(transposed int8 w_hh, row scales)`` of a quantized model or None.
+        """
+        out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
+        _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8)
+        if out is not y:
+            y[...] = out
+
+    @staticmethod
+    def recurrence_backward(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
+        """One layer-direction's BPTT; see :func:`backward_recurrence`."""
+        return backward_recurrence(
+            spec, steps, w_hh, w_hr, lengths, reverse, np.ascontiguousarray(dy), dh, dc
+        )
+
+
+def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
+    T, B, GH = gx.shape
+    kern = spec.kernels
+    H, P, dtype = spec.hidden_size, h.shape[1], gx.dtype
+    gh = np.empty((B, GH), dtype)
+    m = np.empty((B, H), dtype)
+    hp = np.empty((B, max(P, H)), dtype)
+    if steps is None:
+        tape_gates, tape_h, tape_c = (
+            _placeholder(dtype),
+            np.empty((0, 0, 0), dtype),
+            np.empty((0, 0, 0), dtype),
+        )
+    else:
+        tape_gates, tape_h, tape_c = steps
+    if B < BLAS_MIN_BATCH:
+        # Transposed once per call (from the current weights): the per-step product then
+        # streams weight rows without horizontal sums.
+        w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T), np.empty(0, dtype))
+        recurrence.LOOPS[kern].sequence(
+            gx, w_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, spec.activation,
+            gh, m, hp, tape_gates, tape_h, tape_c,
+        )  # fmt: skip
+        return
+    w_hh_t = w_hh.T
+    train = steps is not None
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        if train:
+            tape_h[t] = h
+            if tape_c.shape[0]:
+                tape_c[t] = c
+        gemm(h, w_hh_t, out=gh)
+        kern.cell_step(
+            gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, spec.activation, m, hp,
+            tape_gates[t if train else 0],
+        )  # fmt: skip
+
+
+def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
+    """Backward through one layer-direction's recurrence.
+
+    ``dh``/``dc`` enter as the final-state gradients and leave as the
+    initial-state gradients. Returns ``(dgx, dgh, dhp, mt)``: the
+    pre-activation gradients for ``W_ih`` and ``W_hh`` (the same array unless the
+    cell type distinguishes them), and with projection the ``dh`` and
+    ``o * tanh(c)`` sequences whose product is ``W_hr``'s gradient.
+    """
+    kern = spec.kernels
+    gates, h_prev, c_prev = steps
+    T, B, _ = gates.shape
+    GH, H, dtype = w_hh.shape[0], spec.hidden_size, gates.dtype
+    dgx = np.empty((T, B, GH), dtype)
+    dgh = np.empty_like(dgx) if kern.SEPARATE_DGH else dgx
+    proj = w_hr.shape[0] > 0
+    dhp = np.empty((T, B, dh.shape[1]), dtype) if proj else _placeholder(dtype)
+    mt = np.empty((T, B, H), dtype) if proj else _placeholder(dtype)
+    dm = np.empty((B, H), dtype)
+    if c_prev.shape[0] == 0:
+        c_prev = _placeholder(dtype)
+    if B < BLAS_MIN_BATCH:
+        recurrence.LOOPS[kern].backward_sequence(
+            gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, spec.activation,
+            dy, dh, dc, dgx, dgh, dhp, mt, dm,
+        )  # fmt: skip
+        return dgx, dgh, dhp, mt
+    tmp = np.empty_like(dh)
+    last_c = c_prev.shape[0] - 1
+    # Same values as w_hh, laid out column-major once, so that every per-step product
+    # finds the transposed operand contiguous (what GEMM libraries want as "B^T").
+    w_hh = np.ascontiguousarray(w_hh.T).T
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        tp = t if proj else 0
+        kern.backward_step(
+            t, lengths, gates[t], h_prev[t], c_prev[min(t, last_c)], w_hr, dy[t], dh, dc,
+            dgx[t], dgh[t], dhp[tp], mt[tp], dm, spec.activation,
+        )  # fmt: skip
+        gemm(dgh[t], w_hh, out=tmp)
+        dh += tmp
+    return dgx, dgh, dhp, mt
+
+
+CPU = CPUBackend()
