@@ -6,21 +6,9 @@ import numpy as np
 
 from . import _validation as check
 from ._inputs import GRAD_STATE_NAMES, STATE_NAMES, _shape_text, _split_state
-from .cuda import _device, as_device_array, linalg
+from .cuda import _device, linalg
 
-
-def array(name, value, dtype, shape_text, why="the model's dtype"):
-    """A device array of ``dtype`` (host arrays are copied over; no silent casts)."""
-    if not hasattr(value, "dtype") or not hasattr(value, "shape"):
-        raise TypeError(
-            f"{name} must be an array of shape {shape_text} and dtype {dtype}; "
-            f"got {type(value).__name__}"
-        )
-    if np.dtype(value.dtype) != dtype:
-        raise TypeError(f"{name} must have dtype {dtype} ({why}); got {value.dtype}")
-    if isinstance(value, np.ndarray):
-        return _device.to_device(value)
-    return as_device_array(value)
+array = check.device_array
 
 
 def params(model):

@@ -160,3 +160,19 @@ def parameter_memory(model, count):
         count,
         model.dtype,
     )
+
+
+def device_array(name, value, dtype, shape_text, why="the model's dtype"):
+    """A device array of ``dtype`` (host arrays are copied over; no silent casts)."""
+    from .cuda import as_device_array, to_device
+
+    if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+        raise TypeError(
+            f"{name} must be an array of shape {shape_text} and dtype {dtype}; "
+            f"got {type(value).__name__}"
+        )
+    if np.dtype(value.dtype) != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} ({why}); got {value.dtype}")
+    if isinstance(value, np.ndarray):
+        return to_device(value)
+    return as_device_array(value)

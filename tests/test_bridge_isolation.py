@@ -11,8 +11,9 @@ import sys, json, importlib, pkgutil
 import fastrnn
 import fastrnn.cuda.linalg
 names = [m.name for m in pkgutil.walk_packages(fastrnn.__path__, "fastrnn.")
-         if not m.name.startswith(("fastrnn.cuda.attention", "fastrnn.cuda.recurrence",
-                                   "fastrnn.cuda.layers", "fastrnn.cuda._device"))]
+         if not m.name.endswith("_cuda")
+         and not m.name.startswith(("fastrnn.cuda.recurrence", "fastrnn.cuda.backend",
+                                    "fastrnn.cuda._device", "fastrnn._device_inputs"))]
 mods = [importlib.import_module(n) for n in ["fastrnn"] + names]
 def snap():
     return {m.__name__: {k: id(v) for k, v in vars(m).items() if not k.startswith("__")}

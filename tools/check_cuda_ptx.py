@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 from numba import cuda  # noqa: E402
 from numba.cuda import dispatcher  # noqa: E402
 
-from fastrnn.cuda import attention as A  # noqa: E402
+from fastrnn.attention import _common_cuda as A  # noqa: E402
+from fastrnn.attention import additive_cuda as AA  # noqa: E402
 from fastrnn.cuda import linalg as L  # noqa: E402
 from fastrnn.cuda import recurrence as R  # noqa: E402
 
@@ -121,11 +122,11 @@ def cases(dt):
         (z(2, 3, 5)[:, :2], z(2, 3, 5)[:, :2], z(2, 3, 4)[:, :2], z(2, 3, 4)[:, :2], f(1)),
     )
     yield (
-        A._additive_scores_kernel,
+        AA._additive_scores_kernel,
         (z(2, 4), z(2, 3, 4), z(4), z(4), np.zeros((2, 3), np.bool_), z(2, 1, 3)),
     )
-    yield A._additive_da_kernel, (z(2, 4), z(2, 3, 4), z(4), z(4), z(2, 1, 3), z(2, 3, 4))
-    yield A._additive_dv_kernel, (z(2, 4), z(2, 3, 4), z(4), z(2, 1, 3), z(4))
+    yield AA._additive_da_kernel, (z(2, 4), z(2, 3, 4), z(4), z(4), z(2, 1, 3), z(2, 3, 4))
+    yield AA._additive_dv_kernel, (z(2, 4), z(2, 3, 4), z(4), z(2, 1, 3), z(4))
     yield A._sum_axis1_kernel, (z(2, 3, 4), z(2, 4))
     yield A._add_row_kernel, (z(2, 3), z(3))
 

@@ -1,4 +1,6 @@
-"""fastrnn on CUDA GPUs: ``numba.cuda`` kernels for the layers and attention.
+"""fastrnn on CUDA GPUs: the ``numba.cuda`` kernels of the recurrences (the engine's
+CUDA backend, :mod:`fastrnn.cuda.backend`) and the device products; the attention
+kernels live beside their CPU twins in :mod:`fastrnn.attention`.
 
 Importing this package is cheap and never touches CUDA; ``numba.cuda`` (from the
 ``numba-cuda`` package, extra ``[cuda]``) is imported on first use. With
@@ -21,7 +23,7 @@ __all__ = [
     "to_device",
     "require",
     "CudaUnavailableError",
-    "attention",
+    "using",
 ]
 
 
@@ -110,11 +112,3 @@ def using(stream=0, alloc=None):
     from ._device import using as context
 
     return context(stream, alloc)
-
-
-def __getattr__(name):
-    if name == "attention":  # imported on first use: it compiles kernels
-        import importlib
-
-        return importlib.import_module(f"{__name__}.attention")
-    raise AttributeError(f"module 'fastrnn.cuda' has no attribute {name!r}")
