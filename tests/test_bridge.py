@@ -361,7 +361,7 @@ def test_torch_compile_fullgraph():
 
 
 def test_opcheck():
-    from fastrnn_torch import _ops
+    from fastrnn_torch import _compiled
 
     m = frt.GRU(2, 3, num_layers=2).double()
     x = torch.randn(3, 2, 2, dtype=torch.float64)
@@ -376,7 +376,7 @@ def test_opcheck():
         config,
         True,
     )
-    torch.library.opcheck(_ops.rnn_op, args, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(_compiled.rnn_op, args, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_export_and_jit_trace():

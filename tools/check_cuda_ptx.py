@@ -25,6 +25,8 @@ from fastrnn.attention import _common_cuda as A  # noqa: E402
 from fastrnn.attention import additive_cuda as AA  # noqa: E402
 from fastrnn.cuda import linalg as L  # noqa: E402
 from fastrnn.cuda import recurrence as R  # noqa: E402
+from fastrnn.cuda import recurrence_backward as RB  # noqa: E402
+from fastrnn.cuda import recurrence_forward as RF  # noqa: E402
 
 CC = (9, 0)
 
@@ -85,8 +87,8 @@ def cases(dt):
         2,
         2,
     )
-    yield R.forward_persistent, args
-    yield R.forward_phase, (0, 1) + args
+    yield RF.forward_persistent, args
+    yield RF.forward_phase, (0, 1) + args
     bargs = (
         0,
         0,
@@ -109,8 +111,8 @@ def cases(dt):
         2,
         2,
     )
-    yield R.backward_persistent, bargs
-    yield R.backward_phase, (0, 1) + bargs
+    yield RB.backward_persistent, bargs
+    yield RB.backward_phase, (0, 1) + bargs
     yield R.seed_kernel, (z(B, P), z(B, P), y, 0, lens)
     b = np.zeros((0, 0, 0, 0), np.bool_)
     yield (

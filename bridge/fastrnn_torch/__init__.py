@@ -8,6 +8,7 @@ inside any model, and ``export(module, path)`` writes weights that the core
 
 from fastrnn import __version__
 
+from . import _compiled  # noqa: F401  (registers the custom operators for torch.compile)
 from .attention import AdditiveAttention, Attn, LuongAttention, scaled_dot_product_attention
 from .convert import convert, export
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell

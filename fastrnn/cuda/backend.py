@@ -3,6 +3,8 @@ device GEMM (``fastrnn.cuda.linalg``). The driver (:mod:`fastrnn.engine.driver`)
 the same methods as on the CPU."""
 
 from . import _device, linalg, recurrence
+from .recurrence_backward import run_backward
+from .recurrence_forward import run_forward
 
 #: Cell type -> the code the device kernels branch on.
 CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN": 2}
@@ -58,7 +60,7 @@ class CUDABackend:
         linalg.copy(h, h_buf[0])
         if steps is None:
             steps = (_placeholder(dt, 3), _device.empty((0, 1, 1), dt), _placeholder(dt, 3))
-        recurrence.run_forward(
+        run_forward(
             CELL_CODES[spec.cell],
             spec.activation,
             gx,
@@ -100,7 +102,7 @@ class CUDABackend:
             first,
             lengths,
         )
-        recurrence.run_backward(
+        run_backward(
             CELL_CODES[spec.cell],
             spec.activation,
             gates,
