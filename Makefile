@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: bench test test-gpu cuda-ptx docs lint wheel-check asv asv-check asv-history asv-preview clean
+.PHONY: bench test test-core test-gpu cuda-ptx docs lint wheel-check asv asv-check asv-history asv-preview clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,20 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(JOBS) tests
 
+# The core without torch: a virtual environment with fastrnn's own dependencies and the
+# test tools only; the test modules that import torch or the bridge are left out
+# (tests/conftest.py), every other one must pass.
+CORE_VENV := .venv-core
+test-core:
+	test -x $(CORE_VENV)/bin/python || $(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install --quiet -e . pytest pytest-xdist hypothesis numba-cuda safetensors
+	! $(CORE_VENV)/bin/python -c "import torch" 2>/dev/null
+	$(CORE_VENV)/bin/python -m pytest -q -n $(JOBS) tests
+
 # On a machine with an NVIDIA GPU: the CUDA tests at real sizes on the device (not the
 # simulator), then fastrnn's kernels vs torch.nn on cuDNN. The bridge's GPU tests and the
 # benchmark need a CUDA build of torch (they skip or say so with the CPU wheel).
-GPU_TESTS := tests/test_cuda_layers.py tests/test_cuda_attention.py tests/test_bridge_cuda.py
+GPU_TESTS := tests/test_cuda_layers.py tests/test_attention.py tests/test_bridge_cuda.py
 test-gpu: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[cuda]'
 	FASTRNN_TEST_GPU=1 $(PY) -m pytest -q $(GPU_TESTS)

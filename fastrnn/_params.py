@@ -109,6 +109,20 @@ class ParameterMixin:
             raise RuntimeError("device_state_dict: call to_device() first")
         return dict(self._device_params)
 
+    def _check_param_shapes(self):
+        """The kernels index with the configured sizes: refuse parameters whose shape
+        changed under the model (``state_dict()[k].shape = ...``) before any kernel runs."""
+        expected = self.__dict__.get("_expected_shapes")
+        if expected is None:
+            expected = self.__dict__["_expected_shapes"] = self._param_shapes()
+        for name, shape in expected.items():
+            got = self._params[name].shape
+            if got != shape:
+                raise ValueError(
+                    f"parameter {name!r} has shape {got}, but this model's configuration needs "
+                    f"{shape}; restore it or load_state_dict() a matching one"
+                )
+
     #: Bumped by every ``load_state_dict``: a training tape records it, and ``backward``
     #: refuses a tape recorded with other weights.
     weights_version = 0

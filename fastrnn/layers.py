@@ -22,6 +22,18 @@ from .training import Gradients, Tape
 __all__ = ["RNN", "LSTM", "GRU"]
 
 
+#: Constructor arguments ``repr`` leaves out when they have these values.
+_REPR_DEFAULTS = dict(
+    num_layers=1,
+    bias=True,
+    batch_first=False,
+    dropout=0.0,
+    bidirectional=False,
+    proj_size=0,
+    nonlinearity="tanh",
+)
+
+
 def _device_inputs():
     from . import _device_inputs
 
@@ -158,35 +170,13 @@ class _RNNBase(ParameterMixin, QuantizedMixin, StreamingMixin):
         return cfg
 
     def __repr__(self):
-        defaults = dict(
-            num_layers=1,
-            bias=True,
-            batch_first=False,
-            dropout=0.0,
-            bidirectional=False,
-            proj_size=0,
-            nonlinearity="tanh",
-        )
+        defaults = _REPR_DEFAULTS
         cfg = self.config()
         args = [str(cfg.pop("input_size")), str(cfg.pop("hidden_size"))]
         args += [f"{k}={v!r}" for k, v in cfg.items() if defaults.get(k, object()) != v]
         if self._int8:
             args.append(f"weights={self._int8.name}")
         return f"{type(self).__name__}({', '.join(args)})"
-
-    def _check_param_shapes(self):
-        """The kernels index with the configured sizes: refuse parameters whose shape
-        changed under the model (``state_dict()[k].shape = ...``) before any kernel runs."""
-        expected = self.__dict__.get("_expected_shapes")
-        if expected is None:
-            expected = self.__dict__["_expected_shapes"] = self.spec.param_shapes()
-        for name, shape in expected.items():
-            got = self._params[name].shape
-            if got != shape:
-                raise ValueError(
-                    f"parameter {name!r} has shape {got}, but this model's configuration needs "
-                    f"{shape}; restore it or load_state_dict() a matching one"
-                )
 
     # ------------------------------------------------------------------ states
     def initial_state(self, batch_size=None):
@@ -297,16 +287,13 @@ class _RNNBase(ParameterMixin, QuantizedMixin, StreamingMixin):
         )
         y = io.output(self, y, unbatched)
         if train:
-            tape.model_id, tape.signature = id(self), self._signature()
+            tape.model_id, tape.signature = id(self), tuple(self.spec.param_shapes().items())
             tape.unbatched, tape.y_shape = unbatched, tuple(y.shape)
             tape.weights_version, tape.host_lengths = self.weights_version, host_lens
             return y, io.pack_state(self, h, c, unbatched), tape
         return y, io.pack_state(self, h, c, unbatched), None
 
     # ------------------------------------------------------------------ training
-    def _signature(self):
-        return tuple(self.spec.param_shapes().items())
-
     def backward(self, tape, grad_y, grad_state=None):
         """Backpropagation through time from a tape of :meth:`forward_train`.
 
@@ -328,7 +315,7 @@ class _RNNBase(ParameterMixin, QuantizedMixin, StreamingMixin):
             raise TypeError(
                 f"tape must be the Tape returned by forward_train; got {type(tape).__name__}"
             )
-        if tape.model_id != id(self) or tape.signature != self._signature():
+        if tape.model_id != id(self) or tape.signature != tuple(self.spec.param_shapes().items()):
             raise ValueError(
                 "tape was recorded by another model (or before this model's "
                 "parameters changed shape); run forward_train on this model again"

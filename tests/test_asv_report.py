@@ -4,6 +4,8 @@ import importlib.util
 import json
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLUMNS = ["result", "params", "version", "started_at", "duration"]
 
@@ -37,6 +39,7 @@ def _write_run(folder, commit, date, step_times, speedups):
 
 
 def test_report_tables_ratios_and_charts(tmp_path):
+    pytest.importorskip("matplotlib", reason="the charts need matplotlib")
     results = tmp_path / "results"
     (results / "vm").mkdir(parents=True)
     (results / "vm" / "machine.json").write_text("{}")

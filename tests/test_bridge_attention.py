@@ -4,27 +4,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fastrnn
 import fastrnn_torch as frt
+from fastrnn_torch import _cuda
+
+from .bridge_helpers import grads_match
+
+SIMULATED = fastrnn.cuda.is_simulator()
 
 
-def grads_match(f_ours, f_ref, inputs, params=(), tol=1e-10):
-    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
-    ys = [x.detach().clone().requires_grad_(True) for x in inputs]
-    out, ref = f_ours(*xs), f_ref(*ys)
-    out, ref = (
-        (out if isinstance(out, tuple) else (out,)),
-        (ref if isinstance(ref, tuple) else (ref,)),
-    )
-    g = torch.Generator().manual_seed(0)
-    ws = [torch.randn(r.shape, generator=g, dtype=r.dtype) for r in ref]
-    for a, b in zip(out, ref):
-        assert (a - b).abs().max() <= tol
-    ours_params = [p for m in params for p in m[0].parameters()]
-    ref_params = [p for m in params for p in m[1].parameters()]
-    sum((a * w).sum() for a, w in zip(out, ws)).backward()
-    sum((b * w).sum() for b, w in zip(ref, ws)).backward()
-    for a, b in zip(xs + ours_params, ys + ref_params):
-        assert (a.grad - b.grad).abs().max() <= tol
+@pytest.fixture(params=["cpu", "cuda"])
+def path(request, monkeypatch):
+    """The CPU kernels, or the CUDA ones: under Numba's CUDA simulator CPU tensors are
+    routed to the CUDA path (through ``__cuda_array_interface__`` views of their memory,
+    as CUDA tensors on a GPU), and the test then checks that fastrnn's kernels ran."""
+    if request.param == "cpu":
+        yield "cpu"
+        return
+    if not SIMULATED:
+        pytest.skip("CPU tensors reach the CUDA path only under the simulator")
+    launches = request.getfixturevalue("cuda_launches")
+    request.getfixturevalue("fast_simulator")
+    monkeypatch.setattr(_cuda, "on_gpu", lambda x: True)
+    yield "cuda"
+    assert launches, "no fastrnn.cuda kernel ran"
 
 
 @pytest.mark.parametrize(
@@ -53,7 +56,7 @@ def test_sdpa_matches_torch_and_gradcheck(kw):
     )
 
 
-def test_sdpa_float32_and_fallback():
+def test_sdpa_float32_and_fallback(path):
     q = torch.randn(3, 6, 8)
     assert (
         frt.scaled_dot_product_attention(q, q, q) - F.scaled_dot_product_attention(q, q, q)
@@ -66,7 +69,7 @@ def test_sdpa_float32_and_fallback():
 
 
 @pytest.mark.parametrize("B", [1, 4])
-def test_attn_module_is_the_tutorial(B):
+def test_attn_module_is_the_tutorial(B, path):
     torch.manual_seed(0)
     ours = frt.Attn(32, 32, 32, 64, 32).double()
     g = torch.Generator().manual_seed(2)
@@ -79,7 +82,7 @@ def test_attn_module_is_the_tutorial(B):
     assert set(dict(ours.named_children())) == {"attn", "attn_combine"}
 
 
-def test_additive_module(tmp_path):
+def test_additive_module(tmp_path, path):
     torch.manual_seed(0)
     ours = frt.AdditiveAttention(4, 6, 8).double()
     ref = frt.AdditiveAttention(4, 6, 8).double()
@@ -99,7 +102,7 @@ def test_additive_module(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["dot", "general", "concat"])
-def test_luong_module(method):
+def test_luong_module(method, path):
     torch.manual_seed(0)
     ours = frt.LuongAttention(6, method).double()
     ref = frt.LuongAttention(6, method).double()
@@ -113,3 +116,23 @@ def test_luong_module(method):
         return torch.bmm(w[:, None], k)[:, 0], w
 
     grads_match(lambda q, k: ours(q, k), torch_formula, [q, k], params=[(ours, ref)])
+
+
+@pytest.mark.parametrize("kw", [{}, {"is_causal": True}, {"mask": "bool"}, {"mask": "float"}])
+def test_sdpa_through_cuda_matches_torch(kw, path):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 2, 4, 3, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 2, 5, 3, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 2, 5, 2, generator=g, dtype=torch.float64)
+    kw = dict(kw)
+    mask = kw.pop("mask", None)
+    if mask == "bool":
+        kw["attn_mask"] = torch.rand(2, 2, 4, 5, generator=g) > 0.4
+        kw["attn_mask"][:, :, 2] = False
+    elif mask == "float":
+        kw["attn_mask"] = torch.randn(2, 2, 4, 5, generator=g, dtype=torch.float64)
+    grads_match(
+        lambda *a: frt.scaled_dot_product_attention(*a, **kw),
+        lambda *a: F.scaled_dot_product_attention(*a, **kw),
+        [q, k, v],
+    )

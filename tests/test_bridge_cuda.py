@@ -9,11 +9,12 @@ torch.nn on cuDNN.
 
 import pytest
 import torch
-from test_bridge import CELLS, LAYERS, TOL, run_both, twins
 from torch.nn.utils.rnn import pack_sequence
 
 import fastrnn
 from fastrnn_torch import _cuda
+
+from .bridge_helpers import CELLS, LAYERS, TOL, run_both, twins
 
 pytestmark = pytest.mark.skipif(
     not fastrnn.cuda.is_available(), reason="no CUDA device and the simulator is off"

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import CELLS, assert_close, make_pair
+
+from .helpers import CELLS, assert_close, make_pair
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -11,12 +11,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CELLS, KINDS, TOL, make_pair, random_inputs
-from test_bptt import _flat, assert_grad, torch_grads
-from test_layers import torch_forward
 
 import fastrnn
 from fastrnn import cuda as fcuda
+
+from .helpers import (
+    CELLS,
+    KINDS,
+    assert_grad,
+    flat_state,
+    make_pair,
+    random_inputs,
+    tolerance,
+    torch_forward,
+    torch_grads,
+)
 
 pytestmark = [
     pytest.mark.skipif(not fcuda.is_available(), reason="no CUDA device and the simulator is off"),
@@ -80,17 +89,17 @@ def check_device_grads(
     y_tr, _, tape = m.forward_train(_dev(x), _dev(hx), lengths=lengths)
     np.testing.assert_array_equal(_host(y), _host(y_tr))
     gy = rng.standard_normal(y_cpu.shape).astype(dtype)
-    gstate = tuple(rng.standard_normal(a.shape).astype(dtype) for a in _flat(state_cpu))
+    gstate = tuple(rng.standard_normal(a.shape).astype(dtype) for a in flat_state(state_cpu))
     grads = m.backward(tape, _dev(gy), _dev(gstate if isinstance(state_cpu, tuple) else gstate[0]))
     tgx, thx = torch_grads(tm, x, hx, lengths, batch_first, gy, gstate)
     # torch's forward, for outputs and final states
     ty, tstate = torch_forward(tm, x, hx, lengths, batch_first)
     assert_grad(_host(y), ty, dtype, "output")
-    for a, b, name in zip(_flat(_host(state)), _flat(tstate), ("h_n", "c_n")):
+    for a, b, name in zip(flat_state(_host(state)), flat_state(tstate), ("h_n", "c_n")):
         assert_grad(a, b, dtype, name)
     assert_grad(_host(grads.input), tgx, dtype, "input")
     if hx is not None:
-        for a, b, name in zip(_flat(_host(grads.hx)), thx, ("h0", "c0")):
+        for a, b, name in zip(flat_state(_host(grads.hx)), thx, ("h0", "c0")):
             assert_grad(a, b, dtype, name)
     for name, p in tm.named_parameters():
         assert_grad(_host(grads.params[name]), p.grad, dtype, name)
@@ -194,7 +203,7 @@ def test_cuda_array_interface_objects_are_used_without_copies(rng):
     x = rng.standard_normal((4, 2, 3))
     y, _ = m(HostInterface(x))
     ty, _ = tm(torch.from_numpy(x))
-    np.testing.assert_allclose(_host(y), ty.detach().numpy(), atol=TOL["float64"])
+    np.testing.assert_allclose(_host(y), ty.detach().numpy(), atol=tolerance("float64"))
     view = fcuda.as_device_array(HostInterface(x))
     x[0, 0, 0] = 42.0  # the device array sees the owner's memory
     assert _host(view)[0, 0, 0] == 42.0
@@ -207,11 +216,11 @@ def test_resident_weights_follow_load_state_dict(rng):
     m.to_device()
     assert list(m.device_state_dict()) == list(m.state_dict())
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
-    np.testing.assert_allclose(_host(m(_dev(x))[0]), m(x)[0], atol=TOL["float32"])
+    np.testing.assert_allclose(_host(m(_dev(x))[0]), m(x)[0], atol=tolerance("float32"))
     other = torch.nn.GRU(3, 4)
     m.load_state_dict(other.state_dict())
     expected = other(torch.from_numpy(x))[0].detach().numpy()
-    np.testing.assert_allclose(_host(m(_dev(x))[0]), expected, atol=TOL["float32"])
+    np.testing.assert_allclose(_host(m(_dev(x))[0]), expected, atol=tolerance("float32"))
 
 
 def test_large_inputs_saturate_on_device():
@@ -260,20 +269,20 @@ def test_device_cells_match_torch(kind, dtype, rng):
     hx_dev = _dev(hx) if lstm else _dev(hx[0])
     out = cell(_dev(x), hx_dev)
     trained = cell.forward_train(_dev(x), hx_dev)
-    for a, b in zip(_flat(out), out_t):
+    for a, b in zip(flat_state(out), out_t):
         assert_grad(_host(a), b, dtype, "output")
     if lstm:
         gx, gh, params = cell.backward(trained[2], _dev(gouts[0]), _dev(gouts[1]))
     else:
         gx, gh, params = cell.backward(trained[1], _dev(gouts[0]))
     assert_grad(_host(gx), xt.grad, dtype, "input")
-    for a, b in zip(_flat(_host(gh) if lstm else (_host(gh),)), hxt):
+    for a, b in zip(flat_state(_host(gh) if lstm else (_host(gh),)), hxt):
         assert_grad(a, b.grad, dtype, "hx")
     for name, p in tcell.named_parameters():
         assert_grad(_host(params[name]), p.grad, dtype, name)
     cell.to_device()
     assert set(cell.device_state_dict()) == set(cell.state_dict())
-    for a, b in zip(_flat(cell(_dev(x), hx_dev)), out_t):
+    for a, b in zip(flat_state(cell(_dev(x), hx_dev)), out_t):
         assert_grad(_host(a), b, dtype, "output with resident weights")
 
 

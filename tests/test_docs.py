@@ -29,6 +29,8 @@ def test_there_are_blocks_to_run():
 
 @pytest.mark.parametrize("page, line, source", list(_blocks()))
 def test_block_runs(page, line, source, tmp_path, monkeypatch, fast_simulator):
+    if "torch" in source:
+        pytest.importorskip("torch", reason="this block uses torch (the core's run has none)")
     monkeypatch.chdir(tmp_path)
     code = compile("\n" * (line - 1) + source, str(page), "exec")
     exec(code, {"__name__": "__docs__"})

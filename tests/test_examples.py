@@ -5,6 +5,8 @@ import runpy
 import subprocess
 import sys
 
+import pytest
+
 EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
 
 
@@ -31,17 +33,20 @@ def _run_example(name, argv):
 
 
 def test_word_language_model_engines_agree():
+    pytest.importorskip("torch", reason="compares with the torch engine")
     results = _run_example("word_language_model.py", ["--steps", "4", "--size", "32"])
     (torch_losses, _), (ours, _) = results["torch"], results["fastrnn"]
     assert max(abs(a - b) for a, b in zip(torch_losses, ours)) < 1e-4
 
 
 def test_time_series_engines_agree():
+    pytest.importorskip("torch", reason="compares with the torch engine")
     results = _run_example("time_series.py", ["--steps", "4", "--hidden", "16", "--length", "30"])
     assert abs(results["torch"][0] - results["fastrnn"][0]) < 1e-5
 
 
 def test_seq2seq_engines_agree():
+    pytest.importorskip("torch", reason="compares with the torch engine")
     """Same seed, same data: both engines give the same held-out exact match
     (fastrnn's is measured by greedy decoding on the core alone)."""
     argv = ["--epochs", "1", "--batches", "100"]

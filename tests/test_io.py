@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import CELLS, KINDS, make_pair
 from safetensors.numpy import load_file, save_file
 
 import fastrnn
 from fastrnn.io import load_safetensors
+
+from .helpers import CELLS, KINDS, make_pair
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])

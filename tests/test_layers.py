@@ -3,73 +3,20 @@
 import numpy as np
 import pytest
 import torch
-from conftest import KINDS, TORCH_DTYPE, assert_close, make_pair, random_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
 from fastrnn import engine, reference
 
-
-def torch_forward(tm, x, hx, lengths, batch_first):
-    """torch.nn on the same data, through PackedSequence when lengths are given."""
-    xt = torch.from_numpy(x)
-    if hx is not None:
-        hx = (
-            tuple(torch.from_numpy(a) for a in hx)
-            if isinstance(hx, tuple)
-            else torch.from_numpy(hx)
-        )
-    with torch.no_grad():
-        if lengths is None:
-            return tm(xt, hx)
-        T = x.shape[1] if batch_first else x.shape[0]
-        packed = pack_padded_sequence(
-            xt, torch.as_tensor(lengths), batch_first=batch_first, enforce_sorted=False
-        )
-        y, state = tm(packed, hx)
-        y, _ = pad_packed_sequence(y, batch_first=batch_first, total_length=T)
-        return y, state
-
-
-def compare(
-    kind,
-    dtype,
-    rng,
-    *,
-    T=5,
-    B=3,
-    I=4,
-    H=6,
-    num_layers=1,
-    bidirectional=False,
-    batch_first=False,
-    bias=True,
-    with_hx=False,
-    with_lengths=False,
-):
-    m, tm = make_pair(
-        kind,
-        I,
-        H,
-        dtype,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        batch_first=batch_first,
-        bias=bias,
-    )
-    shape = (B, T, I) if batch_first else (T, B, I)
-    x, hx, lengths = random_inputs(m, rng, shape, B, dtype, with_hx, with_lengths)
-    y, state = m(x, hx, lengths=lengths)
-    ty, tstate = torch_forward(tm, x, hx, lengths, batch_first)
-    assert_close(y, ty, dtype, "output")
-    if isinstance(state, tuple):
-        assert_close(state[0], tstate[0], dtype, "h_n")
-        assert_close(state[1], tstate[1], dtype, "c_n")
-    else:
-        assert_close(state, tstate, dtype, "h_n")
-    return m, x, hx, lengths, y, state
+from .helpers import (
+    KINDS,
+    TORCH_DTYPE,
+    assert_close,
+    compare,
+    make_pair,
+    torch_forward,
+)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

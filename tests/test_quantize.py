@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import KINDS, make_pair
 
 import fastrnn
+
+from .helpers import KINDS, make_pair
 
 # Max abs error of outputs against the float32 model on torch-initialised layers with
 # standard-normal inputs; docs/performance.md states it.

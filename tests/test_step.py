@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from conftest import KINDS, make_pair
+
+from .helpers import KINDS, make_pair
 
 
 def _states(state):

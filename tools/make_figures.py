@@ -18,9 +18,9 @@ def architecture(path):
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
-    fig, ax = plt.subplots(figsize=(10, 6.2))
+    fig, ax = plt.subplots(figsize=(10, 7.6))
     ax.set_xlim(0, 100)
-    ax.set_ylim(0, 64)
+    ax.set_ylim(0, 78)
     ax.axis("off")
 
     def box(x, y, w, h, title, lines, color):
@@ -50,67 +50,77 @@ def architecture(path):
 
     box(
         4,
-        49,
+        63,
         92,
-        13,
+        12,
         "bridge: fastrnn_torch (torch only here)",
         [
-            "modules.py: drop-in RNN/LSTM/GRU/*Cell   convert.py: convert, export",
-            "_ops.py: autograd.Function (eager), fastrnn::rnn custom op (torch.compile)   "
-            "attention.py   _cuda.py",
+            "modules.py: drop-in RNN/LSTM/GRU/*Cell   convert.py: convert, export   attention.py",
+            "_ops.py, _cells.py: autograd.Function (eager)   _compiled.py: fastrnn::rnn custom op"
+            " (torch.compile)   _cuda.py",
         ],
         "#fde0c5",
     )
     box(
         4,
-        28,
+        44,
         92,
-        15,
+        13,
         "models: fastrnn (NumPy + Numba, never torch)",
         [
-            "layers.py RNN/LSTM/GRU: config, parameters, validation, layer x direction driver,"
-            " step workspace, int8",
-            "cells.py *Cell   training.py Tape, Gradients, BPTT driver   attention.py   "
-            "io.py save/load (.safetensors, .npz)",
+            "layers.py RNN/LSTM/GRU   cells.py *Cell   streaming.py step   quantized.py int8",
+            "_inputs.py / _device_inputs.py: argument checks   io.py save/load   attention/",
             "reference.py: the plain-NumPy spec every kernel is tested against",
         ],
         "#d6eaf8",
     )
     box(
         4,
-        3,
+        25,
+        92,
+        13,
+        "engine: fastrnn.engine (the one door to the kernels)",
+        [
+            "Spec   forward(...) -> (y, state, Tape)   backward(...) -> Gradients   cell_forward",
+            "driver.py: the layer x direction loop, written once over a backend",
+            "engine/cpu.py CPUBackend (NumPy arrays)    cuda/backend.py CUDABackend (device arrays)",
+        ],
+        "#fcf3cf",
+    )
+    box(
+        4,
+        2,
         44,
-        19,
+        17,
         "CPU kernels (@njit, cached)",
         [
             "recurrence.py: time loops written once,",
             "specialised per cell (LOOPS[lstm], ...)",
             "lstm.py / gru.py / rnn.py: cell_step + backward_step",
             "linalg.py: small products (BLAS for big ones)",
-            "activations.py: vectorisable float32 tanh/sigmoid/exp",
         ],
         "#d5f5e3",
     )
     box(
         52,
-        3,
+        2,
         44,
-        19,
+        17,
         "CUDA kernels (numba.cuda, optional)",
         [
-            "cuda/recurrence.py: persistent recurrence,",
-            "one cooperative launch per layer-direction",
+            "cuda/recurrence_forward.py, recurrence_backward.py:",
+            "persistent recurrence, one launch per layer-direction",
             "cuda/linalg.py: tiled GEMM (cuBLAS via the bridge)",
-            "cuda/attention.py   cuda/layers.py: device driver",
-            "numba.cuda imported only on first use",
+            "attention/*_cuda.py; numba.cuda imported on first use",
         ],
         "#e8daef",
     )
-    arrow(50, 48.4, 50, 44, "calls models (tensors viewed as arrays, no copies)")
-    arrow(26, 27.4, 26, 23, "host arrays")
-    arrow(74, 27.4, 74, 23, "device arrays (__cuda_array_interface__)")
+    arrow(50, 62.4, 50, 57.6, "engine calls on tensors viewed as arrays (no copies)")
+    arrow(50, 43.4, 50, 38.6, "checked arrays, caller-owned buffers")
+    arrow(26, 24.4, 26, 19.6, "host arrays")
+    arrow(74, 24.4, 74, 19.6, "device arrays (__cuda_array_interface__)")
     ax.set_title(
-        "fastrnn: three layers, imports in one direction (bridge -> models -> kernels)", fontsize=10
+        "fastrnn: imports in one direction (bridge -> models -> engine -> kernels)", fontsize=10
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
