@@ -1,4 +1,4 @@
-"""GRU kernels: the fused cell step and the sequence recurrence.
+"""GRU kernels: the fused cell step and its backward (the time loops: ``recurrence.py``).
 
 Gate layout is torch's: the 3H pre-activation rows are ``r, z, n``::
 
@@ -20,7 +20,7 @@ TAPE_GATES = 4  # r, z, n and the recurrent part of n, W_hn h + b_hn
 
 
 @kernel
-def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, gates_t):
+def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, gates_t):
     """One GRU time step for every row still running at step ``t``.
 
     ``gx_t`` (B, 3H) holds ``x W_ih^T``, ``gh`` (B, 3H) holds ``h W_hh^T``; the new
@@ -71,7 +71,21 @@ SEPARATE_DGH = True  # the n gate's pre-activation gradient differs for W_ih and
 
 @kernel
 def backward_step(
-    t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc, dgx_t, dgh_t, dhp_t, m_t, dm, mode
+    t,
+    lengths,
+    gates_t,
+    h_prev_t,
+    c_prev_t,
+    w_hr,
+    dy_t,
+    dh,
+    dc,
+    dgx_t,
+    dgh_t,
+    dhp_t,
+    m_t,
+    dm,
+    activation,
 ):
     """Input- and hidden-side gate gradients of step ``t``; leaves ``dh * z`` in ``dh``
     for running rows (the caller adds ``dgh_t W_hh``). See ``lstm.backward_step``."""

@@ -1,4 +1,4 @@
-"""LSTM kernels: the fused cell step and the sequence recurrence.
+"""LSTM kernels: the fused cell step and its backward (the time loops: ``recurrence.py``).
 
 Gate layout is torch's: the 4H pre-activation rows are ``i, f, g, o``::
 
@@ -21,11 +21,10 @@ from .linalg import commit_rows, matmul_nt
 
 GATES = 4
 TAPE_GATES = 4  # i, f, g, o after their nonlinearities
-I, F, G, O = range(4)
 
 
 @kernel
-def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, gates_t):
+def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, gates_t):
     """One LSTM time step for every row still running at step ``t``.
 
     ``gx_t`` (B, 4H) holds ``x W_ih^T`` and ``gh`` (B, 4H) holds ``h W_hh^T``;
@@ -88,7 +87,21 @@ SEPARATE_DGH = False  # the pre-activation gradient is the same for W_ih and W_h
 
 @kernel
 def backward_step(
-    t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc, dgx_t, dgh_t, dhp_t, m_t, dm, mode
+    t,
+    lengths,
+    gates_t,
+    h_prev_t,
+    c_prev_t,
+    w_hr,
+    dy_t,
+    dh,
+    dc,
+    dgx_t,
+    dgh_t,
+    dhp_t,
+    m_t,
+    dm,
+    activation,
 ):
     """Gate gradients of step ``t`` into ``dgx_t``; turns ``dh``/``dc`` into the
     gradients entering step ``t``, except the recurrent product ``dgx_t W_hh``

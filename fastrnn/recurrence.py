@@ -43,7 +43,7 @@ def _sequence(
     y,
     lengths,
     reverse,
-    mode,
+    activation,
     gh,
     m,
     hp,
@@ -87,7 +87,7 @@ def _sequence(
             y[t],
             t,
             lengths,
-            mode,
+            activation,
             m,
             hp,
             tape_gates[t if train else 0],
@@ -107,7 +107,7 @@ def _step_layer(
     s_hh,
     h,
     c,
-    mode,
+    activation,
     gx,
     gh,
     m,
@@ -119,7 +119,7 @@ def _step_layer(
     products in one pass over both weight matrices, then the fused cell step
     (``h``/``c`` in place). ``q_*``/``s_*`` are unused (see ``_step_layer_int8``)."""
     matmul2_nt(x, w_ih, gx, h, w_hh, gh)
-    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
+    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, no_gates)
 
 
 def _step_layer_int8(
@@ -135,7 +135,7 @@ def _step_layer_int8(
     s_hh,
     h,
     c,
-    mode,
+    activation,
     gx,
     gh,
     m,
@@ -148,11 +148,26 @@ def _step_layer_int8(
     quantized)."""
     matmul_t(x, q_ih, s_ih, gx)
     matmul_t(h, q_hh, s_hh, gh)
-    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, mode, m, hp, no_gates)
+    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, no_gates)
 
 
 def _backward_sequence(
-    gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, mode, dy, dh, dc, dgx, dgh, dhp, mt, dm
+    gates,
+    h_prev,
+    c_prev,
+    w_hh,
+    w_hr,
+    lengths,
+    reverse,
+    activation,
+    dy,
+    dh,
+    dc,
+    dgx,
+    dgh,
+    dhp,
+    mt,
+    dm,
 ):
     """Walk the recurrence backwards: fills ``dgx`` and ``dgh`` (T, B, G·H) (the same
     array unless the cell type tells them apart) and, with projection, ``dhp``
@@ -180,7 +195,7 @@ def _backward_sequence(
             dhp[tp],
             mt[tp],
             dm,
-            mode,
+            activation,
         )
         matmul_nn_acc(dgh[t], w_hh, dh)
 

@@ -1,8 +1,8 @@
-"""Elman RNN kernels (tanh or ReLU): the fused cell step and the recurrence.
+"""Elman RNN kernels (tanh or ReLU): the fused cell step and its backward.
 
 ::
 
-    h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh (mode 0) or relu (mode 1)
+    h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh (activation 0) or relu (1)
 
 The argument lists are shared with ``lstm.py`` (``c``, ``w_hr``, ``hp`` unused); the
 time loops are in ``recurrence.py``.
@@ -14,11 +14,11 @@ from .linalg import commit_rows
 
 GATES = 1
 TAPE_GATES = 1  # h' itself: both derivatives are functions of the output
-MODES = {"tanh": 0, "relu": 1}
+ACTIVATIONS = {"tanh": 0, "relu": 1}
 
 
 @kernel
-def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, gates_t):
+def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, gates_t):
     """One RNN time step for every row still running at step ``t``."""
     B, H = gx_t.shape
     store = gates_t.shape[0] > 0
@@ -29,7 +29,7 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, mode, m, hp, ga
         x = gx_t[n]
         for j in range(H):
             a[j] += x[j] + b_ih[j] + b_hh[j]
-        if mode == 0:
+        if activation == 0:
             for j in range(H):
                 mn[j] = tanh(a[j])
         else:
@@ -51,7 +51,21 @@ SEPARATE_DGH = False
 
 @kernel
 def backward_step(
-    t, lengths, gates_t, h_prev_t, c_prev_t, w_hr, dy_t, dh, dc, dgx_t, dgh_t, dhp_t, m_t, dm, mode
+    t,
+    lengths,
+    gates_t,
+    h_prev_t,
+    c_prev_t,
+    w_hr,
+    dy_t,
+    dh,
+    dc,
+    dgx_t,
+    dgh_t,
+    dhp_t,
+    m_t,
+    dm,
+    activation,
 ):
     """Pre-activation gradient of step ``t``; see ``lstm.backward_step``."""
     B, H = dh.shape
@@ -62,7 +76,7 @@ def backward_step(
             continue
         dhn = dh[n]
         a = gates_t[n]
-        if mode == 0:
+        if activation == 0:
             for j in range(H):
                 g[j] = (dhn[j] + dy_t[n, j]) * (1 - a[j] * a[j])
         else:

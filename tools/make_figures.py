@@ -83,7 +83,7 @@ def architecture(path):
         [
             "Spec   forward(...) -> (y, state, Tape)   backward(...) -> Gradients   cell_forward",
             "driver.py: the layer x direction loop, written once over a backend",
-            "engine/cpu.py CPUBackend (NumPy arrays)    cuda/backend.py CUDABackend (device arrays)",
+            "engine/cpu.py CPUBackend (NumPy arrays)   cuda/backend.py CUDABackend (device arrays)",
         ],
         "#fcf3cf",
     )

@@ -46,10 +46,7 @@ PRE_CAP = 2048  # float64 pre-activations a block holds at once (16 KB)
 SHARED_WEIGHT_BYTES = 24 * 1024  # dynamic shared memory for a block's weight slice
 
 
-GATES = (4, 3, 1)  # per kind: LSTM, GRU, RNN (the ``kind`` codes of fastrnn.recurrence)
-
-
-TAPE_GATES = (4, 4, 1)
+GATES = (4, 3, 1)  # per cell code (LSTM 0, GRU 1, RNN 2: ``fastrnn.cuda.backend.CELL_CODES``)
 
 
 @cuda.jit(device=True)

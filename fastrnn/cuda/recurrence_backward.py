@@ -11,8 +11,8 @@ from .recurrence import _products, _stage
 
 @cuda.jit(device=True)
 def _backward_gates(
-    kind,
-    mode,
+    cell,
+    activation,
     t,
     gates,
     h_prev,
@@ -34,7 +34,7 @@ def _backward_gates(
 ):
     """Gate gradients of step ``t`` for units ``n0 .. n0 + nu`` (``dc`` in place)."""
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
-    G = 4 if kind == 0 else (3 if kind == 1 else 1)
+    G = 4 if cell == 0 else (3 if cell == 1 else 1)
     H = dgx.shape[2] // G
     B = dh_cur.shape[0]
     Bc = max(1, min(B, recurrence.PRE_CAP // nu))
@@ -53,7 +53,7 @@ def _backward_gates(
                 if proj:
                     mt[t, b, j] = 0
                 continue
-            if kind == 0:
+            if cell == 0:
                 dm = pre[item] if proj else dh_cur[b, j]
                 gi, gf = gates[t, b, j], gates[t, b, H + j]
                 gg, go = gates[t, b, 2 * H + j], gates[t, b, 3 * H + j]
@@ -67,7 +67,7 @@ def _backward_gates(
                 dc[b, j] = d * gf
                 if proj:
                     mt[t, b, j] = go * tc
-            elif kind == 1:
+            elif cell == 1:
                 d = dh_cur[b, j]
                 r, z = gates[t, b, j], gates[t, b, H + j]
                 n, hn = gates[t, b, 2 * H + j], gates[t, b, 3 * H + j]
@@ -83,7 +83,7 @@ def _backward_gates(
             else:
                 d = dh_cur[b, j]
                 a = gates[t, b, j]
-                if mode == 0:
+                if activation == 0:
                     dgx[t, b, j] = d * (1 - a * a)
                 else:
                     dgx[t, b, j] = d if a > 0 else 0
@@ -92,7 +92,7 @@ def _backward_gates(
 
 @cuda.jit(device=True)
 def _backward_hidden(
-    kind,
+    cell,
     t,
     t_next,
     w_hh,
@@ -116,7 +116,7 @@ def _backward_hidden(
     gradient of the next step of the walk (``t_next``, -1 at the end)."""
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
     B, P = dh_cur.shape
-    H = gates.shape[2] // 4 if kind == 1 else 0
+    H = gates.shape[2] // 4 if cell == 1 else 0
     Bc = max(1, min(B, recurrence.PRE_CAP // nu))
     for b0 in range(0, B, Bc):
         nb = min(Bc, B - b0)
@@ -127,7 +127,7 @@ def _backward_hidden(
                 continue
             if t < lengths[b]:
                 v = pre[item]
-                if kind == 1:
+                if cell == 1:
                     v += dh_cur[b, k] * gates[t, b, H + k]
                 if proj:
                     dhp[t, b, k] = dh_cur[b, k]
@@ -143,8 +143,8 @@ def _backward_hidden(
 
 @cuda.jit(cache=True)
 def backward_persistent(
-    kind,
-    mode,
+    cell,
+    activation,
     gates,
     h_prev,
     c_prev,
@@ -180,8 +180,8 @@ def backward_persistent(
         t_next = -1 if s == T - 1 else (s + 1 if reverse else T - 2 - s)
         cur = s % 2
         _backward_gates(
-            kind,
-            mode,
+            cell,
+            activation,
             t,
             gates,
             h_prev,
@@ -203,7 +203,7 @@ def backward_persistent(
         )
         grid.sync()
         _backward_hidden(
-            kind,
+            cell,
             t,
             t_next,
             w_hh,
@@ -230,8 +230,8 @@ def backward_persistent(
 def backward_phase(
     phase,
     s,
-    kind,
-    mode,
+    cell,
+    activation,
     gates,
     h_prev,
     c_prev,
@@ -261,8 +261,8 @@ def backward_phase(
     cur = s % 2
     if phase == 0:
         _backward_gates(
-            kind,
-            mode,
+            cell,
+            activation,
             t,
             gates,
             h_prev,
@@ -287,7 +287,7 @@ def backward_phase(
         p0 = cuda.blockIdx.x * nu_p
         _stage(w_hh, sw32, sw64, smode, p0, nu_p, 1, w_hh.shape[1])
         _backward_hidden(
-            kind,
+            cell,
             t,
             t_next,
             w_hh,
@@ -310,8 +310,8 @@ def backward_phase(
 
 
 def run_backward(
-    kind,
-    mode,
+    cell,
+    activation,
     gates,
     h_prev,
     c_prev,
@@ -332,8 +332,8 @@ def run_backward(
     """Launch BPTT through one recurrence (see :func:`backward_persistent`)."""
     smode, nbytes = plan.shared(w_hh.shape[0], 1, plan.nu_p)
     args = (
-        kind,
-        mode,
+        cell,
+        activation,
         gates,
         h_prev,
         c_prev,

@@ -11,8 +11,8 @@ from .recurrence import _products, _sigmoid, _stage
 
 @cuda.jit(device=True)
 def _forward_gates(
-    kind,
-    mode,
+    cell,
+    activation,
     t,
     gx,
     w_t,
@@ -40,7 +40,7 @@ def _forward_gates(
     ``w_t`` = W_hh^T), the cell's nonlinearities, ``c`` in place, and either ``m``
     (before the projection) or ``h_next``/``y[t]``. Records the tapes when training."""
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
-    G = 4 if kind == 0 else (3 if kind == 1 else 1)
+    G = 4 if cell == 0 else (3 if cell == 1 else 1)
     H = b_ih.shape[0] // G
     B = h_cur.shape[0]
     train = tape_h.shape[0] > 0
@@ -56,7 +56,7 @@ def _forward_gates(
             if train:
                 if not proj:
                     tape_h[t, b, j] = h_cur[b, j]
-                if kind == 0:
+                if cell == 0:
                     tape_c[t, b, j] = c[b, j]
             if t >= lengths[b]:  # finished rows keep their state and output zeros
                 if not proj:
@@ -64,7 +64,7 @@ def _forward_gates(
                     y[t, b, j] = 0
                 continue
             base = bl * G * nu + u
-            if kind == 0:
+            if cell == 0:
                 gi = _sigmoid(pre[base] + gx[t, b, j] + b_ih[j] + b_hh[j])
                 gf = _sigmoid(pre[base + nu] + gx[t, b, H + j] + b_ih[H + j] + b_hh[H + j])
                 gg = math.tanh(
@@ -84,7 +84,7 @@ def _forward_gates(
                 if proj:
                     m[b, j] = out
                     continue
-            elif kind == 1:
+            elif cell == 1:
                 r = _sigmoid(pre[base] + b_hh[j] + gx[t, b, j] + b_ih[j])
                 z = _sigmoid(pre[base + nu] + b_hh[H + j] + gx[t, b, H + j] + b_ih[H + j])
                 hn = pre[base + 2 * nu] + b_hh[2 * H + j]
@@ -97,7 +97,7 @@ def _forward_gates(
                     tape_gates[t, b, 3 * H + j] = hn
             else:
                 a = pre[base] + gx[t, b, j] + b_ih[j] + b_hh[j]
-                out = math.tanh(a) if mode == 0 else max(a, 0.0)
+                out = math.tanh(a) if activation == 0 else max(a, 0.0)
                 if train:
                     tape_gates[t, b, j] = out
             h_next[b, j] = out
@@ -134,8 +134,8 @@ def _forward_project(
 
 @cuda.jit(cache=True)
 def forward_persistent(
-    kind,
-    mode,
+    cell,
+    activation,
     gx,
     w_t,
     smode,
@@ -161,7 +161,7 @@ def forward_persistent(
     sw32 = cuda.shared.array(0, float32)
     sw64 = cuda.shared.array(0, float64)
     grid = cuda.cg.this_grid()
-    G = 4 if kind == 0 else (3 if kind == 1 else 1)
+    G = 4 if cell == 0 else (3 if cell == 1 else 1)
     H = b_ih.shape[0] // G
     n0, p0 = cuda.blockIdx.x * nu, cuda.blockIdx.x * nu_p
     _stage(w_t, sw32, sw64, smode, n0, nu, G, H)
@@ -171,8 +171,8 @@ def forward_persistent(
         t = T - 1 - s if reverse else s
         cur = s % 2
         _forward_gates(
-            kind,
-            mode,
+            cell,
+            activation,
             t,
             gx,
             w_t,
@@ -221,8 +221,8 @@ def forward_persistent(
 def forward_phase(
     phase,
     s,
-    kind,
-    mode,
+    cell,
+    activation,
     gx,
     w_t,
     smode,
@@ -250,12 +250,12 @@ def forward_phase(
     t = T - 1 - s if reverse else s
     cur = s % 2
     if phase == 0:
-        G = 4 if kind == 0 else (3 if kind == 1 else 1)
+        G = 4 if cell == 0 else (3 if cell == 1 else 1)
         n0 = cuda.blockIdx.x * nu
         _stage(w_t, sw32, sw64, smode, n0, nu, G, b_ih.shape[0] // G)
         _forward_gates(
-            kind,
-            mode,
+            cell,
+            activation,
             t,
             gx,
             w_t,
@@ -299,14 +299,14 @@ def forward_phase(
 
 
 def run_forward(
-    kind, mode, gx, w_t, b_ih, b_hh, w_hr_t, h_buf, c, m, y, lengths, reverse, tapes, plan
+    cell, activation, gx, w_t, b_ih, b_hh, w_hr_t, h_buf, c, m, y, lengths, reverse, tapes, plan
 ):
     """Launch the forward recurrence (see :func:`forward_persistent`)."""
-    G = recurrence.GATES[kind]
+    G = recurrence.GATES[cell]
     smode, nbytes = plan.shared(w_t.shape[0], G, plan.nu)
     args = (
-        kind,
-        mode,
+        cell,
+        activation,
         gx,
         w_t,
         smode,

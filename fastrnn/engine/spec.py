@@ -9,7 +9,7 @@ from .. import gru, lstm, rnn
 #: Cell type -> its kernel module (``cell_step``, ``backward_step`` and the gate counts).
 CELLS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
 #: Nonlinearity of an Elman RNN -> the code the kernels branch on.
-ACTIVATIONS = dict(rnn.MODES)
+ACTIVATIONS = dict(rnn.ACTIVATIONS)
 
 
 @dataclass(frozen=True)
