@@ -15,11 +15,40 @@ from . import gru, lstm, rnn
 from ._jit import kernel
 from .linalg import matmul2_nt, matmul_nn_acc, matmul_t
 
-__all__ = ["LOOPS", "Loops"]
+__all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 
 # The loops below are templates: ``cell_step`` and ``backward_step`` are the names that
 # ``_specialise`` binds to one cell module's functions (in the copies' own globals).
 cell_step = backward_step = None
+
+
+class RecurrentWeights(NamedTuple):
+    """A layer-direction's weights as the sequence loop reads them."""
+
+    w_t: object  # W_hh transposed, (H_out, G·H): float, or int8 in a quantized model
+    scales: object  # the int8 rows' scales (empty for float weights)
+    b_ih: object  # (G·H,)
+    b_hh: object  # (G·H,)
+    w_hr: object  # the projection (H_out, H), or (0, H) without one
+
+
+class Scratch(NamedTuple):
+    """Per-step workspace of the sequence loop, allocated by the caller."""
+
+    gh: object  # (B, G·H): h W_hh^T, then the activated gates
+    m: object  # (B, H): the cell output before projection
+    hp: object  # (B, max(H_out, H)): the new state before it is committed
+
+
+class GateGradients(NamedTuple):
+    """What the backward loop fills: pre-activation gradients of ``W_ih`` and ``W_hh``
+    (T, B, G·H; one array unless the cell type tells them apart), and with projection
+    ``dh`` (T, B, H_out) and ``o * tanh(c)`` (T, B, H) for ``W_hr``'s gradient."""
+
+    dgx: object
+    dgh: object
+    dhp: object
+    mt: object
 
 
 class Loops(NamedTuple):
@@ -31,37 +60,21 @@ class Loops(NamedTuple):
     backward_sequence: object
 
 
-def _sequence(
-    gx,
-    w_hh_t,
-    s_hh,
-    b_ih,
-    b_hh,
-    w_hr,
-    h,
-    c,
-    y,
-    lengths,
-    reverse,
-    activation,
-    gh,
-    m,
-    hp,
-    tape_gates,
-    tape_h,
-    tape_c,
-):
+def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, record):
     """Run the recurrence over ``gx`` (T, B, G·H), writing ``y`` (T, B, P).
 
     ``h``/``c`` hold the initial state on entry and the final state on exit.
     ``reverse`` walks time backwards; each row then starts at its own last
     valid step because rows are frozen while ``t >= lengths[n]``.
-    With a training tape (``tape_h.shape[0] == T``) the activated gates and the
-    state entering each step are recorded (``tape_c`` is empty but for LSTM);
-    for inference the tapes are empty (``tape_gates`` of shape (1, 0, 0)).
-    ``w_hh_t`` is the recurrent weight transposed, (H_out, G·H): float, or int8 in a
-    quantized model with its row scales ``s_hh`` (empty otherwise).
+    With a training record (``h_prev.shape[0] == T``) the activated gates and the
+    state entering each step are recorded (``c_prev`` is empty but for LSTM);
+    for inference the record is empty (``gates`` of shape (1, 0, 0)).
+    ``weights`` is a :class:`RecurrentWeights`, ``scratch`` a :class:`Scratch`,
+    ``record`` the tape's ``(gates, h_prev, c_prev)``.
     """
+    w_hh_t, s_hh, b_ih, b_hh, w_hr = weights
+    gh, m, hp = scratch
+    tape_gates, tape_h, tape_c = record
     T, B, P = y.shape
     H = c.shape[1]
     train = tape_h.shape[0] > 0
@@ -151,29 +164,15 @@ def _step_layer_int8(
     cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, no_gates)
 
 
-def _backward_sequence(
-    gates,
-    h_prev,
-    c_prev,
-    w_hh,
-    w_hr,
-    lengths,
-    reverse,
-    activation,
-    dy,
-    dh,
-    dc,
-    dgx,
-    dgh,
-    dhp,
-    mt,
-    dm,
-):
+def _backward_sequence(record, w_hh, w_hr, lengths, reverse, activation, dy, dh, dc, grads, dm):
     """Walk the recurrence backwards: fills ``dgx`` and ``dgh`` (T, B, G·H) (the same
     array unless the cell type tells them apart) and, with projection, ``dhp``
     (T, B, P) and ``mt`` (T, B, H); ``dh``/``dc`` enter as the final-state gradients
-    and leave as the initial-state gradients. Empty placeholders (1, 0, 0) stand for
-    absent tapes."""
+    and leave as the initial-state gradients. ``record`` is the forward's ``(gates,
+    h_prev, c_prev)``, ``grads`` a :class:`GateGradients`; empty placeholders (1, 0, 0)
+    stand for absent arrays."""
+    gates, h_prev, c_prev = record
+    dgx, dgh, dhp, mt = grads
     T = gates.shape[0]
     proj = w_hr.shape[0] > 0
     cell_tape = c_prev.shape[0] == T and c_prev.shape[1] > 0

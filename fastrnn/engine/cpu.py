@@ -102,9 +102,17 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
         # streams weight rows without horizontal sums.
         w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T), np.empty(0, dtype))
         recurrence.LOOPS[kern].sequence(
-            gx, w_t, s_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, spec.activation,
-            gh, m, hp, tape_gates, tape_h, tape_c,
-        )  # fmt: skip
+            gx,
+            recurrence.RecurrentWeights(w_t, s_hh, b_ih, b_hh, w_hr),
+            h,
+            c,
+            y,
+            lengths,
+            reverse,
+            spec.activation,
+            recurrence.Scratch(gh, m, hp),
+            (tape_gates, tape_h, tape_c),
+        )
         return
     w_hh_t = w_hh.T
     train = steps is not None
@@ -144,9 +152,18 @@ def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
         c_prev = _placeholder(dtype)
     if B < BLAS_MIN_BATCH:
         recurrence.LOOPS[kern].backward_sequence(
-            gates, h_prev, c_prev, w_hh, w_hr, lengths, reverse, spec.activation,
-            dy, dh, dc, dgx, dgh, dhp, mt, dm,
-        )  # fmt: skip
+            (gates, h_prev, c_prev),
+            w_hh,
+            w_hr,
+            lengths,
+            reverse,
+            spec.activation,
+            dy,
+            dh,
+            dc,
+            recurrence.GateGradients(dgx, dgh, dhp, mt),
+            dm,
+        )
         return dgx, dgh, dhp, mt
     tmp = np.empty_like(dh)
     last_c = c_prev.shape[0] - 1
