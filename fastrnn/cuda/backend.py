@@ -50,7 +50,7 @@ class CUDABackend:
         linalg.column_sum(a, out)
 
     @staticmethod
-    def recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
+    def recurrence(spec, *, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
         """One layer-direction forward; see ``CPUBackend.recurrence`` (``int8`` is
         ignored: device weights are float)."""
         T, B, _ = gx.shape
@@ -61,26 +61,26 @@ class CUDABackend:
         if steps is None:
             steps = (_placeholder(dt, 3), _device.empty((0, 1, 1), dt), _placeholder(dt, 3))
         run_forward(
-            CELL_CODES[spec.cell],
-            spec.activation,
-            gx,
-            linalg.transpose(w_hh),
-            b_ih,
-            b_hh,
-            linalg.transpose(w_hr) if proj else _device.empty((0, P), dt),
-            h_buf,
-            c,
-            _device.empty((B, H), dt) if proj else _placeholder(dt, 2),
-            y,
-            lengths,
-            reverse,
-            tuple(steps),
-            recurrence.Plan(H, P, spec.gates, dt.itemsize),
+            cell=CELL_CODES[spec.cell],
+            activation=spec.activation,
+            gx=gx,
+            w_t=linalg.transpose(w_hh),
+            b_ih=b_ih,
+            b_hh=b_hh,
+            w_hr_t=linalg.transpose(w_hr) if proj else _device.empty((0, P), dt),
+            h_buf=h_buf,
+            c=c,
+            m=_device.empty((B, H), dt) if proj else _placeholder(dt, 2),
+            y=y,
+            lengths=lengths,
+            reverse=reverse,
+            tapes=tuple(steps),
+            plan=recurrence.Plan(H, P, spec.gates, dt.itemsize),
         )
         linalg.copy(h_buf[T % 2], h)
 
     @staticmethod
-    def recurrence_backward(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
+    def recurrence_backward(spec, *, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
         """One layer-direction's BPTT; see ``CPUBackend.recurrence_backward``."""
         gates, h_prev, c_prev = steps
         T, B, _ = gates.shape
@@ -103,24 +103,24 @@ class CUDABackend:
             lengths,
         )
         run_backward(
-            CELL_CODES[spec.cell],
-            spec.activation,
-            gates,
-            h_prev,
-            c_prev,
-            w_hh,
-            w_hr,
-            proj,
-            dy,
-            dh_buf,
-            dc,
-            dgx,
-            dgh,
-            dhp,
-            mt,
-            lengths,
-            reverse,
-            recurrence.Plan(H, P, G, dt.itemsize),
+            cell=CELL_CODES[spec.cell],
+            activation=spec.activation,
+            gates=gates,
+            h_prev=h_prev,
+            c_prev=c_prev,
+            w_hh=w_hh,
+            w_hr=w_hr,
+            proj=proj,
+            dy=dy,
+            dh_buf=dh_buf,
+            dc=dc,
+            dgx=dgx,
+            dgh=dgh,
+            dhp=dhp,
+            mt=mt,
+            lengths=lengths,
+            reverse=reverse,
+            plan=recurrence.Plan(H, P, G, dt.itemsize),
         )
         linalg.copy(dh_buf[T % 2], dh)
         return dgx, dgh, dhp, mt

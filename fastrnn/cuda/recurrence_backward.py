@@ -310,6 +310,7 @@ def backward_phase(
 
 
 def run_backward(
+    *,
     cell,
     activation,
     gates,

@@ -299,7 +299,7 @@ def forward_phase(
 
 
 def run_forward(
-    cell, activation, gx, w_t, b_ih, b_hh, w_hr_t, h_buf, c, m, y, lengths, reverse, tapes, plan
+    *, cell, activation, gx, w_t, b_ih, b_hh, w_hr_t, h_buf, c, m, y, lengths, reverse, tapes, plan
 ):
     """Launch the forward recurrence (see :func:`forward_persistent`)."""
     G = recurrence.GATES[cell]

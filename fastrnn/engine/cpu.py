@@ -61,7 +61,7 @@ class CPUBackend:
 
     # ------------------------------------------------------------------ recurrences
     @staticmethod
-    def recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
+    def recurrence(spec, *, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
         """One layer-direction forward over ``gx`` (T, B, G·H) = ``x W_ih^T``.
 
         ``h`` (B, H_out) and ``c`` (B, H) hold the initial state and are left holding the
@@ -75,7 +75,7 @@ class CPUBackend:
             y[...] = out
 
     @staticmethod
-    def recurrence_backward(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
+    def recurrence_backward(spec, *, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
         """One layer-direction's BPTT; see :func:`backward_recurrence`."""
         return backward_recurrence(
             spec, steps, w_hh, w_hr, lengths, reverse, np.ascontiguousarray(dy), dh, dc

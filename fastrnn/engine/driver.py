@@ -51,18 +51,18 @@ def forward(spec, params, x, h, c, lengths, backend, train=False, masks=(), int8
                 tape.steps.append(steps)
             backend.recurrence(
                 spec,
-                gx,
-                w_hh,
-                b_ih,
-                b_hh,
-                w_hr,
-                h[k],
-                c[k],
-                out[:, :, d * P : (d + 1) * P],
-                lengths,
-                bool(d),
-                steps,
-                None if int8 is None else int8.get(f"weight_hh{suffix(layer, d)}"),
+                gx=gx,
+                w_hh=w_hh,
+                b_ih=b_ih,
+                b_hh=b_hh,
+                w_hr=w_hr,
+                h=h[k],
+                c=c[k],
+                y=out[:, :, d * P : (d + 1) * P],
+                lengths=lengths,
+                reverse=bool(d),
+                steps=steps,
+                int8=None if int8 is None else int8.get(f"weight_hh{suffix(layer, d)}"),
             )
         layer_input = out
         if layer < len(masks):
@@ -105,14 +105,14 @@ def backward(spec, params, tape, dy_all, dh_all, dc_all, backend, input_grad, pa
             steps = tape.steps[k]
             dgx, dgh, dhp, mt = backend.recurrence_backward(
                 spec,
-                steps,
-                w_hh,
-                w_hr,
-                tape.lengths,
-                bool(d),
-                dy_all[:, :, d * P : (d + 1) * P],
-                dh_all[k],
-                dc_all[k],
+                steps=steps,
+                w_hh=w_hh,
+                w_hr=w_hr,
+                lengths=tape.lengths,
+                reverse=bool(d),
+                dy=dy_all[:, :, d * P : (d + 1) * P],
+                dh=dh_all[k],
+                dc=dc_all[k],
             )
             G = dgx.shape[2]
             dgx2, dgh2 = dgx.reshape((T * B, G)), dgh.reshape((T * B, G))
