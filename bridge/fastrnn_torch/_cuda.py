@@ -22,8 +22,7 @@ from fastrnn import engine
 
 
 def on_gpu(x):
-    """Whether ``x`` should run on fastrnn's CUDA kernels (tests under the simulator
-    replace this to send CPU tensors there)."""
+    """Whether ``x`` runs on fastrnn's CUDA kernels: CUDA tensors do."""
     return x.is_cuda
 
 

@@ -135,7 +135,7 @@ def cell_forward(spec, gx, gh, b_ih, b_hh, h, c, gates=None):
     b_hh = k.zero_bias if b_hh is None else b_hh
     spec.kernels.cell_step(
         gx, gh, b_ih, b_hh, k.no_proj, h, c, h, 0, k.ones, spec.activation, m, scratch,
-        k.no_gates if gates is None else gates,
+        k.placeholder if gates is None else gates,
     )  # fmt: skip
 
 
@@ -156,8 +156,8 @@ def cell_backward(spec, gates, h, c, dh, dc, dgx, dgh):
     k = _constants(spec, B, H)
     dm = np.empty((B, H), dh.dtype)
     spec.kernels.backward_step(
-        0, k.ones, gates, h, c, k.no_proj, k.zeros_dy, dh, dc, dgx, dgh, k.empty2, k.empty2,
-        dm, spec.activation,
+        0, k.ones, gates, h, c, k.no_proj, k.zeros_dy, dh, dc, dgx, dgh,
+        k.placeholder, k.placeholder, dm, spec.activation,
     )  # fmt: skip
 
 
@@ -170,8 +170,7 @@ class _Constants:
         dt = spec.dtype
         self.ones = np.ones(B, np.int64)
         self.no_proj = np.empty((0, H), dt)
-        self.no_gates = np.empty((0, 0), dt)
-        self.empty2 = np.empty((0, 0), dt)
+        self.placeholder = np.empty((0, 0), dt)  # an absent gate record or projection record
         self.zero_bias = np.zeros(spec.gates * H, dt)
         self.zeros_dy = np.zeros((B, H), dt)
 
