@@ -15,6 +15,7 @@ from .helpers import (
     assert_close,
     compare,
     make_pair,
+    tolerance,
     torch_forward,
 )
 
@@ -125,10 +126,8 @@ def test_large_inputs_saturate(kind, rng):
         y, state = m(x)
         assert np.all(np.isfinite(y))
         ty, _ = torch_forward(tm, x, None, None, False)
-        scale = max(1.0, float(np.abs(ty.numpy()).max()))
-        assert np.max(np.abs(y - ty.numpy())) <= 1e-5 * scale * (
-            1e5 if dtype == "float32" and kind == "rnn_relu" else 1
-        )
+        scale = float(np.abs(ty.numpy()).max())  # ReLU outputs reach about 4e3 here
+        assert np.max(np.abs(y - ty.numpy())) <= tolerance(dtype, scale)
 
 
 @settings(max_examples=25, deadline=None)
