@@ -33,7 +33,7 @@ test-core:
 # On a machine with an NVIDIA GPU: the CUDA tests at real sizes on the device (not the
 # simulator), then fastrnn's kernels vs torch.nn on cuDNN. The bridge's GPU tests and the
 # benchmark need a CUDA build of torch (they skip or say so with the CPU wheel).
-GPU_TESTS := tests/test_cuda_layers.py tests/test_attention.py tests/test_bridge_cuda.py
+GPU_TESTS := tests/test_cuda_layers.py tests/test_bptt.py tests/test_attention.py tests/test_bridge_cuda.py
 test-gpu: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[cuda]'
 	FASTRNN_TEST_GPU=1 $(PY) -m pytest -q $(GPU_TESTS)

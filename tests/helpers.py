@@ -162,7 +162,12 @@ def check_grads(
     with_hx=True,
     with_lengths=False,
     unbatched=False,
+    backend=None,
 ):
+    """Forward (model call and ``forward_train`` agree exactly), outputs, final states
+    and every gradient against torch.nn, computed on ``backend`` (a :class:`Backend`;
+    the CPU if None)."""
+    backend = backend or Backend("cpu")
     m, tm = make_pair(
         kind,
         I,
@@ -173,23 +178,31 @@ def check_grads(
         batch_first=batch_first,
         bias=bias,
     )
-    tm = tm.to(torch.float64 if dtype == "float64" else torch.float32)
     shape, bsz = ((T, I), None) if unbatched else (((B, T, I) if batch_first else (T, B, I)), B)
     x, hx, lengths = random_inputs(m, rng, shape, bsz, dtype, with_hx, with_lengths)
-    y, state, tape = m.forward_train(x, hx, lengths=lengths)
-    y_ref, state_ref = m(x, hx, lengths=lengths)
-    np.testing.assert_array_equal(y, y_ref)
+    dx, dhx = backend.device(x), backend.device(hx)
+    y, state, tape = m.forward_train(dx, dhx, lengths=lengths)
+    y_call, _ = m(dx, dhx, lengths=lengths)
+    y, state = backend.host(y), backend.host(state)
+    np.testing.assert_array_equal(y, backend.host(y_call))
+    ty, tstate = torch_forward(tm, x, hx, lengths, batch_first)
+    assert_grad(y, ty, dtype, "output")
+    for a, b, name in zip(flat_state(state), flat_state(tstate), ("h_n", "c_n")):
+        assert_grad(a, b, dtype, name)
     gy = rng.standard_normal(y.shape).astype(dtype)
     gstate = tuple(rng.standard_normal(a.shape).astype(dtype) for a in flat_state(state))
-    grads = m.backward(tape, gy, gstate if isinstance(state, tuple) else gstate[0])
+    grads = m.backward(
+        tape, backend.device(gy), backend.device(gstate if isinstance(state, tuple) else gstate[0])
+    )
     tgx, thx = torch_grads(tm, x, hx, lengths, batch_first, gy, gstate)
-    assert_grad(grads.input, tgx, dtype, "input")
+    assert_grad(backend.host(grads.input), tgx, dtype, "input")
     if hx is not None:
-        for a, b, name in zip(flat_state(grads.hx), thx, ("h0", "c0")):
+        for a, b, name in zip(flat_state(backend.host(grads.hx)), thx, ("h0", "c0")):
             assert_grad(a, b, dtype, name)
+    params = backend.host(grads.params)
     for name, p in tm.named_parameters():
-        assert_grad(grads.params[name], p.grad, dtype, name)
-    assert list(grads.params) == [n for n, _ in tm.named_parameters()]
+        assert_grad(params[name], p.grad, dtype, name)
+    assert list(params) == [n for n, _ in tm.named_parameters()]
     return m, grads
 
 
@@ -260,6 +273,14 @@ class Backend:
 
     def __init__(self, name):
         self.name = name
+
+    @property
+    def sizes(self):
+        """``(T, B, I, H)`` of a parity test on this backend: tiny on the CUDA simulator
+        (it runs every GPU thread in Python), real sizes on a GPU."""
+        if self.name == "cuda" and not fastrnn.cuda.is_simulator():
+            return (12, 8, 16, 64)
+        return (4, 2, 3, 4) if self.name == "cuda" else (5, 3, 4, 5)
 
     def device(self, a):
         """``a`` (arrays, nested in tuples/lists/dicts) where this backend computes."""

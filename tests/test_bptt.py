@@ -50,6 +50,30 @@ def test_gradients_match_torch_options(kind, variant, rng):
     check_grads(kind, "float64", rng, **opts)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_gradients_match_torch_on_every_backend(kind, dtype, rng, backend):
+    """Outputs, states and every gradient on the CPU and on CUDA (arrays on the device)."""
+    T, B, I, H = backend.sizes
+    check_grads(
+        kind, dtype, rng, T=T, B=B, I=I, H=H, num_layers=2, bidirectional=True,
+        with_lengths=True, backend=backend,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("variant", ["batch_first", "no_bias", "no_hx", "unbatched"])
+def test_options_match_torch_on_every_backend(kind, variant, rng, backend):
+    opts = {
+        "batch_first": dict(batch_first=True, with_lengths=True),
+        "no_bias": dict(bias=False),
+        "no_hx": dict(with_hx=False, num_layers=2),
+        "unbatched": dict(unbatched=True, bidirectional=True),
+    }[variant]
+    T, B, I, H = backend.sizes
+    check_grads(kind, "float64", rng, T=T, B=B, I=I, H=H, backend=backend, **opts)
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_reference_bptt_matches_torch_and_kernels(kind, rng):
     """The plain-NumPy BPTT agrees with torch (via the kernels, checked above) and the kernels."""

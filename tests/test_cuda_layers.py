@@ -18,13 +18,13 @@ from fastrnn import cuda as fcuda
 from .helpers import (
     CELLS,
     KINDS,
+    Backend,
     assert_grad,
+    check_grads,
     flat_state,
     make_pair,
-    random_inputs,
     tolerance,
     torch_forward,
-    torch_grads,
 )
 
 pytestmark = [
@@ -33,8 +33,7 @@ pytestmark = [
 ]
 
 REAL_GPU = not fcuda.is_simulator()
-# (T, B, I, H): the simulator runs each thread in Python, so it gets tiny problems.
-SIZES = (12, 8, 16, 64) if REAL_GPU else (4, 2, 3, 4)
+SIZES = Backend("cuda").sizes
 
 
 def _dev(a):
@@ -53,75 +52,10 @@ def _host(a):
     return a.copy_to_host()
 
 
-def check_device_grads(
-    kind,
-    dtype,
-    rng,
-    *,
-    num_layers=1,
-    bidirectional=False,
-    batch_first=False,
-    bias=True,
-    with_hx=True,
-    with_lengths=False,
-    unbatched=False,
-    sizes=SIZES,
-    **extra,
-):
-    """Forward, forward_train and backward on device arrays vs torch.nn."""
+def check_device_grads(kind, dtype, rng, sizes=SIZES, **opts):
+    """``check_grads`` with every array on the device, at this machine's sizes."""
     T, B, I, H = sizes
-    m, tm = make_pair(
-        kind,
-        I,
-        H,
-        dtype,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        batch_first=batch_first,
-        bias=bias,
-        **extra,
-    )
-    shape, bsz = ((T, I), None) if unbatched else (((B, T, I) if batch_first else (T, B, I)), B)
-    x, hx, lengths = random_inputs(m, rng, shape, bsz, dtype, with_hx, with_lengths)
-    y_cpu, state_cpu = m(x, hx, lengths=lengths)
-    y, state = m(_dev(x), _dev(hx), lengths=lengths)
-    assert fcuda.is_device_array(y)
-    y_tr, _, tape = m.forward_train(_dev(x), _dev(hx), lengths=lengths)
-    np.testing.assert_array_equal(_host(y), _host(y_tr))
-    gy = rng.standard_normal(y_cpu.shape).astype(dtype)
-    gstate = tuple(rng.standard_normal(a.shape).astype(dtype) for a in flat_state(state_cpu))
-    grads = m.backward(tape, _dev(gy), _dev(gstate if isinstance(state_cpu, tuple) else gstate[0]))
-    tgx, thx = torch_grads(tm, x, hx, lengths, batch_first, gy, gstate)
-    # torch's forward, for outputs and final states
-    ty, tstate = torch_forward(tm, x, hx, lengths, batch_first)
-    assert_grad(_host(y), ty, dtype, "output")
-    for a, b, name in zip(flat_state(_host(state)), flat_state(tstate), ("h_n", "c_n")):
-        assert_grad(a, b, dtype, name)
-    assert_grad(_host(grads.input), tgx, dtype, "input")
-    if hx is not None:
-        for a, b, name in zip(flat_state(_host(grads.hx)), thx, ("h0", "c0")):
-            assert_grad(a, b, dtype, name)
-    for name, p in tm.named_parameters():
-        assert_grad(_host(grads.params[name]), p.grad, dtype, name)
-    return m
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_device_forward_and_gradients_match_torch(kind, dtype, rng):
-    check_device_grads(kind, dtype, rng, num_layers=2, bidirectional=True, with_lengths=True)
-
-
-@pytest.mark.parametrize("kind", sorted(KINDS))
-@pytest.mark.parametrize("variant", ["batch_first", "no_bias", "no_hx", "unbatched"])
-def test_device_options_match_torch(kind, variant, rng):
-    opts = {
-        "batch_first": dict(batch_first=True, with_lengths=True),
-        "no_bias": dict(bias=False),
-        "no_hx": dict(with_hx=False, num_layers=2),
-        "unbatched": dict(unbatched=True, bidirectional=True),
-    }[variant]
-    check_device_grads(kind, "float64", rng, **opts)
+    return check_grads(kind, dtype, rng, T=T, B=B, I=I, H=H, backend=Backend("cuda"), **opts)
 
 
 @pytest.fixture
