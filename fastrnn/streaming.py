@@ -23,11 +23,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _inputs, recurrence
+from . import _inputs, engine
 from . import _validation as check
 from .cuda import is_device_array
-from .engine.cpu import CPU
-from .engine.driver import layer_params
 
 __all__ = ["Streams", "StreamingMixin", "MAX_SHAPES", "MAX_STREAMS"]
 
@@ -66,27 +64,10 @@ class _Workspace:
     """Scratch space and streams of one batch shape."""
 
     def __init__(self, model, B, unbatched):
-        L, P, H = model.num_layers, model.output_size, model.hidden_size
-        spec, dt = model.spec, model.dtype
-        GH = spec.gates * H
+        self.spec, self.quantized = model.spec, bool(model._int8)
         self.B, self.unbatched = B, unbatched
-        self.activation = spec.activation
-        params = model.state_dict()
-        self.params = [
-            layer_params(spec, params, layer, 0, CPU) + _int8_params(model, layer)
-            for layer in range(L)
-        ]
-        loops = recurrence.LOOPS[spec.kernels]
-        self.step_layer = loops.step_layer_int8 if model._int8 else loops.step_layer
-        # gx, gh, m, hp, lengths (all ones), no gate tape: step_layer's last arguments
-        self.scratch = (
-            np.empty((B, GH), dt),
-            np.empty((B, GH), dt),
-            np.empty((B, H), dt),
-            np.empty((B, max(P, H)), dt),
-            np.ones(B, np.int64),
-            np.empty((0, 0), dt),
-        )
+        self.params = engine.step_weights(model.spec, model.state_dict(), model._int8)
+        self.scratch = engine.step_scratch(model.spec, B)
         # the float weights' shapes, checked at every step (the kernels index with them)
         self.shapes = [tuple(a.shape for a in p[:5]) for p in self.params]
         self.streams = OrderedDict()  # key -> _Stream, least recently used first
@@ -136,20 +117,9 @@ class _Workspace:
         inp = x.reshape(self.B, model.input_size)
         if not inp.flags.c_contiguous:
             inp = np.ascontiguousarray(inp)
-        step_layer, scratch, activation = self.step_layer, self.scratch, self.activation
-        for layer, params in enumerate(self.params):
-            step_layer(inp, *params, h[layer], c[layer], activation, *scratch)
-            inp = h[layer]
+        engine.step(self.spec, self.params, inp, h, c, self.scratch, self.quantized)
         stream.latest = out
         return stream.outputs[out], stream.returned[out]
-
-
-def _int8_params(model, layer):
-    """``(q_ih, s_ih, q_hh, s_hh)`` of a quantized model's layer, else empty placeholders."""
-    if not model._int8:
-        q, s = np.empty((0, 0), np.int8), np.empty(0, model.dtype)
-        return q, s, q, s
-    return model._int8[f"weight_ih_l{layer}"] + model._int8[f"weight_hh_l{layer}"]
 
 
 class Streams:

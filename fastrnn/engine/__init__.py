@@ -11,6 +11,7 @@ backend, device arrays (``__cuda_array_interface__``) on the CUDA one
 
 import numpy as np
 
+from .. import recurrence
 from ..linalg import matmul2_nt
 from . import driver
 from .cpu import BLAS_MIN_BATCH, CPU
@@ -24,6 +25,9 @@ __all__ = [
     "Gradients",
     "forward",
     "backward",
+    "step",
+    "step_weights",
+    "step_scratch",
     "cell_forward",
     "cell_backward",
     "scaled_masks",
@@ -121,6 +125,51 @@ def scaled_masks(spec, keep_masks):
     """NumPy keep-masks (nonzero: keep) as the scaled masks :func:`forward` applies."""
     scale = mask_scale(spec)
     return [np.ascontiguousarray((m != 0).astype(spec.dtype) * scale) for m in keep_masks]
+
+
+def step_weights(spec, params, int8=None):
+    """Per layer, the arrays :func:`step` reads: the float weights of the forward
+    direction and, for a quantized model (``int8`` as in :func:`forward`), the int8
+    input and recurrent weights with their row scales (empty placeholders otherwise)."""
+    layers = []
+    for layer in range(spec.num_layers):
+        floats = driver.layer_params(spec, params, layer, 0, CPU)
+        if int8:
+            quantized = int8[f"weight_ih_l{layer}"] + int8[f"weight_hh_l{layer}"]
+        else:
+            q, scales = np.empty((0, 0), np.int8), np.empty(0, spec.dtype)
+            quantized = (q, scales, q, scales)
+        layers.append(floats + quantized)
+    return layers
+
+
+def step_scratch(spec, batch):
+    """The workspace of :func:`step` for ``batch`` rows (allocate once, reuse)."""
+    H, P, dt = spec.hidden_size, spec.output_size, spec.dtype
+    return (
+        np.empty((batch, spec.gates * H), dt),
+        np.empty((batch, spec.gates * H), dt),
+        np.empty((batch, H), dt),
+        np.empty((batch, max(P, H)), dt),
+        np.ones(batch, np.int64),
+        np.empty((0, 0), dt),
+    )
+
+
+def step(spec, weights, x, h, c, scratch, quantized=False):
+    """One time step of every layer of a unidirectional stack, on the CPU (streaming).
+
+    ``weights`` from :func:`step_weights`, ``scratch`` from :func:`step_scratch`; ``x``
+    (batch, input_size) contiguous; ``h`` (num_layers, batch, H_out) and ``c``
+    (num_layers, batch, hidden_size; 0 features but for LSTM) are updated in place, and
+    ``h[-1]`` is the step's output. ``quantized`` runs the int8 products.
+    """
+    loops = recurrence.LOOPS[spec.kernels]
+    kernel = loops.step_layer_int8 if quantized else loops.step_layer
+    activation = spec.activation
+    for layer, arrays in enumerate(weights):
+        kernel(x, *arrays, h[layer], c[layer], activation, *scratch)
+        x = h[layer]
 
 
 def cell_forward(spec, gx, gh, b_ih, b_hh, h, c, gates=None):
