@@ -146,6 +146,20 @@ def torch_grads(tm, x, hx, lengths, batch_first, gy, gstate):
     return xt.grad, None if hxt is None else tuple(h.grad for h in flat_state(hxt))
 
 
+def pair_and_inputs(
+    kind, dtype, rng, T, B, I, H, num_layers=1, bidirectional=False, batch_first=False,
+    bias=True, with_hx=True, with_lengths=False, unbatched=False,
+):  # fmt: skip
+    """A model with its torch twin (:func:`make_pair`) and random ``(x, hx, lengths)``
+    (:func:`random_inputs`) in the model's layout."""
+    m, tm = make_pair(
+        kind, I, H, dtype, num_layers=num_layers, bidirectional=bidirectional,
+        batch_first=batch_first, bias=bias,
+    )  # fmt: skip
+    shape, bsz = ((T, I), None) if unbatched else (((B, T, I) if batch_first else (T, B, I)), B)
+    return (m, tm) + random_inputs(m, rng, shape, bsz, dtype, with_hx, with_lengths)
+
+
 def check_grads(
     kind,
     dtype,
@@ -168,18 +182,10 @@ def check_grads(
     and every gradient against torch.nn, computed on ``backend`` (a :class:`Backend`;
     the CPU if None)."""
     backend = backend or Backend("cpu")
-    m, tm = make_pair(
-        kind,
-        I,
-        H,
-        dtype,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        batch_first=batch_first,
-        bias=bias,
-    )
-    shape, bsz = ((T, I), None) if unbatched else (((B, T, I) if batch_first else (T, B, I)), B)
-    x, hx, lengths = random_inputs(m, rng, shape, bsz, dtype, with_hx, with_lengths)
+    m, tm, x, hx, lengths = pair_and_inputs(
+        kind, dtype, rng, T, B, I, H, num_layers, bidirectional, batch_first, bias, with_hx,
+        with_lengths, unbatched,
+    )  # fmt: skip
     dx, dhx = backend.device(x), backend.device(hx)
     y, state, tape = m.forward_train(dx, dhx, lengths=lengths)
     y_call, _ = m(dx, dhx, lengths=lengths)
@@ -243,18 +249,10 @@ def compare(
     with_hx=False,
     with_lengths=False,
 ):
-    m, tm = make_pair(
-        kind,
-        I,
-        H,
-        dtype,
-        num_layers=num_layers,
-        bidirectional=bidirectional,
-        batch_first=batch_first,
-        bias=bias,
-    )
-    shape = (B, T, I) if batch_first else (T, B, I)
-    x, hx, lengths = random_inputs(m, rng, shape, B, dtype, with_hx, with_lengths)
+    m, tm, x, hx, lengths = pair_and_inputs(
+        kind, dtype, rng, T, B, I, H, num_layers, bidirectional, batch_first, bias, with_hx,
+        with_lengths,
+    )  # fmt: skip
     y, state = m(x, hx, lengths=lengths)
     ty, tstate = torch_forward(tm, x, hx, lengths, batch_first)
     assert_close(y, ty, dtype, "output")
