@@ -5,7 +5,7 @@ device input are copied over; nothing is cast."""
 import numpy as np
 
 from . import _validation as check
-from ._inputs import GRAD_STATE_NAMES, STATE_NAMES, _shape_text, _split_state
+from ._inputs import STATE_NAMES, _shape_text, _split_state
 from .cuda import _device, linalg
 
 array = check.device_array
@@ -60,14 +60,14 @@ def state(model, hx, B, unbatched, names=STATE_NAMES):
 
 
 def lengths(value, B, T):
-    """``(host lengths, device lengths)``."""
+    """The lengths as a device array, checked on the host."""
     if value is None:
         host = np.full(B, T, np.int64)
     else:
         if not isinstance(value, np.ndarray) and hasattr(value, "copy_to_host"):
             value = value.copy_to_host()
         host = check.lengths(value, B, T)
-    return host, _device.to_device(host)
+    return _device.to_device(host)
 
 
 def grad_output(model, grad_y, tape):
@@ -81,10 +81,6 @@ def grad_output(model, grad_y, tape):
     if tape.unbatched:
         return dy.reshape((T, 1, dy.shape[dy.ndim - 1]))
     return linalg.swap01(dy) if model.batch_first else dy
-
-
-def grad_state(model, value, B, unbatched):
-    return state(model, value, B, unbatched, GRAD_STATE_NAMES)
 
 
 def output(model, y, unbatched):

@@ -34,6 +34,18 @@ def _split_state(model, hx, names):
     return [(names[2], hx)]
 
 
+def _checked_parts(model, value, batch, unbatched, names):
+    """The parts of a state (see :func:`_split_state`), each checked for the model's dtype
+    and torch's state shape; not copied."""
+    want = model.spec.state_shapes(None if unbatched else batch)
+    parts = []
+    for (name, part), shape in zip(_split_state(model, value, names), want):
+        part = check.array(name, part, model.dtype, shape)
+        check.shape(name, part, shape)
+        parts.append(part)
+    return parts
+
+
 # ----------------------------------------------------------------------------- host
 
 
@@ -64,16 +76,13 @@ def sequence(model, x):
 def state(model, hx, batch, unbatched, names=STATE_NAMES):
     """Validate ``hx`` and return contiguous copies ``(h, c)`` with a batch axis (zeros
     for None; ``c`` zeros for GRU/RNN)."""
-    spec = model.spec
     if hx is None:
-        h_shape, c_shape = spec.state_shapes(batch)
+        h_shape, c_shape = model.spec.state_shapes(batch)
         return np.zeros(h_shape, model.dtype), np.zeros(c_shape, model.dtype)
-    want = spec.state_shapes(None if unbatched else batch)
-    out = []
-    for (name, value), shape in zip(_split_state(model, hx, names), want):
-        value = check.array(name, value, model.dtype, shape)
-        check.shape(name, value, shape)
-        out.append(np.array(value[:, None] if unbatched else value, order="C", copy=True))
+    out = [
+        np.array(part[:, None] if unbatched else part, order="C", copy=True)
+        for part in _checked_parts(model, hx, batch, unbatched, names)
+    ]
     if len(out) == 1:
         out.append(np.zeros(out[0].shape[:2] + (model.hidden_size,), model.dtype))
     return out[0], out[1]
@@ -84,14 +93,7 @@ def streaming_state(model, value, B, unbatched):
     if value is None:
         return None, None
     names = ("state[0] (h)", "state[1] (c)", "state")
-    if model.mode != "LSTM":
-        names = ("", "", "state")
-    want = model.spec.state_shapes(None if unbatched else B)
-    parts = []
-    for (name, part), shape in zip(_split_state(model, value, names), want):
-        part = check.array(name, part, model.dtype, shape)
-        check.shape(name, part, shape)
-        parts.append(part)
+    parts = _checked_parts(model, value, B, unbatched, names)
     h_in = parts[0]
     return h_in, (parts[1] if len(parts) == 2 else h_in[..., :0])
 

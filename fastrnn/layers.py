@@ -270,11 +270,11 @@ class _RNNBase(ParameterMixin, QuantizedMixin, StreamingMixin):
         T, B, _ = x.shape
         h, c = io.state(self, hx, B, unbatched)
         if device:
-            host_lens, lens = io.lengths(lengths, B, T)
+            lens = io.lengths(lengths, B, T)
             params = io.params(self)
         else:
             lens = np.full(B, T, np.int64) if lengths is None else check.lengths(lengths, B, T)
-            host_lens = lens = lens.copy() if train else lens
+            lens = lens.copy() if train else lens
             self._check_param_shapes()
             params = self._params
         masks = []
@@ -287,9 +287,9 @@ class _RNNBase(ParameterMixin, QuantizedMixin, StreamingMixin):
         )
         y = io.output(self, y, unbatched)
         if train:
-            tape.model_id, tape.signature = id(self), tuple(self.spec.param_shapes().items())
+            tape.model_id, tape.signature = id(self), self.spec
             tape.unbatched, tape.y_shape = unbatched, tuple(y.shape)
-            tape.weights_version, tape.host_lengths = self.weights_version, host_lens
+            tape.weights_version = self.weights_version
             return y, io.pack_state(self, h, c, unbatched), tape
         return y, io.pack_state(self, h, c, unbatched), None
 
@@ -315,7 +315,7 @@ class _RNNBase(ParameterMixin, QuantizedMixin, StreamingMixin):
             raise TypeError(
                 f"tape must be the Tape returned by forward_train; got {type(tape).__name__}"
             )
-        if tape.model_id != id(self) or tape.signature != tuple(self.spec.param_shapes().items()):
+        if tape.model_id != id(self) or tape.signature != self.spec:
             raise ValueError(
                 "tape was recorded by another model (or before this model's "
                 "parameters changed shape); run forward_train on this model again"

@@ -103,6 +103,13 @@ class Int8Weights:
         return float_part, cls(arrays)
 
 
+def _read_only(params):
+    """A quantized model's float parameters are read-only: an in-place edit would leave
+    its quantized copy stale."""
+    for p in params.values():
+        p.flags.writeable = False
+
+
 class QuantizedMixin:
     """The models' quantized copies: :meth:`quantize` and the formats' save/load."""
 
@@ -147,8 +154,7 @@ class QuantizedMixin:
             None,
             type(self._streams)(),
         )
-        for p in params.values():  # an in-place edit would leave the int8 copy stale
-            p.flags.writeable = False
+        _read_only(params)
         return q
 
     @property
@@ -185,6 +191,5 @@ class QuantizedMixin:
         )
         self.load_state_dict(float_part)
         self._int8, self._streams = weights, type(self._streams)()
-        for p in self._params.values():
-            p.flags.writeable = False
+        _read_only(self._params)
         return self

@@ -143,12 +143,12 @@ def check_weights(config, weights):
             )
 
 
-def _cell_state(spec, c0, B, dtype):
-    return (
-        c0
-        if spec.has_cell_state
-        else np.empty((spec.num_layers * spec.num_directions, B, 0), dtype)
-    )
+def _cell_state(spec, c, B, dtype):
+    """A NumPy copy of LSTM's cell-state tensor ``c`` (the engine updates it in place);
+    an empty (L·D, B, 0) array for GRU and RNN, which have none."""
+    if spec.has_cell_state:
+        return c.detach().numpy().copy()
+    return np.empty((spec.num_layers * spec.num_directions, B, 0), dtype)
 
 
 @_with_torch_gemm
@@ -161,7 +161,7 @@ def forward_impl(x, weights, h0, c0, lengths, masks, config, train):
     xa = x.detach().numpy()
     B = xa.shape[1]
     h = h0.detach().numpy().copy()
-    c = _cell_state(spec, c0.detach().numpy().copy() if spec.has_cell_state else None, B, xa.dtype)
+    c = _cell_state(spec, c0, B, xa.dtype)
     scaled = engine.scaled_masks(spec, [k.detach().numpy() for k in masks])
     y, _, tape = engine.forward(
         spec, _params(config, weights), xa, (h, c), lengths.numpy(), train=train,
@@ -196,9 +196,7 @@ def backward_impl(
         spec.num_layers * spec.num_directions,
     )
     dh = grad_hn.detach().numpy().copy()
-    dc = _cell_state(
-        spec, grad_cn.detach().numpy().copy() if spec.has_cell_state else None, B, xa.dtype
-    )
+    dc = _cell_state(spec, grad_cn, B, xa.dtype)
     names = list(param_shapes(config))
     wanted = [n for n, need in zip(names, param_grads) if need]
     grads = engine.backward(

@@ -41,7 +41,7 @@ class Tape:
     steps: list = field(default_factory=list)
     masks: list = field(default_factory=list)
     model_id: int = None
-    signature: tuple = None
+    signature: object = None  # the recording model's Spec
     y_shape: tuple = None
     unbatched: bool = False
     weights_version: int = 0
