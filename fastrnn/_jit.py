@@ -16,3 +16,7 @@ FASTMATH = {"reassoc", "contract"}
 KERNEL_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)
 
 kernel = functools.partial(numba.njit, **KERNEL_OPTIONS)
+
+#: A kernel that only other kernels call: no Python entry point is compiled for it
+#: (Numba's CPython wrapper costs a tenth of a second or more of cold start each).
+inner_kernel = functools.partial(numba.njit, no_cpython_wrapper=True, **KERNEL_OPTIONS)

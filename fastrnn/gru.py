@@ -20,17 +20,16 @@ TAPE_GATES = 4  # r, z, n and the recurrent part of n, W_hn h + b_hn
 
 
 @kernel
-def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, gates_t):
+def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, tape):
     """One GRU time step for every row still running at step ``t``.
 
     ``gx_t`` (B, 3H) holds ``x W_ih^T``, ``gh`` (B, 3H) holds ``h W_hh^T``; the new
     state goes to ``m`` and through :func:`commit_rows` into ``h`` and ``y_t``.
-    A non-empty ``gates_t`` (B, 4H) receives ``r, z, n, W_hn h + b_hn``.
+    ``tape`` (T, B, 4H), if not None, receives ``r, z, n, W_hn h + b_hn`` at ``tape[t]``.
     Short passes over few arrays keep every loop vectorisable (see ``lstm.py``).
     """
     B, H3 = gx_t.shape
     H = H3 // 3
-    store = gates_t.shape[0] > 0
     for n in range(B):
         if t >= lengths[n]:
             continue
@@ -46,8 +45,8 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, 
         hn, mn = h[n], m[n]
         for j in range(H):
             mn[j] = nn[j] + a[H + j] * (hn[j] - nn[j])
-        if store:
-            g = gates_t[n]  # r, z, n, W_hn h + b_hn
+        if tape is not None:
+            g = tape[t, n]  # r, z, n, W_hn h + b_hn
             for k in range(2 * H):
                 g[k] = a[k]
             for j in range(H):
@@ -82,8 +81,8 @@ def backward_step(
     dc,
     dgx_t,
     dgh_t,
-    dhp_t,
-    m_t,
+    dhp,
+    mt,
     dm,
     activation,
 ):

@@ -10,7 +10,7 @@ import contextvars
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import inner_kernel, kernel
 
 
 def numpy_gemm(a, b, out=None):
@@ -62,7 +62,7 @@ def set_gemm(fn):
     return previous
 
 
-@kernel
+@inner_kernel
 def matmul_nt(a, w, out):
     """``out[:] = a @ w.T`` for ``a`` (B, K), ``w`` (N, K), ``out`` (B, N), all C-contiguous."""
     B, K = a.shape
@@ -75,7 +75,7 @@ def matmul_nt(a, w, out):
             out[b, n] = acc
 
 
-@kernel
+@inner_kernel
 def commit_rows(h, h_new, y_t, t, lengths):
     """Take ``h_new`` into ``h`` and ``y_t`` for rows still running at step ``t``.
 
@@ -113,9 +113,9 @@ def matmul2_nt(a, w, out, b, v, out2):
             out2[r, n] = acc2
 
 
-@kernel
+@inner_kernel
 def matmul_t(a, wt, scale, out):
-    """``out[b, n] = Σ_k a[b, k] wt[k, n]``, times ``scale[n]`` when ``scale`` is non-empty.
+    """``out[b, n] = Σ_k a[b, k] wt[k, n]``, times ``scale[n]`` unless ``scale`` is None.
 
     ``wt`` is a weight matrix stored transposed, (K, N): float, or int8 with per-row
     scales (each byte widened to float in registers: a quarter of float32's bytes).
@@ -143,14 +143,14 @@ def matmul_t(a, wt, scale, out):
                 for n in range(N):
                     ob[n] += s0 * w0[n]
             k += 1
-    if scale.shape[0] > 0:
+    if scale is not None:
         for b in range(B):
             ob = out[b]
             for n in range(N):
                 ob[n] *= scale[n]
 
 
-@kernel
+@inner_kernel
 def matmul_nn_acc(a, w, out):
     """``out[:] += a @ w`` for ``a`` (B, N), ``w`` (N, K), ``out`` (B, K), all C-contiguous.
 

@@ -24,21 +24,22 @@ TAPE_GATES = 4  # i, f, g, o after their nonlinearities
 
 
 @kernel
-def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, gates_t):
+def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, tape):
     """One LSTM time step for every row still running at step ``t``.
 
     ``gx_t`` (B, 4H) holds ``x W_ih^T`` and ``gh`` (B, 4H) holds ``h W_hh^T``;
     the biases are added here and ``gh`` is left holding the activated gates.
     ``c`` is updated in place, ``h`` and ``y_t`` are written through
-    :func:`commit_rows`. With a non-empty ``gates_t`` the activated gates are
-    stored there for the backward pass.
+    :func:`commit_rows`. ``tape`` (T, B, 4H), if not None, receives the activated
+    gates at ``tape[t]`` for the backward pass; ``w_hr`` (P, H) is the projection,
+    None without one. An absent array (None) is a different compiled
+    specialisation with that code left out, so a call compiles only what it runs.
 
     Each row is done in short passes that read and write few arrays, so LLVM's
     runtime alias checks stay cheap and every pass vectorises.
     """
     B, H4 = gx_t.shape
     H = H4 // 4
-    store = gates_t.shape[0] > 0
     for n in range(B):
         if t >= lengths[n]:
             continue
@@ -58,11 +59,11 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, 
         mn = m[n]
         for j in range(H):
             mn[j] = a[3 * H + j] * tanh(cn[j])
-        if store:
-            gt = gates_t[n]
+        if tape is not None:
+            gt = tape[t, n]
             for k in range(H4):
                 gt[k] = a[k]
-    if w_hr.shape[0] > 0:
+    if w_hr is not None:
         matmul_nt(m, w_hr, hp)
         commit_rows(h, hp, y_t, t, lengths)
     else:
@@ -98,8 +99,8 @@ def backward_step(
     dc,
     dgx_t,
     dgh_t,
-    dhp_t,
-    m_t,
+    dhp,
+    mt,
     dm,
     activation,
 ):
@@ -108,25 +109,27 @@ def backward_step(
     that the caller adds to ``dh``. Rows past their length get zero gradients and
     pass ``dh``/``dc`` through unchanged.
 
-    With projection, ``dhp_t`` receives ``dh`` and ``m_t`` the recomputed
-    ``o * tanh(c')`` for the ``W_hr`` gradient.
+    With projection (``w_hr`` not None), ``dhp[t]`` (of ``dhp`` (T, B, P)) receives
+    ``dh`` and ``mt[t]`` (of ``mt`` (T, B, H)) the recomputed ``o * tanh(c')`` for the
+    ``W_hr`` gradient; without, all three are None (and that code is not compiled).
     """
     B, P = dh.shape
     H = dm.shape[1]
-    proj = w_hr.shape[0] > 0
     for n in range(B):
         g = dgx_t[n]
         if t >= lengths[n]:
             g[:] = 0
-            if proj:  # both factors of W_hr's gradient: 0 * uninitialised could be NaN
-                dhp_t[n, :] = 0
-                m_t[n, :] = 0
+            if w_hr is not None:  # both factors of W_hr's gradient: 0 * garbage may be NaN
+                dhp[t, n, :] = 0
+                mt[t, n, :] = 0
             continue
         dhn = dh[n]
         for j in range(P):
             dhn[j] += dy_t[n, j]
-        if proj:
-            dhpn = dhp_t[n]
+        # ``tc`` (tanh of the recomputed c') lives in mt's row with projection (turned
+        # into o * tc at the end), else in the free ``dm`` row.
+        if w_hr is not None:
+            dhpn = dhp[t, n]
             for j in range(P):
                 dhpn[j] = dhn[j]
             dmn = dm[n]
@@ -135,15 +138,14 @@ def backward_step(
                 s = dhn[p]
                 for j in range(H):
                     dmn[j] += s * w_hr[p, j]
+            tc = mt[t, n]
         else:
             dmn = dhn
+            tc = dm[n]
         a = gates_t[n]
         cp = c_prev_t[n]
         dcn = dc[n]
-        # Short passes over few arrays (see cell_step) so each one vectorises. ``tc``
-        # (tanh of the recomputed c') lives in m_t's row with projection (turned into
-        # o * tc at the end), else in the free ``dm`` row.
-        tc = m_t[n] if proj else dm[n]
+        # Short passes over few arrays (see cell_step) so each one vectorises.
         for j in range(H):
             tc[j] = tanh(a[H + j] * cp[j] + a[j] * a[2 * H + j])
         for j in range(H):
@@ -155,7 +157,7 @@ def backward_step(
             g[3 * H + j] = dmn[j] * tc[j] * a[3 * H + j] * (1 - a[3 * H + j])
         for j in range(H):
             dcn[j] *= a[H + j]
-        if proj:
+        if w_hr is not None:
             for j in range(H):
                 tc[j] *= a[3 * H + j]
         dhn[:] = 0

@@ -24,6 +24,11 @@ __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 # the same arrays passed flat (measured on this project's VM), which is a large part of
 # a batch-1 step at H=64.
 #
+# An absent array (no projection, no tape, float weights without int8 scales) is passed
+# as None, not as an empty placeholder: Numba removes an ``if arg is not None`` branch
+# before typing when the argument is None, so each call compiles only the code it runs
+# (a first LSTM forward compiles no projection, tape or int8 code: seconds of cold start).
+#
 # The loops below are templates: ``cell_step`` and ``backward_step`` are the names that
 # ``_specialise`` binds to one cell module's functions (in the copies' own globals).
 cell_step = backward_step = None
@@ -33,10 +38,10 @@ class RecurrentWeights(NamedTuple):
     """A layer-direction's weights as the sequence loop reads them."""
 
     w_t: object  # W_hh transposed, (H_out, G·H): float, or int8 in a quantized model
-    scales: object  # the int8 rows' scales (empty for float weights)
+    scales: object  # the int8 rows' scales (None for float weights)
     b_ih: object  # (G·H,)
     b_hh: object  # (G·H,)
-    w_hr: object  # the projection (H_out, H), or (0, H) without one
+    w_hr: object  # the projection (H_out, H), or None without one
 
 
 class Scratch(NamedTuple):
@@ -67,34 +72,31 @@ class Loops(NamedTuple):
     backward_sequence: object
 
 
-def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, record):
+def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, gates, h_prev, c_prev):
     """Run the recurrence over ``gx`` (T, B, G·H), writing ``y`` (T, B, P).
 
     ``h``/``c`` hold the initial state on entry and the final state on exit.
     ``reverse`` walks time backwards; each row then starts at its own last
     valid step because rows are frozen while ``t >= lengths[n]``.
-    With a training record (``h_prev.shape[0] == T``) the activated gates and the
-    state entering each step are recorded (``c_prev`` is empty but for LSTM);
-    for inference the record is empty (``gates`` of shape (1, 0, 0)).
-    ``weights`` is a :class:`RecurrentWeights`, ``scratch`` a :class:`Scratch`,
-    ``record`` the tape's ``(gates, h_prev, c_prev)``.
+    ``weights`` is a :class:`RecurrentWeights`, ``scratch`` a :class:`Scratch`.
+    For training the tape's arrays record the activated ``gates`` (T, B, tape_gates·H)
+    and the state entering each step, ``h_prev`` (T, B, P) and, for LSTM, ``c_prev``
+    (T, B, H); for inference they are None, and that code is not compiled.
     """
     w_hh_t, s_hh, b_ih, b_hh, w_hr = weights
     gh, m, hp = scratch
-    tape_gates, tape_h, tape_c = record
     T, B, P = y.shape
     H = c.shape[1]
-    train = tape_h.shape[0] > 0
-    cell_tape = tape_c.shape[0] > 0
     for s in range(T):
         t = T - 1 - s if reverse else s
-        if train:
+        if h_prev is not None:
             for n in range(B):
                 for j in range(P):
-                    tape_h[t, n, j] = h[n, j]
-                if cell_tape:
-                    for j in range(H):
-                        tape_c[t, n, j] = c[n, j]
+                    h_prev[t, n, j] = h[n, j]
+        if c_prev is not None:
+            for n in range(B):
+                for j in range(H):
+                    c_prev[t, n, j] = c[n, j]
         matmul_t(h, w_hh_t, s_hh, gh)
         cell_step(
             gx[t],
@@ -110,7 +112,7 @@ def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, recor
             activation,
             m,
             hp,
-            tape_gates[t if train else 0],
+            gates,
         )
 
 
@@ -133,13 +135,12 @@ def _step_layer(
     m,
     hp,
     ones,
-    no_gates,
 ):
     """Streaming step of one layer, every row running: the input and recurrent
     products in one pass over both weight matrices, then the fused cell step
     (``h``/``c`` in place). ``q_*``/``s_*`` are unused (see ``_step_layer_int8``)."""
     matmul2_nt(x, w_ih, gx, h, w_hh, gh)
-    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, no_gates)
+    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
 
 
 def _step_layer_int8(
@@ -161,14 +162,13 @@ def _step_layer_int8(
     m,
     hp,
     ones,
-    no_gates,
 ):
     """``_step_layer`` of a quantized model: the products read the transposed int8
     weights ``q_*`` with their row scales ``s_*`` (compiled only when a model is
     quantized)."""
     matmul_t(x, q_ih, s_ih, gx)
     matmul_t(h, q_hh, s_hh, gh)
-    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, no_gates)
+    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
 
 
 def _backward_sequence(record, w_hh, w_hr, lengths, reverse, activation, dy, dh, dc, grads, dm):
@@ -176,16 +176,15 @@ def _backward_sequence(record, w_hh, w_hr, lengths, reverse, activation, dy, dh,
     array unless the cell type tells them apart) and, with projection, ``dhp``
     (T, B, P) and ``mt`` (T, B, H); ``dh``/``dc`` enter as the final-state gradients
     and leave as the initial-state gradients. ``record`` is the forward's ``(gates,
-    h_prev, c_prev)``, ``grads`` a :class:`GateGradients`; empty placeholders (1, 0, 0)
-    stand for absent arrays."""
+    h_prev, c_prev)``, ``grads`` a :class:`GateGradients`. Without projection
+    ``w_hr``, ``dhp`` and ``mt`` are None; a (1, 0, 0) ``c_prev`` stands for the cell
+    state that only LSTM has."""
     gates, h_prev, c_prev = record
     dgx, dgh, dhp, mt = grads
     T = gates.shape[0]
-    proj = w_hr.shape[0] > 0
     cell_tape = c_prev.shape[0] == T and c_prev.shape[1] > 0
     for s in range(T):
         t = s if reverse else T - 1 - s
-        tp = t if proj else 0
         backward_step(
             t,
             lengths,
@@ -198,8 +197,8 @@ def _backward_sequence(record, w_hh, w_hr, lengths, reverse, activation, dy, dh,
             dc,
             dgx[t],
             dgh[t],
-            dhp[tp],
-            mt[tp],
+            dhp,
+            mt,
             dm,
             activation,
         )

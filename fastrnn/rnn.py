@@ -18,10 +18,10 @@ ACTIVATIONS = {"tanh": 0, "relu": 1}
 
 
 @kernel
-def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, gates_t):
-    """One RNN time step for every row still running at step ``t``."""
+def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, hp, tape):
+    """One RNN time step for every row still running at step ``t``; ``tape`` (T, B, H),
+    if not None, receives h' at ``tape[t]``."""
     B, H = gx_t.shape
-    store = gates_t.shape[0] > 0
     for n in range(B):
         if t >= lengths[n]:
             continue
@@ -35,8 +35,8 @@ def cell_step(gx_t, gh, b_ih, b_hh, w_hr, h, c, y_t, t, lengths, activation, m, 
         else:
             for j in range(H):
                 mn[j] = relu(a[j])
-        if store:
-            gt = gates_t[n]
+        if tape is not None:
+            gt = tape[t, n]
             for j in range(H):
                 gt[j] = mn[j]
     commit_rows(h, m, y_t, t, lengths)
@@ -62,8 +62,8 @@ def backward_step(
     dc,
     dgx_t,
     dgh_t,
-    dhp_t,
-    m_t,
+    dhp,
+    mt,
     dm,
     activation,
 ):

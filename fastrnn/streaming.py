@@ -68,8 +68,9 @@ class _Workspace:
         self.B, self.unbatched = B, unbatched
         self.params = engine.step_weights(model.spec, model.state_dict(), model._int8)
         self.scratch = engine.step_scratch(model.spec, B)
-        # the float weights' shapes, checked at every step (the kernels index with them)
-        self.shapes = [tuple(a.shape for a in p[:5]) for p in self.params]
+        # the float weights and their shapes, checked at every step (the kernels index
+        # with them)
+        self.shapes = [(a, a.shape) for p in self.params for a in p[:5] if a is not None]
         self.streams = OrderedDict()  # key -> _Stream, least recently used first
         self.owner = {}  # id(object handed out) -> (stream key, buffer index)
 
@@ -88,13 +89,12 @@ class _Workspace:
         return stream
 
     def step(self, model, x, state):
-        for params, shapes in zip(self.params, self.shapes):
-            for a, shape in zip(params, shapes):
-                if a.shape != shape:
-                    raise ValueError(
-                        f"a parameter of {model!r} changed shape to {a.shape} (expected "
-                        f"{shape}); restore it or load_state_dict() a matching one"
-                    )
+        for a, shape in self.shapes:
+            if a.shape != shape:
+                raise ValueError(
+                    f"a parameter of {model!r} changed shape to {a.shape} (expected "
+                    f"{shape}); restore it or load_state_dict() a matching one"
+                )
         found = None if state is None else self.owner.get(id(state))
         if found is not None and self.streams[found[0]].returned[found[1]] is state:
             stream = self._stream(model, found[0], None)

@@ -130,15 +130,16 @@ def scaled_masks(spec, keep_masks):
 def step_weights(spec, params, int8=None):
     """Per layer, the arrays :func:`step` reads: the float weights of the forward
     direction and, for a quantized model (``int8`` as in :func:`forward`), the int8
-    input and recurrent weights with their row scales (empty placeholders otherwise)."""
+    input and recurrent weights with their row scales (None otherwise, as is the
+    projection of a model without one)."""
     layers = []
     for layer in range(spec.num_layers):
-        floats = driver.layer_params(spec, params, layer, 0, CPU)
+        w_ih, w_hh, b_ih, b_hh, w_hr = driver.layer_params(spec, params, layer, 0, CPU)
+        floats = (w_ih, w_hh, b_ih, b_hh, w_hr if spec.proj_size else None)
         if int8:
             quantized = int8[f"weight_ih_l{layer}"] + int8[f"weight_hh_l{layer}"]
         else:
-            q, scales = np.empty((0, 0), np.int8), np.empty(0, spec.dtype)
-            quantized = (q, scales, q, scales)
+            quantized = (None, None, None, None)
         layers.append(floats + quantized)
     return layers
 
@@ -152,7 +153,6 @@ def step_scratch(spec, batch):
         np.empty((batch, H), dt),
         np.empty((batch, max(P, H)), dt),
         np.ones(batch, np.int64),
-        np.empty((0, 0), dt),
     )
 
 
@@ -183,8 +183,8 @@ def cell_forward(spec, gx, gh, b_ih, b_hh, h, c, gates=None):
     b_ih = k.zero_bias if b_ih is None else b_ih
     b_hh = k.zero_bias if b_hh is None else b_hh
     spec.kernels.cell_step(
-        gx, gh, b_ih, b_hh, k.no_proj, h, c, h, 0, k.ones, spec.activation, m, scratch,
-        k.placeholder if gates is None else gates,
+        gx, gh, b_ih, b_hh, None, h, c, h, 0, k.ones, spec.activation, m, scratch,
+        None if gates is None else gates[np.newaxis],
     )  # fmt: skip
 
 
@@ -205,8 +205,8 @@ def cell_backward(spec, gates, h, c, dh, dc, dgx, dgh):
     k = _constants(spec, B, H)
     dm = np.empty((B, H), dh.dtype)
     spec.kernels.backward_step(
-        0, k.ones, gates, h, c, k.no_proj, k.zeros_dy, dh, dc, dgx, dgh,
-        k.placeholder, k.placeholder, dm, spec.activation,
+        0, k.ones, gates, h, c, None, k.zeros_dy, dh, dc, dgx, dgh, None, None, dm,
+        spec.activation,
     )  # fmt: skip
 
 
@@ -218,8 +218,6 @@ class _Constants:
     def __init__(self, spec, B, H):
         dt = spec.dtype
         self.ones = np.ones(B, np.int64)
-        self.no_proj = np.empty((0, H), dt)
-        self.placeholder = np.empty((0, 0), dt)  # an absent gate record or projection record
         self.zero_bias = np.zeros(spec.gates * H, dt)
         self.zeros_dy = np.zeros((B, H), dt)
 

@@ -89,18 +89,15 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
     gh = np.empty((B, GH), dtype)
     m = np.empty((B, H), dtype)
     hp = np.empty((B, max(P, H)), dtype)
-    if steps is None:
-        tape_gates, tape_h, tape_c = (
-            _placeholder(dtype),
-            np.empty((0, 0, 0), dtype),
-            np.empty((0, 0, 0), dtype),
-        )
-    else:
-        tape_gates, tape_h, tape_c = steps
+    # Absent arrays go to the kernels as None (see ``fastrnn.recurrence``).
+    w_hr = w_hr if w_hr.shape[0] else None
+    tape_gates, tape_h, tape_c = (None, None, None) if steps is None else steps
+    if tape_c is not None and tape_c.shape[0] == 0:
+        tape_c = None
     if B < BLAS_MIN_BATCH:
         # Transposed once per call (from the current weights): the per-step product then
         # streams weight rows without horizontal sums.
-        w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T), np.empty(0, dtype))
+        w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T), None)
         recurrence.LOOPS[kern].sequence(
             gx,
             recurrence.RecurrentWeights(w_t, s_hh, b_ih, b_hh, w_hr),
@@ -111,21 +108,22 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
             reverse,
             spec.activation,
             recurrence.Scratch(gh, m, hp),
-            (tape_gates, tape_h, tape_c),
+            tape_gates,
+            tape_h,
+            tape_c,
         )
         return
     w_hh_t = w_hh.T
-    train = steps is not None
     for s in range(T):
         t = T - 1 - s if reverse else s
-        if train:
+        if tape_h is not None:
             tape_h[t] = h
-            if tape_c.shape[0]:
-                tape_c[t] = c
+        if tape_c is not None:
+            tape_c[t] = c
         gemm(h, w_hh_t, out=gh)
         kern.cell_step(
             gx[t], gh, b_ih, b_hh, w_hr, h, c, y[t], t, lengths, spec.activation, m, hp,
-            tape_gates[t if train else 0],
+            tape_gates,
         )  # fmt: skip
 
 
@@ -145,8 +143,9 @@ def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
     dgx = np.empty((T, B, GH), dtype)
     dgh = np.empty_like(dgx) if kern.SEPARATE_DGH else dgx
     proj = w_hr.shape[0] > 0
-    dhp = np.empty((T, B, dh.shape[1]), dtype) if proj else _placeholder(dtype)
-    mt = np.empty((T, B, H), dtype) if proj else _placeholder(dtype)
+    w_hr = w_hr if proj else None  # absent arrays go to the kernels as None
+    dhp = np.empty((T, B, dh.shape[1]), dtype) if proj else None
+    mt = np.empty((T, B, H), dtype) if proj else None
     dm = np.empty((B, H), dtype)
     if c_prev.shape[0] == 0:
         c_prev = _placeholder(dtype)
@@ -172,10 +171,9 @@ def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
     w_hh = np.ascontiguousarray(w_hh.T).T
     for s in range(T):
         t = s if reverse else T - 1 - s
-        tp = t if proj else 0
         kern.backward_step(
             t, lengths, gates[t], h_prev[t], c_prev[min(t, last_c)], w_hr, dy[t], dh, dc,
-            dgx[t], dgh[t], dhp[tp], mt[tp], dm, spec.activation,
+            dgx[t], dgh[t], dhp, mt, dm, spec.activation,
         )  # fmt: skip
         gemm(dgh[t], w_hh, out=tmp)
         dh += tmp
