@@ -3,14 +3,41 @@
 Layers (``RNN``, ``LSTM``, ``GRU``) and cells (``RNNCell``, ``LSTMCell``,
 ``GRUCell``) with torch.nn's arguments, parameter names and semantics.
 The core depends on NumPy and Numba only; it never imports torch.
+
+``attention``, ``reference``, ``load`` and ``save`` are imported on first use (a
+service that only runs a layer does not pay for them at start-up).
 """
 
-from . import attention, cuda, reference
+import importlib
+
+from . import cuda
 from ._version import __version__
 from .cells import GRUCell, LSTMCell, RNNCell
-from .io import load, save
 from .layers import GRU, LSTM, RNN
 from .training import Gradients, Tape, clip_grad_norm
+
+#: Public name -> (module, attribute or None for the module itself), imported on first use.
+_LAZY = {
+    "attention": (".attention", None),
+    "reference": (".reference", None),
+    "load": (".io", "load"),
+    "save": (".io", "save"),
+}
+
+
+def __getattr__(name):
+    found = _LAZY.get(name)
+    if found is None:
+        raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
+    module = importlib.import_module(found[0], __name__)
+    value = module if found[1] is None else getattr(module, found[1])
+    globals()[name] = value  # later lookups find it without coming here
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "RNN",

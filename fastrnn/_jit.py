@@ -3,20 +3,80 @@
 ``error_model="numpy"`` lets division vectorise (Python's model inserts a
 zero-division check per element); ``fastmath`` is limited to reassociation and
 contraction so dot-product reductions vectorise while NaN/inf semantics and
-exact division stay intact.
+exact division stay intact. Kernels never allocate (the caller owns every buffer), so
+they are compiled without Numba's reference-counting runtime (``_nrt=False``): no
+reference counts on array views in the hot loops, and nothing to initialise before a
+cached kernel runs.
+
+Kernels are cached on disk (``NUMBA_CACHE_DIR``, else ``__pycache__`` beside the
+package) by :class:`KernelCache`: Numba's own function cache, with three changes that
+make a warm start fast and safe:
+
+- it is set up on first use, not when the module is imported (Numba's check that the
+  cache directory is writable touches the file system, a few ms per kernel);
+- loading a cached kernel initialises nothing: Numba's own cache refreshes its
+  compiler's registries before every load, importing and registering every
+  implementation it has (about 0.3 s, most of a warm start), which machine code that
+  needs no runtime does not use; a kernel compiled later gets that refresh from Numba's
+  compiler itself;
+- its index keys carry :data:`CACHE_TAG`, so machine code cached by a fastrnn whose
+  kernels needed the runtime (or anything else this tag versions) is never loaded.
 """
 
-import functools
-
 import numba
+from numba.core import caching
 
 FASTMATH = {"reassoc", "contract"}
 
-#: Options of every CPU kernel (also given to ``numba.extending.overload`` implementations).
-KERNEL_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)
+#: Options of every CPU kernel.
+KERNEL_OPTIONS = dict(nogil=True, error_model="numpy", fastmath=FASTMATH, _nrt=False)
 
-kernel = functools.partial(numba.njit, **KERNEL_OPTIONS)
+#: Part of every cache key: change it when the kernels' options change.
+CACHE_TAG = "fastrnn-kernel-v2-no-nrt"
 
-#: A kernel that only other kernels call: no Python entry point is compiled for it
-#: (Numba's CPython wrapper costs a tenth of a second or more of cold start each).
-inner_kernel = functools.partial(numba.njit, no_cpython_wrapper=True, **KERNEL_OPTIONS)
+# The Numba internals KernelCache builds on; without any of them it is Numba's own cache.
+_INTERNALS = ("_load_overload", "_guard_against_spurious_io_errors", "_index_key")
+_LIGHT_LOAD = all(hasattr(caching.FunctionCache, name) for name in _INTERNALS)
+
+
+class KernelCache(caching.FunctionCache):
+    """Numba's on-disk function cache, set up on first use, loading without a refresh,
+    its keys tagged with :data:`CACHE_TAG`."""
+
+    def __init__(self, py_func):
+        self._pending = py_func  # Numba's set-up runs when an attribute is first missed
+
+    def __getattr__(self, name):
+        py_func = self.__dict__.pop("_pending", None)
+        if py_func is None:
+            raise AttributeError(name)
+        super().__init__(py_func)
+        return getattr(self, name)
+
+    def _index_key(self, sig, codegen):
+        return (*super()._index_key(sig, codegen), CACHE_TAG)
+
+    def load_overload(self, sig, target_context):
+        if not _LIGHT_LOAD:
+            return super().load_overload(sig, target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+        return None  # the guard swallowed an I/O error: compile instead
+
+
+def _jit(fn, options):
+    dispatcher = numba.njit(**options)(fn)
+    if isinstance(dispatcher, numba.core.dispatcher.Dispatcher):  # not NUMBA_DISABLE_JIT
+        dispatcher._cache = KernelCache(dispatcher.py_func)  # Numba's enable_caching, ours
+    return dispatcher
+
+
+def kernel(fn):
+    """Compile ``fn`` as a cached CPU kernel."""
+    return _jit(fn, KERNEL_OPTIONS)
+
+
+def inner_kernel(fn):
+    """A kernel that only other kernels call: no Python entry point is compiled for it
+    (Numba's CPython wrapper costs a tenth of a second or more of cold start each)."""
+    return _jit(fn, dict(KERNEL_OPTIONS, no_cpython_wrapper=True))

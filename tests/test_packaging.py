@@ -1,7 +1,10 @@
-"""The core never imports torch, and imports quickly."""
+"""The core never imports torch, and its kernels load from Numba's cache in a new process."""
 
+import os
 import subprocess
 import sys
+
+from fastrnn import _jit
 
 
 def test_core_does_not_import_torch():
@@ -15,3 +18,41 @@ def test_core_does_not_import_torch():
 
 def test_bridge_package_is_installed():
     import fastrnn_torch  # noqa: F401
+
+
+# One LSTM forward and step in a fresh process; prints a digest of the outputs and how
+# many kernels came from the on-disk cache.
+_CACHED_RUN = """
+import hashlib, numpy as np, fastrnn
+from fastrnn import recurrence
+m = fastrnn.LSTM(3, 5, seed=0)
+x = np.linspace(-1, 1, 4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+y, (h, c) = m(x)
+ys, _ = m.step(x[0], m.initial_state(2))
+loops = recurrence.LOOPS[fastrnn.lstm]
+hits = sum(sum(k.stats.cache_hits.values()) for k in (loops.sequence, loops.step_layer))
+print(hashlib.sha256(b"".join(a.tobytes() for a in (y, h, c, ys))).hexdigest(), hits)
+"""
+
+
+def test_kernels_load_from_the_disk_cache_in_a_fresh_process(tmp_path):
+    """The second process finds every kernel in the cache the first one wrote (fastrnn's
+    KernelCache: set up lazily, loaded without Numba's refresh) and computes the same
+    bits; the cache's index keys carry fastrnn's tag (so entries written with other
+    kernel options never match)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+
+    def run():
+        out = subprocess.run(
+            [sys.executable, "-c", _CACHED_RUN], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        digest, hits = out.stdout.split()
+        return digest, int(hits)
+
+    cold, warm = run(), run()
+    assert cold[1] == 0
+    assert warm == (cold[0], 2)
+    assert _jit._LIGHT_LOAD, "Numba's cache internals changed: fastrnn/_jit.py needs a look"
+    index = next(tmp_path.rglob("*lstm_sequence*.nbi"))
+    assert _jit.CACHE_TAG.encode() in index.read_bytes()
