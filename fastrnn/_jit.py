@@ -32,7 +32,7 @@ FASTMATH = {"reassoc", "contract"}
 KERNEL_OPTIONS = dict(nogil=True, error_model="numpy", fastmath=FASTMATH, _nrt=False)
 
 #: Part of every cache key: change it when the kernels' options change.
-CACHE_TAG = "fastrnn-kernel-v2-no-nrt"
+CACHE_TAG = "fastrnn-kernel-v3"
 
 # The Numba internals KernelCache builds on; without any of them it is Numba's own cache.
 _INTERNALS = ("_load_overload", "_guard_against_spurious_io_errors", "_index_key")
@@ -74,9 +74,3 @@ def _jit(fn, options):
 def kernel(fn):
     """Compile ``fn`` as a cached CPU kernel."""
     return _jit(fn, KERNEL_OPTIONS)
-
-
-def inner_kernel(fn):
-    """A kernel that only other kernels call: no Python entry point is compiled for it
-    (Numba's CPython wrapper costs a tenth of a second or more of cold start each)."""
-    return _jit(fn, dict(KERNEL_OPTIONS, no_cpython_wrapper=True))

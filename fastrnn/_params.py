@@ -13,13 +13,21 @@ class ParameterMixin:
     _device_params = None  # resident GPU copies of the parameters (``to_device``)
 
     def _init_params(self, seed):
-        """torch's init: every parameter uniform in ±1/sqrt(hidden_size)."""
+        """torch's init: every parameter uniform in ±1/sqrt(hidden_size).
+
+        ``W_ih`` and ``W_hh`` are stored column-major (their transposes are C-contiguous):
+        the batch-1 products stream the transposes' rows (see ``linalg.matmul_t``), so
+        they read the model's own memory, and in-place edits of these arrays reach every
+        path without a copy to keep in sync.
+        """
         rng = np.random.default_rng(check.seed(seed))
         bound = 1.0 / np.sqrt(self.hidden_size)
-        return {
-            name: rng.uniform(-bound, bound, size=shp).astype(self.dtype)
-            for name, shp in self._param_shapes().items()
-        }
+        params = {}
+        for name, shp in self._param_shapes().items():
+            value = rng.uniform(-bound, bound, size=shp).astype(self.dtype)
+            column_major = name.startswith(("weight_ih", "weight_hh"))
+            params[name] = np.asfortranarray(value) if column_major else value
+        return params
 
     def state_dict(self):
         """The parameters under torch's names, in torch's order.

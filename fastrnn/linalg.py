@@ -10,7 +10,7 @@ import contextvars
 
 import numpy as np
 
-from ._jit import inner_kernel, kernel
+from ._jit import kernel
 
 
 def numpy_gemm(a, b, out=None):
@@ -62,7 +62,7 @@ def set_gemm(fn):
     return previous
 
 
-@inner_kernel
+@kernel
 def matmul_nt(a, w, out):
     """``out[:] = a @ w.T`` for ``a`` (B, K), ``w`` (N, K), ``out`` (B, N), all C-contiguous."""
     B, K = a.shape
@@ -75,7 +75,7 @@ def matmul_nt(a, w, out):
             out[b, n] = acc
 
 
-@inner_kernel
+@kernel
 def commit_rows(h, h_new, y_t, t, lengths):
     """Take ``h_new`` into ``h`` and ``y_t`` for rows still running at step ``t``.
 
@@ -113,7 +113,7 @@ def matmul2_nt(a, w, out, b, v, out2):
             out2[r, n] = acc2
 
 
-@inner_kernel
+@kernel
 def matmul_t(a, wt, scale, out):
     """``out[b, n] = Σ_k a[b, k] wt[k, n]``, times ``scale[n]`` unless ``scale`` is None.
 
@@ -150,7 +150,7 @@ def matmul_t(a, wt, scale, out):
                 ob[n] *= scale[n]
 
 
-@inner_kernel
+@kernel
 def matmul_nn_acc(a, w, out):
     """``out[:] += a @ w`` for ``a`` (B, N), ``w`` (N, K), ``out`` (B, K), all C-contiguous.
 

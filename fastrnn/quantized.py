@@ -142,7 +142,7 @@ class QuantizedMixin:
             raise ValueError(f"weights must be 'int8'; got {weights!r}")
         if self.dtype != np.float32:
             raise TypeError(f"quantize needs a float32 model; this one is {self.dtype}")
-        params = {name: p.copy() for name, p in self._params.items()}
+        params = {name: p.copy(order="K") for name, p in self._params.items()}
         return self._quantized_copy(params, Int8Weights.quantize(params))
 
     def _quantized_copy(self, params, weights):

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from . import gru, lstm, rnn
 from ._jit import kernel
-from .linalg import matmul2_nt, matmul_nn_acc, matmul_t
+from .linalg import matmul_nn_acc, matmul_t
 
 __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 
@@ -68,7 +68,6 @@ class Loops(NamedTuple):
 
     sequence: object
     step_layer: object
-    step_layer_int8: object
     backward_sequence: object
 
 
@@ -117,57 +116,14 @@ def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, gates
 
 
 def _step_layer(
-    x,
-    w_ih,
-    w_hh,
-    b_ih,
-    b_hh,
-    w_hr,
-    q_ih,
-    s_ih,
-    q_hh,
-    s_hh,
-    h,
-    c,
-    activation,
-    gx,
-    gh,
-    m,
-    hp,
-    ones,
+    x, w_ih_t, s_ih, w_hh_t, s_hh, b_ih, b_hh, w_hr, h, c, activation, gx, gh, m, hp, ones
 ):
-    """Streaming step of one layer, every row running: the input and recurrent
-    products in one pass over both weight matrices, then the fused cell step
-    (``h``/``c`` in place). ``q_*``/``s_*`` are unused (see ``_step_layer_int8``)."""
-    matmul2_nt(x, w_ih, gx, h, w_hh, gh)
-    cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
-
-
-def _step_layer_int8(
-    x,
-    w_ih,
-    w_hh,
-    b_ih,
-    b_hh,
-    w_hr,
-    q_ih,
-    s_ih,
-    q_hh,
-    s_hh,
-    h,
-    c,
-    activation,
-    gx,
-    gh,
-    m,
-    hp,
-    ones,
-):
-    """``_step_layer`` of a quantized model: the products read the transposed int8
-    weights ``q_*`` with their row scales ``s_*`` (compiled only when a model is
-    quantized)."""
-    matmul_t(x, q_ih, s_ih, gx)
-    matmul_t(h, q_hh, s_hh, gh)
+    """Streaming step of one layer, every row running: the input and recurrent products
+    from the transposed weights ``w_*_t`` (I, G·H) and (H_out, G·H) (float with scales
+    None, or int8 with their row scales ``s_*``), then the fused cell step (``h``/``c``
+    in place)."""
+    matmul_t(x, w_ih_t, s_ih, gx)
+    matmul_t(h, w_hh_t, s_hh, gh)
     cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
 
 
@@ -215,7 +171,7 @@ def _specialise(cell):
     name = cell.__name__.rsplit(".", 1)[1]
     bound = dict(globals(), cell_step=cell.cell_step, backward_step=cell.backward_step)
     loops = []
-    for template in (_sequence, _step_layer, _step_layer_int8, _backward_sequence):
+    for template in (_sequence, _step_layer, _backward_sequence):
         fn = types.FunctionType(template.__code__, bound, f"{name}{template.__name__}")
         fn.__qualname__ = fn.__name__
         fn.__doc__ = template.__doc__

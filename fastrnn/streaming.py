@@ -64,13 +64,13 @@ class _Workspace:
     """Scratch space and streams of one batch shape."""
 
     def __init__(self, model, B, unbatched):
-        self.spec, self.quantized = model.spec, bool(model._int8)
+        self.spec = model.spec
         self.B, self.unbatched = B, unbatched
         self.params = engine.step_weights(model.spec, model.state_dict(), model._int8)
         self.scratch = engine.step_scratch(model.spec, B)
-        # the float weights and their shapes, checked at every step (the kernels index
-        # with them)
-        self.shapes = [(a, a.shape) for p in self.params for a in p[:5] if a is not None]
+        # the parameters and their shapes, checked at every step (the kernels index with
+        # the configured sizes)
+        self.shapes = [(a, a.shape) for a in model.state_dict().values()]
         self.streams = OrderedDict()  # key -> _Stream, least recently used first
         self.owner = {}  # id(object handed out) -> (stream key, buffer index)
 
@@ -117,7 +117,7 @@ class _Workspace:
         inp = x.reshape(self.B, model.input_size)
         if not inp.flags.c_contiguous:
             inp = np.ascontiguousarray(inp)
-        engine.step(self.spec, self.params, inp, h, c, self.scratch, self.quantized)
+        engine.step(self.spec, self.params, inp, h, c, self.scratch)
         stream.latest = out
         return stream.outputs[out], stream.returned[out]
 

@@ -172,8 +172,9 @@ def test_parameters_reshaped_in_place_are_refused_before_any_kernel(call):
     x = np.zeros((2, 3) if call in ("step", "cell") else (5, 2, 3), np.float32)
     if call == "step":
         model.step(x)  # the workspace exists before the edit
-    name = "weight_hh" if call == "cell" else "weight_hh_l0"
-    model.state_dict()[name].shape = (24, 2)  # same bytes, other shape
+    # (W_ih/W_hh are stored column-major: NumPy itself refuses to reshape them in place)
+    name = "bias_hh" if call == "cell" else "bias_hh_l0"
+    model.state_dict()[name].shape = (2, 6)  # same bytes, other shape
     with pytest.raises(ValueError, match="shape"):
         if call == "forward":
             model(x)

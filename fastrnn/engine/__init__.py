@@ -12,7 +12,7 @@ backend, device arrays (``__cuda_array_interface__``) on the CUDA one
 import numpy as np
 
 from .. import recurrence
-from ..linalg import matmul2_nt
+from ..linalg import matmul2_nt, matmul_t
 from . import driver
 from .cpu import BLAS_MIN_BATCH, CPU
 from .spec import Spec, suffix
@@ -128,19 +128,21 @@ def scaled_masks(spec, keep_masks):
 
 
 def step_weights(spec, params, int8=None):
-    """Per layer, the arrays :func:`step` reads: the float weights of the forward
-    direction and, for a quantized model (``int8`` as in :func:`forward`), the int8
-    input and recurrent weights with their row scales (None otherwise, as is the
-    projection of a model without one)."""
+    """Per layer, the arrays :func:`step` reads, for the forward direction: the input and
+    recurrent weights transposed, each with its row scales (float weights: scales None;
+    a quantized model, ``int8`` as in :func:`forward`: int8 weights), the biases and the
+    projection (None without one).
+
+    The models store ``W_ih``/``W_hh`` column-major, so the float transposes are views
+    of the model's own memory (weights of another layout are copied here)."""
     layers = []
     for layer in range(spec.num_layers):
         w_ih, w_hh, b_ih, b_hh, w_hr = driver.layer_params(spec, params, layer, 0, CPU)
-        floats = (w_ih, w_hh, b_ih, b_hh, w_hr if spec.proj_size else None)
         if int8:
-            quantized = int8[f"weight_ih_l{layer}"] + int8[f"weight_hh_l{layer}"]
+            products = int8[f"weight_ih_l{layer}"] + int8[f"weight_hh_l{layer}"]
         else:
-            quantized = (None, None, None, None)
-        layers.append(floats + quantized)
+            products = (np.ascontiguousarray(w_ih.T), None, np.ascontiguousarray(w_hh.T), None)
+        layers.append(products + (b_ih, b_hh, w_hr if spec.proj_size else None))
     return layers
 
 
@@ -156,16 +158,15 @@ def step_scratch(spec, batch):
     )
 
 
-def step(spec, weights, x, h, c, scratch, quantized=False):
+def step(spec, weights, x, h, c, scratch):
     """One time step of every layer of a unidirectional stack, on the CPU (streaming).
 
     ``weights`` from :func:`step_weights`, ``scratch`` from :func:`step_scratch`; ``x``
     (batch, input_size) contiguous; ``h`` (num_layers, batch, H_out) and ``c``
     (num_layers, batch, hidden_size; 0 features but for LSTM) are updated in place, and
-    ``h[-1]`` is the step's output. ``quantized`` runs the int8 products.
+    ``h[-1]`` is the step's output.
     """
-    loops = recurrence.LOOPS[spec.kernels]
-    kernel = loops.step_layer_int8 if quantized else loops.step_layer
+    kernel = recurrence.LOOPS[spec.kernels].step_layer
     activation = spec.activation
     for layer, arrays in enumerate(weights):
         kernel(x, *arrays, h[layer], c[layer], activation, *scratch)
@@ -189,8 +190,15 @@ def cell_forward(spec, gx, gh, b_ih, b_hh, h, c, gates=None):
 
 
 def cell_products(x, w_ih, h, w_hh, gx, gh):
-    """``gx = x W_ih^T`` and ``gh = h W_hh^T`` in one pass (small batches, CPU)."""
-    matmul2_nt(x, w_ih, gx, h, w_hh, gh)
+    """``gx = x W_ih^T`` and ``gh = h W_hh^T`` (small batches, CPU): from the transposes'
+    rows when the weights are column-major (the models' layout), else in one pass over
+    both weight matrices' rows (torch's layout)."""
+    w_ih_t, w_hh_t = w_ih.T, w_hh.T
+    if w_ih_t.flags.c_contiguous and w_hh_t.flags.c_contiguous:
+        matmul_t(x, w_ih_t, None, gx)
+        matmul_t(h, w_hh_t, None, gh)
+    else:
+        matmul2_nt(x, w_ih, gx, h, w_hh, gh)
 
 
 def cell_backward(spec, gates, h, c, dh, dc, dgx, dgh):

@@ -95,8 +95,8 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
     if tape_c is not None and tape_c.shape[0] == 0:
         tape_c = None
     if B < BLAS_MIN_BATCH:
-        # Transposed once per call (from the current weights): the per-step product then
-        # streams weight rows without horizontal sums.
+        # The per-step product streams the rows of W_hh's transpose without horizontal
+        # sums: a view of the models' column-major weights (others are copied per call).
         w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T), None)
         recurrence.LOOPS[kern].sequence(
             gx,
@@ -152,7 +152,7 @@ def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
     if B < BLAS_MIN_BATCH:
         recurrence.LOOPS[kern].backward_sequence(
             (gates, h_prev, c_prev),
-            w_hh,
+            np.ascontiguousarray(w_hh),  # rows of W_hh (the models store it column-major)
             w_hr,
             lengths,
             reverse,
