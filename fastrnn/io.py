@@ -35,12 +35,14 @@ _ST_DTYPES = {
     "F16": np.float16,
     "I64": np.int64,
     "I32": np.int32,
+    "BF16": np.uint16,  # read as the bits; written only for tensors named as bfloat16
 }
-_ST_NAMES = {np.dtype(t): name for name, t in _ST_DTYPES.items()}
+_ST_NAMES = {np.dtype(t): name for name, t in _ST_DTYPES.items() if name != "BF16"}
 _CONFIG_KEY = "__fastrnn_config__"
 #: Version of the layout written into the configuration; files of a newer version are refused.
 FORMAT_VERSION = 2  # 1: float weights only (no "format_version" key); 2: adds "weights"
-_WEIGHT_FORMATS = ("float32", "float64", "int8")
+_WEIGHT_FORMATS = ("float32", "float64", "int8", "bfloat16")
+_QUANTIZED_FORMATS = {"int8": "i", "bfloat16": "u"}  # -> dtype kind of the stored weights
 _MAX_HEADER = 100 * 2**20  # bytes of JSON header (the safetensors package's own limit)
 _MAX_CONFIG = 2**20  # bytes of fastrnn configuration in an .npz
 
@@ -77,8 +79,12 @@ def _atomic_write(path, write):
             os.close(dir_fd)
 
 
-def _storable(name, arr):
+def _storable(name, arr, bfloat16=False):
     arr = np.ascontiguousarray(arr)
+    if bfloat16:
+        if arr.dtype != np.uint16:
+            raise TypeError(f"bfloat16 tensor {name!r} must be uint16 bits; got {arr.dtype}")
+        return arr
     if arr.dtype not in _ST_NAMES:
         raise TypeError(
             f"cannot store tensor {name!r} of dtype {arr.dtype}; storable dtypes: "
@@ -87,17 +93,21 @@ def _storable(name, arr):
     return arr
 
 
-def save_safetensors(path, tensors, metadata=None):
+def save_safetensors(path, tensors, metadata=None, *, bfloat16=()):
     """Write ``tensors`` (dict of str to ndarray) to ``path`` in safetensors format.
 
-    The file is replaced atomically (see :func:`save`).
+    ``bfloat16`` names the tensors that hold bfloat16 bits as uint16 (NumPy has no
+    bfloat16): they are written with safetensors' ``BF16`` dtype (and read back by
+    :func:`load_safetensors` as uint16 bits). The file is replaced atomically (see
+    :func:`save`).
     """
     header, offset, blobs = {}, 0, []
     for name, arr in tensors.items():
-        arr = _storable(name, arr)
+        bits = name in bfloat16
+        arr = _storable(name, arr, bits)
         data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {
-            "dtype": _ST_NAMES[arr.dtype],
+            "dtype": "BF16" if bits else _ST_NAMES[arr.dtype],
             "shape": list(arr.shape),
             "data_offsets": [offset, offset + len(data)],
         }
@@ -358,13 +368,18 @@ def save(model, path):
         "weights": weights,
     }
     config = json.dumps(spec)
-    tensors = model.quantized_state_dict() if weights == "int8" else model.state_dict()
+    quantized = weights in _QUANTIZED_FORMATS
+    tensors = model.quantized_state_dict() if quantized else model.state_dict()
+    bfloat16 = [
+        name for name, v in tensors.items() if weights == "bfloat16" and v.dtype == np.uint16
+    ]
     for name, value in tensors.items():
-        value = _storable(name, value)
+        value = _storable(name, value, name in bfloat16)
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise ValueError(f"the model's {name!r} has non-finite values (NaN or inf); not saved")
     if path.endswith(".safetensors"):
-        save_safetensors(path, tensors, {_CONFIG_KEY: config, "format": "np"})
+        metadata = {_CONFIG_KEY: config, "format": "np"}
+        save_safetensors(path, tensors, metadata, bfloat16=bfloat16)
     else:
         arrays = {**tensors, _CONFIG_KEY: np.array(config)}
         _atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -397,8 +412,10 @@ def _spec_of(path, config):
         raise FileFormatError(
             f"{path}: unknown model class {spec.get('class')!r}; expected one of {sorted(classes)}"
         )
-    if weights == "int8" and not hasattr(cls, "load_quantized_state_dict"):
-        raise FileFormatError(f"{path}: int8 weights for {cls.__name__}, which has no int8 form")
+    if weights in _QUANTIZED_FORMATS and not hasattr(cls, "load_quantized_state_dict"):
+        raise FileFormatError(
+            f"{path}: {weights} weights for {cls.__name__}, which has no {weights} form"
+        )
     return cls, spec["config"], weights
 
 
@@ -408,13 +425,14 @@ def _expected(path, cls, config, weights):
         shapes = cls.param_shapes_for(**config)
     except (TypeError, ValueError) as exc:
         raise FileFormatError(f"{path}: invalid {cls.__name__} configuration: {exc}") from None
-    if weights != "int8":
+    if weights not in _QUANTIZED_FORMATS:
         return {name: ("fiu", shape) for name, shape in shapes.items()}
     expected = {}
     for name, shape in shapes.items():
         if name.startswith(("weight_ih", "weight_hh")):
-            expected[name] = ("i", shape)
-            expected[name + ".scale"] = ("f", (shape[0],))
+            expected[name] = (_QUANTIZED_FORMATS[weights], shape)
+            if weights == "int8":
+                expected[name + ".scale"] = ("f", (shape[0],))
         else:
             expected[name] = ("fiu", shape)
     return expected
@@ -454,7 +472,7 @@ def load(path):
             if got != shape or dtype.kind not in kinds:
                 raise FileFormatError(
                     f"{path}: tensor {name!r}: the configuration needs shape {shape}"
-                    + (" of int8" if kinds == "i" else "")
+                    + {"i": " of int8", "u": " of bfloat16"}.get(kinds, "")
                     + f"; the file has {dtype} of shape {got}"
                 )
         found.update(cls=cls, config=config, weights=weights)
@@ -467,8 +485,8 @@ def load(path):
             _spec_of(path, config)
     model = found["cls"](**found["config"])
     try:
-        if found["weights"] == "int8":
-            return model.load_quantized_state_dict(tensors)
+        if found["weights"] in _QUANTIZED_FORMATS:
+            return model.load_quantized_state_dict(tensors, found["weights"])
         model.load_state_dict(tensors)
     except (TypeError, ValueError) as exc:
         raise FileFormatError(f"{path}: {exc}") from None

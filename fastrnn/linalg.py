@@ -9,6 +9,9 @@ batches go through NumPy's BLAS from the Python-level driver instead.
 import contextvars
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 
 from ._jit import kernel
 
@@ -113,12 +116,41 @@ def matmul2_nt(a, w, out, b, v, out2):
             out2[r, n] = acc2
 
 
+@intrinsic
+def _float32_from_bfloat16_bits(typingctx, bits):
+    """The float32 whose upper 16 bits are ``bits`` (a uint16 holding a bfloat16): a
+    widening shift, which vectorises."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 16 or bits.signed:
+        return None
+
+    def codegen(context, builder, signature, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def widen(w):
+    """A stored weight as the number it stands for (in kernels): bfloat16 bits (uint16)
+    become float32; float and int8 weights are returned as they are (int8 is scaled by
+    the caller)."""
+    raise NotImplementedError("widen is only for compiled kernels")
+
+
+@overload(widen)
+def _widen_overload(w):
+    if isinstance(w, types.Integer) and w.bitwidth == 16 and not w.signed:
+        return lambda w: _float32_from_bfloat16_bits(w)
+    return lambda w: w
+
+
 @kernel
 def matmul_t(a, wt, scale, out):
     """``out[b, n] = Σ_k a[b, k] wt[k, n]``, times ``scale[n]`` unless ``scale`` is None.
 
-    ``wt`` is a weight matrix stored transposed, (K, N): float, or int8 with per-row
-    scales (each byte widened to float in registers: a quarter of float32's bytes).
+    ``wt`` is a weight matrix stored transposed, (K, N): float, int8 with per-row
+    scales (each byte widened to float in registers: a quarter of float32's bytes), or
+    bfloat16 bits (uint16, widened by a shift: half of float32's bytes).
     Four rows of ``wt`` per pass over the outputs, shared by every batch row: no
     horizontal sums, each weight read once per call.
     """
@@ -133,7 +165,12 @@ def matmul_t(a, wt, scale, out):
                 s0, s1, s2, s3 = a[b, k], a[b, k + 1], a[b, k + 2], a[b, k + 3]
                 ob = out[b]
                 for n in range(N):
-                    ob[n] += s0 * w0[n] + s1 * w1[n] + s2 * w2[n] + s3 * w3[n]
+                    ob[n] += (
+                        s0 * widen(w0[n])
+                        + s1 * widen(w1[n])
+                        + s2 * widen(w2[n])
+                        + s3 * widen(w3[n])
+                    )
             k += 4
         else:
             w0 = wt[k]
@@ -141,7 +178,7 @@ def matmul_t(a, wt, scale, out):
                 s0 = a[b, k]
                 ob = out[b]
                 for n in range(N):
-                    ob[n] += s0 * w0[n]
+                    ob[n] += s0 * widen(w0[n])
             k += 1
     if scale is not None:
         for b in range(B):

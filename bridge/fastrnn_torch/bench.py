@@ -141,19 +141,20 @@ def sequence_workload(mode, T, B, size, repeats, threads):
     return res
 
 
-def int8_workload(mode, kind, size, repeats, threads):
-    """Opt-in int8 weights: fastrnn int8 vs fastrnn float32 and float32 onnxruntime.
+def quantized_workload(mode, kind, size, repeats, threads, weights="int8"):
+    """Opt-in quantized weights (``weights``: "int8", "bfloat16"): fastrnn quantized vs
+    fastrnn float32 and float32 onnxruntime.
 
-    The "torch" column holds fastrnn's own float32 time here; ``max_abs_diff`` is
-    int8 against float32 (the price of the speed).
+    The "torch" column holds fastrnn's own float32 time here; ``max_abs_diff`` is the
+    quantized model against float32 (the price of the speed).
     """
     m, tm = _twins(mode, size)
-    q = m.quantize("int8")
+    q = m.quantize(weights)
     rng = np.random.default_rng(0)
     if kind == "step":
         x = rng.standard_normal((1, size)).astype(np.float32)
         sq, sf = q.initial_state(1), m.initial_state(1)
-        res = Result(mode, f"int8 step H={size}")
+        res = Result(mode, f"{weights} step H={size}")
         res.times["fastrnn"] = best_time(lambda: q.step(x, sq), repeats)
         res.times["torch"] = best_time(lambda: m.step(x, sf), repeats)
         res.max_abs_diff["float32"] = float(np.abs(q.step(x, sq)[0] - m.step(x, sf)[0]).max())
@@ -164,7 +165,7 @@ def int8_workload(mode, kind, size, repeats, threads):
         feed = {"x": x[None], "h0": h0.numpy(), **({"c0": h0.numpy()} if mode == "LSTM" else {})}
     else:
         x = rng.standard_normal((100, 1, size)).astype(np.float32)
-        res = Result(mode, f"int8 seq T=100 B=1 H={size}")
+        res = Result(mode, f"{weights} seq T=100 B=1 H={size}")
         res.times["fastrnn"] = best_time(lambda: q(x), repeats)
         res.times["torch"] = best_time(lambda: m(x), repeats)
         res.max_abs_diff["float32"] = float(np.abs(q(x)[0] - m(x)[0]).max())
@@ -247,12 +248,13 @@ def workloads(modes, hidden, full, repeats, threads):
             jobs.append(
                 lambda mode=mode, B=B, size=size: cell_loop_workload(mode, 20, B, size, repeats)
             )
-    int8 = [
-        lambda mode=mode, kind=kind: int8_workload(mode, kind, hidden, repeats, threads)
+    quantized = [
+        lambda mode=mode, kind=kind, w=w: quantized_workload(mode, kind, hidden, repeats, threads, w)
+        for w in ("int8", "bfloat16")
         for mode in modes
         for kind in ("step", "seq")
     ]
-    return jobs, int8
+    return jobs, quantized
 
 
 def _fmt(seconds):
@@ -334,8 +336,9 @@ def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-r
     results = [job() for job in progress(jobs + int8_jobs, desc="fastrnn bench")]
     print_table(results[: len(jobs)])
     print(
-        "\nopt-in int8 weights (Model.quantize('int8')): 'torch.nn' column = fastrnn "
-        "float32, 'vs torch' = speed-up over it, max|diff| = int8 vs float32"
+        "\nopt-in quantized weights (Model.quantize('int8'), quantize('bfloat16')): "
+        "'torch.nn' column = fastrnn float32, 'vs torch' = speed-up over it, max|diff| = "
+        "quantized vs float32"
     )
     print_table(results[len(jobs) :])
     if out:
