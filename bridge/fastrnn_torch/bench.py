@@ -249,7 +249,9 @@ def workloads(modes, hidden, full, repeats, threads):
                 lambda mode=mode, B=B, size=size: cell_loop_workload(mode, 20, B, size, repeats)
             )
     quantized = [
-        lambda mode=mode, kind=kind, w=w: quantized_workload(mode, kind, hidden, repeats, threads, w)
+        lambda mode=mode, kind=kind, w=w: quantized_workload(
+            mode, kind, hidden, repeats, threads, w
+        )
         for w in ("int8", "bfloat16")
         for mode in modes
         for kind in ("step", "seq")
