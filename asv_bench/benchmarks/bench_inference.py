@@ -56,6 +56,24 @@ class Step:
             self.fn()
 
 
+class QuantizedStep:
+    """fastrnn's batch-1 step with its weights stored as float32, int8 or bfloat16
+    (``model.quantize``): what the narrower weights buy."""
+
+    params = (["LSTM", "GRU", "RNN"], ["float32", "int8", "bfloat16"])
+    param_names = ["mode", "weights"]
+
+    def setup(self, mode, weights):
+        m, _ = model_pair(mode, 256)
+        self.model = m if weights == "float32" else m.quantize(weights)
+        self.x = inputs(1, 1, 256)[0]
+        self.state = self.model.initial_state(1)
+        self.model.step(self.x, self.state)
+
+    def time_step(self, mode, weights):
+        self.model.step(self.x, self.state)
+
+
 def _sequence_callable(mode, batch, engine, T=100, hidden=256):
     m, tm = model_pair(mode, hidden)
     x = inputs(T, batch, hidden)
