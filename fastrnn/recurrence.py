@@ -179,5 +179,15 @@ def _specialise(cell):
     return Loops(*loops)
 
 
+class _LoopsByCell(dict):
+    """Cell module -> its :class:`Loops`, made on first use (a process that runs only
+    LSTMs creates no GRU or RNN dispatchers at import)."""
+
+    def __missing__(self, cell):
+        if cell not in (lstm, gru, rnn):
+            raise KeyError(cell)
+        return self.setdefault(cell, _specialise(cell))
+
+
 #: Cell module (``lstm``, ``gru``, ``rnn``) -> its compiled :class:`Loops`.
-LOOPS = {cell: _specialise(cell) for cell in (lstm, gru, rnn)}
+LOOPS = _LoopsByCell()
