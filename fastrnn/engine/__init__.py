@@ -70,8 +70,9 @@ def forward(spec, params, x, state, lengths, *, train=False, dropout_masks=(), i
         Scaled inter-layer masks (:func:`scaled_masks`), applied after every layer
         but the last.
     int8 : dict, optional
-        Quantized recurrent weights, ``"weight_hh..."`` name to ``(transposed int8, row
-        scales)`` (CPU only).
+        Quantized recurrent weights (the model's format, see :mod:`fastrnn.quantized`),
+        ``"weight_hh..."`` name to ``(transposed stored weights, row scales)``: int8 with
+        float32 scales, or bfloat16 bits (uint16) with scales None (CPU only).
 
     Returns
     -------

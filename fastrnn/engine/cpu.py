@@ -67,7 +67,8 @@ class CPUBackend:
         ``h`` (B, H_out) and ``c`` (B, H) hold the initial state and are left holding the
         final one; ``y`` (T, B, H_out) is written (a strided view is written through a
         contiguous buffer). ``steps`` is the tape's :class:`~fastrnn.engine.Steps` or None;
-        ``int8`` is ``(transposed int8 w_hh, row scales)`` of a quantized model or None.
+        ``int8`` is ``(transposed stored w_hh, row scales or None)`` of a quantized model
+        (int8 or bfloat16 bits), or None.
         """
         out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
         _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8)
