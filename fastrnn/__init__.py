@@ -4,7 +4,7 @@ Layers (``RNN``, ``LSTM``, ``GRU``) and cells (``RNNCell``, ``LSTMCell``,
 ``GRUCell``) with torch.nn's arguments, parameter names and semantics.
 The core depends on NumPy and Numba only; it never imports torch.
 
-``attention``, ``reference``, ``load`` and ``save`` are imported on first use (a
+``attention``, ``reference`` and ``io`` (``load``, ``save``) are imported on first use (a
 service that only runs a layer does not pay for them at start-up).
 """
 
@@ -20,6 +20,7 @@ from .training import Gradients, Tape, clip_grad_norm
 _LAZY = {
     "attention": (".attention", None),
     "reference": (".reference", None),
+    "io": (".io", None),
     "load": (".io", "load"),
     "save": (".io", "save"),
 }

@@ -28,6 +28,9 @@ from ._version import __version__
 
 __all__ = ["save", "load", "save_safetensors", "load_safetensors", "FileFormatError"]
 
+# safetensors' BF16 as read: 2-byte records (kind "V", unlike any integer), so a file can
+# put bfloat16 only where bfloat16 weights are expected; handed out as uint16 bits.
+_BFLOAT16 = np.dtype([("bfloat16", "<u2")])
 _ST_DTYPES = {
     "I8": np.int8,
     "F32": np.float32,
@@ -35,14 +38,15 @@ _ST_DTYPES = {
     "F16": np.float16,
     "I64": np.int64,
     "I32": np.int32,
-    "BF16": np.uint16,  # read as the bits; written only for tensors named as bfloat16
+    "BF16": _BFLOAT16,  # written only for tensors named as bfloat16
 }
 _ST_NAMES = {np.dtype(t): name for name, t in _ST_DTYPES.items() if name != "BF16"}
 _CONFIG_KEY = "__fastrnn_config__"
 #: Version of the layout written into the configuration; files of a newer version are refused.
 FORMAT_VERSION = 2  # 1: float weights only (no "format_version" key); 2: adds "weights"
 _WEIGHT_FORMATS = ("float32", "float64", "int8", "bfloat16")
-_QUANTIZED_FORMATS = {"int8": "i", "bfloat16": "u"}  # -> dtype kind of the stored weights
+# -> dtype kinds of the stored weights (bfloat16: uint16 bits in .npz, BF16 in safetensors)
+_QUANTIZED_FORMATS = {"int8": "i", "bfloat16": "uV"}
 _MAX_HEADER = 100 * 2**20  # bytes of JSON header (the safetensors package's own limit)
 _MAX_CONFIG = 2**20  # bytes of fastrnn configuration in an .npz
 
@@ -232,6 +236,8 @@ def _read_safetensors(path, expect=None):
             body, dtype=dtype.newbyteorder("<"), count=math.prod(shape), offset=begin
         )
         tensors[name] = data.reshape(shape).astype(dtype)
+        if dtype == _BFLOAT16:
+            tensors[name] = tensors[name].view(np.uint16)  # the bits
     return tensors, metadata
 
 
@@ -472,7 +478,7 @@ def load(path):
             if got != shape or dtype.kind not in kinds:
                 raise FileFormatError(
                     f"{path}: tensor {name!r}: the configuration needs shape {shape}"
-                    + {"i": " of int8", "u": " of bfloat16"}.get(kinds, "")
+                    + {"i": " of int8", "uV": " of bfloat16"}.get(kinds, "")
                     + f"; the file has {dtype} of shape {got}"
                 )
         found.update(cls=cls, config=config, weights=weights)

@@ -56,3 +56,25 @@ def test_kernels_load_from_the_disk_cache_in_a_fresh_process(tmp_path):
     assert _jit._LIGHT_LOAD, "Numba's cache internals changed: fastrnn/_jit.py needs a look"
     index = next(tmp_path.rglob("*lstm_sequence*.nbi"))
     assert _jit.CACHE_TAG.encode() in index.read_bytes()
+
+
+def test_lazy_submodules_resolve_on_first_use():
+    """``import fastrnn`` leaves attention, reference and io unimported; each public name
+    still resolves on first use, and ``dir(fastrnn)`` lists them."""
+    code = (
+        "import sys, fastrnn\n"
+        "lazy = ('fastrnn.attention', 'fastrnn.reference', 'fastrnn.io')\n"
+        "assert not any(m in sys.modules for m in lazy), [m for m in lazy if m in sys.modules]\n"
+        "assert {'attention', 'reference', 'io', 'load', 'save'} <= set(dir(fastrnn))\n"
+        "assert fastrnn.load is fastrnn.io.load and fastrnn.save is fastrnn.io.save\n"
+        "assert callable(fastrnn.attention.scaled_dot_product)\n"
+        "assert callable(fastrnn.reference.lstm_cell_backward)\n"
+        "from fastrnn import attention, load\n"
+        "try:\n"
+        "    fastrnn.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_name' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('no AttributeError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -125,3 +125,26 @@ def test_quantized_weights_cannot_go_stale(tmp_path):
             with pytest.raises(ValueError, match="read-only"):
                 p[...] = 0
     m.state_dict()["weight_hh_l0"][0, 0] += 1.0  # the float32 model stays editable
+
+
+def test_bfloat16_tensors_only_where_bfloat16_weights_are_expected(tmp_path):
+    """A BF16 tensor is never read as integers: in a float32 model's file, or in place of a
+    float parameter of a bfloat16 model's file, it is refused (naming file and tensor)."""
+    import json
+
+    m = fastrnn.GRU(3, 4, seed=0)
+    q = m.quantize("bfloat16")
+    cases = {
+        "float32": (m.state_dict(), ["bias_hh_l0"]),
+        "bfloat16": (q.quantized_state_dict(), ["weight_ih_l0", "weight_hh_l0", "bias_hh_l0"]),
+    }
+    for weights, (tensors, as_bf16) in cases.items():
+        tensors = dict(tensors)
+        tensors["bias_hh_l0"] = bfloat16_bits(tensors["bias_hh_l0"])
+        config = {"class": "GRU", "config": m.config(), "format_version": 2, "weights": weights}
+        path = tmp_path / f"{weights}.safetensors"
+        meta = {"__fastrnn_config__": json.dumps(config)}
+        fastrnn.io.save_safetensors(path, tensors, meta, bfloat16=as_bf16)
+        with pytest.raises(ValueError, match="bias_hh_l0") as info:
+            fastrnn.load(path)
+        assert str(path) in str(info.value)
