@@ -44,9 +44,9 @@ _ST_NAMES = {np.dtype(t): name for name, t in _ST_DTYPES.items() if name != "BF1
 _CONFIG_KEY = "__fastrnn_config__"
 #: Version of the layout written into the configuration; files of a newer version are refused.
 FORMAT_VERSION = 2  # 1: float weights only (no "format_version" key); 2: adds "weights"
-_WEIGHT_FORMATS = ("float32", "float64", "int8", "bfloat16")
 # -> dtype kinds of the stored weights (bfloat16: uint16 bits in .npz, BF16 in safetensors)
 _QUANTIZED_FORMATS = {"int8": "i", "bfloat16": "uV"}
+_WEIGHT_FORMATS = ("float32", "float64", *_QUANTIZED_FORMATS)
 _MAX_HEADER = 100 * 2**20  # bytes of JSON header (the safetensors package's own limit)
 _MAX_CONFIG = 2**20  # bytes of fastrnn configuration in an .npz
 

@@ -97,27 +97,27 @@ class _Workspace:
                 )
         found = None if state is None else self.owner.get(id(state))
         if found is not None and self.streams[found[0]].returned[found[1]] is state:
-            # the stream's own last state (the common case): buffers of the same shapes
             stream = self._stream(model, found[0], None)
-            h_in, c_in = stream.buffers[found[1]]
-            out = stream.target(found[1])
-            h, c = stream.buffers[out]
-            np.copyto(h, h_in)
-            if c.size:
-                np.copyto(c, c_in)
+            source = found[1]
+            h_in, c_in = stream.buffers[source]
         else:
             h_in, c_in = _inputs.streaming_state(model, state, self.B, self.unbatched)
             # a caller's state object starts (or continues) the stream keyed by it
             key = object() if state is None else ("caller", id(state))
             stream = self._stream(model, key, state)
-            out = stream.target(-1)
-            h, c = stream.buffers[out]
-            if h_in is None:
-                h.fill(0)
-                c.fill(0)
-            else:
-                h[...] = h_in.reshape(h.shape)
-                c[...] = c_in.reshape(c.shape)
+            source = -1
+        out = stream.target(source)
+        h, c = stream.buffers[out]
+        if source >= 0:  # the stream's own last state (the common case): same shapes
+            np.copyto(h, h_in)
+            if c.size:
+                np.copyto(c, c_in)
+        elif h_in is None:
+            h.fill(0)
+            c.fill(0)
+        else:
+            h[...] = h_in.reshape(h.shape)
+            c[...] = c_in.reshape(c.shape)
         inp = x if x.ndim == 2 else x.reshape(1, -1)
         if not inp.flags.c_contiguous:
             inp = np.ascontiguousarray(inp)
