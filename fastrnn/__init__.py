@@ -14,6 +14,7 @@ from . import cuda
 from ._version import __version__
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
+from .threads import get_num_threads, set_num_threads
 from .training import Gradients, Tape, clip_grad_norm
 
 #: Public name -> (module, attribute or None for the module itself), imported on first use.
@@ -50,6 +51,8 @@ __all__ = [
     "save",
     "load",
     "clip_grad_norm",
+    "set_num_threads",
+    "get_num_threads",
     "Gradients",
     "Tape",
     "attention",

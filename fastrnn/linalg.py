@@ -13,12 +13,39 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
+from . import threads
 from ._jit import kernel
+
+#: Fewest rows of ``a`` per thread in :func:`numpy_gemm` (and fewest multiply-adds
+#: per thread, ``rows * K * N``) worth splitting a product for.
+GEMM_MIN_ROWS = 32
+GEMM_MIN_WORK = 1 << 21
 
 
 def numpy_gemm(a, b, out=None):
-    """``a @ b`` through NumPy's BLAS (the default matrix product of the models)."""
-    return np.matmul(a, b, out=out)
+    """``a @ b`` through NumPy's BLAS (the default matrix product of the models), on
+    fastrnn's threads (:func:`fastrnn.set_num_threads`): the rows of ``a`` are split
+    between them, each piece a single-threaded BLAS call. BLAS's own thread pool is
+    never used: its threads spin after each call, on the cores fastrnn's other threads
+    are about to use."""
+    if a.ndim != 2 or b.ndim != 2:  # stacks of products (attention): one call
+        with threads.single_blas():
+            return np.matmul(a, b, out=out)
+    M, K = a.shape
+    N = b.shape[1]
+    rows = max(GEMM_MIN_ROWS, GEMM_MIN_WORK // max(K * N, 1))
+    pieces = threads.split(M, rows)
+    if out is None:
+        out = np.empty((M, N), np.result_type(a, b))
+    if len(pieces) == 1:
+        with threads.single_blas():
+            return np.matmul(a, b, out=out)
+
+    def piece(r0, r1):
+        np.matmul(a[r0:r1], b, out=out[r0:r1])
+
+    threads.run(piece, pieces)
+    return out
 
 
 _DEFAULT = [numpy_gemm]  # set_gemm's process-wide choice

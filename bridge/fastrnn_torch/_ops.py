@@ -24,7 +24,7 @@ import json
 import numpy as np
 import torch
 
-from fastrnn import engine
+from fastrnn import engine, threads
 from fastrnn.linalg import use_gemm
 
 from . import _cuda, _twice
@@ -91,11 +91,13 @@ def torch_gemm(a, b, out=None):
 
 def _with_torch_gemm(fn):
     """Run ``fn`` with the core's large products on torch's BLAS (``use_gemm``), so the
-    process keeps one thread pool; importing the bridge changes nothing in fastrnn."""
+    process keeps one BLAS thread pool, and on torch's thread count unless
+    ``fastrnn.set_num_threads`` (or ``FASTRNN_NUM_THREADS``) chose fastrnn's; importing
+    the bridge changes nothing in fastrnn."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with use_gemm(torch_gemm):
+        with use_gemm(torch_gemm), threads.following(torch.get_num_threads()):
             return fn(*args, **kwargs)
 
     return wrapper

@@ -26,6 +26,8 @@ MODES = ("LSTM", "GRU", "RNN")
 TORCH = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
 TORCH_CELL = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell, "RNN": torch.nn.RNNCell}
 CORE = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
+#: fastrnn on one thread, timed beside fastrnn on all (``--cores N``, N > 1).
+ONE_THREAD = "fastrnn 1 thread"
 
 
 @dataclass
@@ -131,6 +133,10 @@ def sequence_workload(mode, T, B, size, repeats, threads):
         ref = tm(xt)[0].numpy()
         res.times["fastrnn"] = best_time(lambda: m(x), repeats)
         res.times["torch"] = best_time(lambda: tm(xt), repeats)
+    if threads > 1:  # fastrnn's own scaling: the same call on one thread
+        fastrnn.set_num_threads(1)
+        res.times[ONE_THREAD] = best_time(lambda: m(x), repeats)
+        fastrnn.set_num_threads(threads)
     y = m(x)[0]
     res.max_abs_diff["torch"] = float(np.abs(y - ref).max())
     session = onnx_session(tm, (xt,), ["x"], threads)
@@ -283,10 +289,13 @@ def machine():
 
 
 def print_table(results):
+    """One row per result; with several threads, a last column says how much faster
+    fastrnn runs on them than on one."""
+    scaling = any(ONE_THREAD in r.times for r in results)
     header = (
         f"{'model':5} {'workload':26} {'fastrnn':>11} {'torch.nn':>11} {'onnxrt':>11} "
         f"{'vs torch':>9} {'vs onnxrt':>9} {'max|diff|':>9}"
-    )
+    ) + (f" {'vs 1 thr':>9}" if scaling else "")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -295,7 +304,7 @@ def print_table(results):
             f"{r.model:5} {r.workload:26} {_fmt(r.times.get('fastrnn')):>11} "
             f"{_fmt(r.times.get('torch')):>11} {_fmt(r.times.get('onnxruntime')):>11} "
             f"{_ratio(r.speedup('torch')):>9} {_ratio(r.speedup('onnxruntime')):>9} "
-            f"{diff:9.1e}"
+            f"{diff:9.1e}" + (f" {_ratio(r.speedup(ONE_THREAD)):>9}" if scaling else "")
         )
 
 
@@ -329,6 +338,7 @@ def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-r
     repeats = 3 if quick else 7
     threads = cores or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
+    fastrnn.set_num_threads(threads)
     print(
         f"fastrnn {fastrnn.__version__} vs torch {torch.__version__}"
         f"{' and onnxruntime' if _has_ort() else ''} — float32, same weights, "

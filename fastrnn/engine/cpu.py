@@ -7,11 +7,29 @@ is large enough that BLAS wins, so a Python loop calls the GEMM and the fused ce
 
 import numpy as np
 
-from .. import recurrence
-from ..linalg import gemm
+from .. import recurrence, threads
+from ..linalg import gemm, numpy_gemm, use_gemm
+from .tape import Steps
 
 #: Batch size from which the per-step recurrent product goes through BLAS.
 BLAS_MIN_BATCH = 16
+#: Fewest batch rows worth a thread of their own below ``BLAS_MIN_BATCH``.
+MIN_THREAD_ROWS = 4
+
+
+def batch_pieces(B):
+    """The row ranges a (·, B, ·) recurrence is split into, one per thread.
+
+    Every row's arithmetic is the same whatever the split: a piece never crosses
+    ``BLAS_MIN_BATCH`` (rows that would go through BLAS together stay on the BLAS path),
+    so results are identical for any thread count.
+    """
+    return threads.split(B, BLAS_MIN_BATCH if B >= BLAS_MIN_BATCH else MIN_THREAD_ROWS)
+
+
+def _rows(a, b0, b1):
+    """Rows ``b0:b1`` of the batch axis (axis 1) of ``a`` as a new contiguous array."""
+    return np.ascontiguousarray(a[:, b0:b1])
 
 
 def _placeholder(dtype):
@@ -70,17 +88,56 @@ class CPUBackend:
         ``int8`` is ``(transposed stored w_hh, row scales or None)`` of a quantized model
         (int8 or bfloat16 bits), or None.
         """
-        out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
-        _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8)
-        if out is not y:
-            y[...] = out
+        pieces = batch_pieces(gx.shape[1])
+        if len(pieces) == 1:
+            out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
+            _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8)
+            if out is not y:
+                y[...] = out
+            return
+
+        def piece(b0, b1):
+            # A contiguous copy of the piece's rows; the state rows are views (updated
+            # in place); outputs and tape rows are copied back.
+            part = None
+            if steps is not None:
+                part = Steps(*(np.empty((a.shape[0], b1 - b0, a.shape[2]), a.dtype) for a in steps))
+            out = np.empty((y.shape[0], b1 - b0, y.shape[2]), y.dtype)
+            with use_gemm(numpy_gemm):
+                _recurrence(
+                    spec, _rows(gx, b0, b1), w_hh, b_ih, b_hh, w_hr, h[b0:b1], c[b0:b1], out,
+                    lengths[b0:b1], reverse, part, int8,
+                )  # fmt: skip
+            y[:, b0:b1] = out
+            for whole, rows in zip(steps or (), part or ()):
+                whole[:, b0:b1] = rows
+
+        threads.run(piece, pieces)
 
     @staticmethod
     def recurrence_backward(spec, *, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
         """One layer-direction's BPTT; see :func:`backward_recurrence`."""
-        return backward_recurrence(
-            spec, steps, w_hh, w_hr, lengths, reverse, np.ascontiguousarray(dy), dh, dc
-        )
+        pieces = batch_pieces(dy.shape[1])
+        if len(pieces) == 1:
+            return backward_recurrence(
+                spec, steps, w_hh, w_hr, lengths, reverse, np.ascontiguousarray(dy), dh, dc
+            )
+        T, B = dy.shape[:2]
+        results = _gate_gradients(spec, w_hh, w_hr, T, B, dh.shape[1], dy.dtype)
+
+        def piece(b0, b1):
+            part = Steps(*(_rows(a, b0, b1) for a in steps))
+            with use_gemm(numpy_gemm):
+                rows = backward_recurrence(
+                    spec, part, w_hh, w_hr, lengths[b0:b1], reverse, _rows(dy, b0, b1),
+                    dh[b0:b1], dc[b0:b1],
+                )  # fmt: skip
+            for whole, a in zip(results, rows):
+                if a is not None:
+                    whole[:, b0:b1] = a  # (dgh is dgx when the cell has one: written twice)
+
+        threads.run(piece, pieces)
+        return results
 
 
 def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
@@ -128,6 +185,16 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
         )  # fmt: skip
 
 
+def _gate_gradients(spec, w_hh, w_hr, T, B, P, dtype):
+    """Empty ``(dgx, dgh, dhp, mt)`` for :func:`backward_recurrence` (``dgh`` is ``dgx``
+    unless the cell type distinguishes them; ``dhp``, ``mt`` None without projection)."""
+    dgx = np.empty((T, B, w_hh.shape[0]), dtype)
+    dgh = np.empty_like(dgx) if spec.kernels.SEPARATE_DGH else dgx
+    if w_hr.shape[0] == 0:
+        return dgx, dgh, None, None
+    return dgx, dgh, np.empty((T, B, P), dtype), np.empty((T, B, spec.hidden_size), dtype)
+
+
 def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
     """Backward through one layer-direction's recurrence.
 
@@ -140,13 +207,9 @@ def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
     kern = spec.kernels
     gates, h_prev, c_prev = steps
     T, B, _ = gates.shape
-    GH, H, dtype = w_hh.shape[0], spec.hidden_size, gates.dtype
-    dgx = np.empty((T, B, GH), dtype)
-    dgh = np.empty_like(dgx) if kern.SEPARATE_DGH else dgx
-    proj = w_hr.shape[0] > 0
-    w_hr = w_hr if proj else None  # absent arrays go to the kernels as None
-    dhp = np.empty((T, B, dh.shape[1]), dtype) if proj else None
-    mt = np.empty((T, B, H), dtype) if proj else None
+    H, dtype = spec.hidden_size, gates.dtype
+    dgx, dgh, dhp, mt = _gate_gradients(spec, w_hh, w_hr, T, B, dh.shape[1], dtype)
+    w_hr = w_hr if dhp is not None else None  # absent arrays go to the kernels as None
     dm = np.empty((B, H), dtype)
     if c_prev.shape[0] == 0:
         c_prev = _placeholder(dtype)

@@ -1,0 +1,131 @@
+"""fastrnn's thread count: the setting, parity with torch.nn at 1 and 2 threads, results
+identical for any count, and no deadlock when Python threads run models at once."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import engine, threads
+
+from .helpers import KINDS, check_grads, flat_state
+
+
+@pytest.fixture
+def four_cpus(monkeypatch):
+    """Up to four threads allowed whatever this machine has (results must not depend on
+    how many cores actually run them); the count is restored afterwards."""
+    monkeypatch.setattr(threads, "available_cpus", lambda: 4)
+    monkeypatch.setitem(threads._STATE, "threads", threads.get_num_threads())
+    monkeypatch.setitem(threads._STATE, "explicit", threads._STATE["explicit"])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_set_num_threads_rejects_what_is_not_a_positive_integer(bad):
+    with pytest.raises(ValueError, match=r"^n must be a positive integer"):
+        fastrnn.set_num_threads(bad)
+
+
+def test_more_threads_than_cpus_are_clamped_with_a_warning(four_cpus):
+    with pytest.warns(RuntimeWarning, match="more than the 4 CPU"):
+        fastrnn.set_num_threads(9)
+    assert fastrnn.get_num_threads() == 4
+    fastrnn.set_num_threads(np.int64(2))  # NumPy integers are integers
+    assert fastrnn.get_num_threads() == 2
+
+
+def _fresh_count(env):
+    code = "import fastrnn; print(fastrnn.get_num_threads())"
+    env = {k: v for k, v in os.environ.items() if k != "FASTRNN_NUM_THREADS"} | env
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_default_is_the_process_affinity_and_the_environment_overrides_it():
+    done = _fresh_count({})
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == len(os.sched_getaffinity(0))
+    done = _fresh_count({"FASTRNN_NUM_THREADS": "1"})
+    assert int(done.stdout) == 1
+    done = _fresh_count({"FASTRNN_NUM_THREADS": "many"})
+    assert done.returncode != 0
+    assert "FASTRNN_NUM_THREADS must be a positive integer; got 'many'" in done.stderr
+
+
+def test_split_keeps_every_piece_at_least_min_rows():
+    assert threads.split(10, 4, threads=2) == [(0, 5), (5, 10)]
+    assert threads.split(7, 4, threads=2) == [(0, 7)]
+    assert threads.split(64, 16, threads=3) == [(0, 21), (21, 42), (42, 64)]
+    assert threads.split(0, 4, threads=2) == [(0, 0)]
+
+
+# Batches that split on 2 threads: below BLAS_MIN_BATCH (kernel loop) and above (BLAS).
+SPLIT_BATCHES = [2 * engine.cpu.MIN_THREAD_ROWS, 2 * engine.BLAS_MIN_BATCH + 3]
+
+
+@pytest.mark.parametrize("B", SPLIT_BATCHES)
+@pytest.mark.parametrize("threads_", [1, 2])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_gradients_match_torch_at_1_and_2_threads(kind, threads_, B, rng, four_cpus):
+    fastrnn.set_num_threads(threads_)
+    check_grads(kind, "float32", rng, T=6, B=B, num_layers=2, bidirectional=True, with_lengths=True)
+
+
+@pytest.mark.parametrize("B", SPLIT_BATCHES)
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_results_are_identical_for_any_thread_count(kind, B, rng, four_cpus):
+    kwargs = {"proj_size": 3} if kind == "LSTM" else {}
+    m = getattr(fastrnn, kind)(5, 6, num_layers=2, bidirectional=True, **kwargs)
+    x = rng.standard_normal((7, B, 5)).astype(np.float32)
+    lengths = rng.integers(1, 8, B)
+    gy = rng.standard_normal((7, B, 2 * m.output_size)).astype(np.float32)
+    runs = []
+    for n in (1, 2, 3):
+        fastrnn.set_num_threads(n)
+        y, state, tape = m.forward_train(x, lengths=lengths)
+        grads = m.backward(tape, gy)
+        runs.append([y, *flat_state(state), grads.input, *grads.params.values()])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("T", [0, 1, 9])
+def test_python_threads_running_models_at_once_do_not_deadlock(T, rng, four_cpus):
+    """Two Python threads, each setting its own thread count and running forward and
+    backward, at once; sequences of length 0 (an error, as in torch.nn) and 1 included."""
+    m = fastrnn.LSTM(4, 5, num_layers=2)
+    x = rng.standard_normal((T, 2 * engine.BLAS_MIN_BATCH, 4)).astype(np.float32)
+    expected = m(x)[0] if T else None
+    errors, results = [], []
+
+    def worker(n):
+        try:
+            for _ in range(5):
+                fastrnn.set_num_threads(n)
+                if not T:
+                    with pytest.raises(ValueError, match="input must have seq_len >= 1"):
+                        m(x)
+                    continue
+                y, _state = m(x)
+                y2, _, tape = m.forward_train(x)
+                m.backward(tape, np.ones_like(y2))
+                results.append(y)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in (1, 2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert not any(w.is_alive() for w in workers), "a thread team deadlocked"
+    assert not errors, errors
+    assert len(results) == (10 if T else 0)
+    for y in results:
+        np.testing.assert_array_equal(y, expected)
