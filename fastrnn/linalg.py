@@ -16,10 +16,12 @@ from numba.extending import intrinsic, overload
 from . import threads
 from ._jit import kernel
 
-#: Fewest rows of ``a`` per thread in :func:`numpy_gemm` (and fewest multiply-adds
-#: per thread, ``rows * K * N``) worth splitting a product for.
+#: Fewest rows of ``a`` per thread in :func:`numpy_gemm`, and fewest multiply-adds per
+#: thread (``rows * K * N``) worth splitting a product for: waking an idle worker costs
+#: a few hundred microseconds on a VM (a T=100, H=256 LSTM's input projection, 26 M,
+#: was slower split in two).
 GEMM_MIN_ROWS = 32
-GEMM_MIN_WORK = 1 << 21
+GEMM_MIN_WORK = 1 << 24
 
 
 def numpy_gemm(a, b, out=None):

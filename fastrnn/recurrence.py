@@ -14,6 +14,7 @@ from typing import NamedTuple
 from . import gru, lstm, rnn
 from ._jit import kernel
 from .linalg import matmul_nn_acc, matmul_t
+from .team import barrier
 
 __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 
@@ -67,6 +68,7 @@ class Loops(NamedTuple):
     """The compiled time loops of one cell type (see ``_specialise``)."""
 
     sequence: object
+    team_sequence: object
     step_layer: object
     backward_sequence: object
 
@@ -113,6 +115,35 @@ def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, gates
             hp,
             gates,
         )
+
+
+def _team_sequence(
+    gx, weights, hbuf, h, c, y, start, reverse, activation, scratch, ones, bar, members
+):
+    """One member of a team (:mod:`fastrnn.team`): a batch-1 recurrence for hidden units
+    ``start : start + nu``, in step with the other members.
+
+    ``gx`` (T, 1, G·nu) holds the member's gate columns of ``x W_ih^T``; ``weights`` (a
+    :class:`RecurrentWeights`, no projection) its packed slice of ``W_hh^T``, (H, G·nu),
+    and of the biases; ``hbuf`` (2, 1, H) is the whole state, read every step and
+    written for the member's units into the other row; ``h``/``c`` (1, nu) are its
+    units' state (in place); ``y`` (T, 1, H) the team's output. Every step runs (full
+    length). ``bar`` is the barrier of the team's ``members``.
+    """
+    w_t, s_hh, b_ih, b_hh, w_hr = weights
+    gh, m, hp = scratch
+    T = gx.shape[0]
+    nu = h.shape[1]
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        matmul_t(hbuf[s % 2], w_t, s_hh, gh)
+        cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
+        nxt = hbuf[(s + 1) % 2]
+        for j in range(nu):
+            nxt[0, start + j] = h[0, j]
+            y[t, 0, start + j] = h[0, j]
+        if not barrier(bar, members):
+            return
 
 
 def _step_layer(
@@ -171,7 +202,7 @@ def _specialise(cell):
     name = cell.__name__.rsplit(".", 1)[1]
     bound = dict(globals(), cell_step=cell.cell_step, backward_step=cell.backward_step)
     loops = []
-    for template in (_sequence, _step_layer, _backward_sequence):
+    for template in (_sequence, _team_sequence, _step_layer, _backward_sequence):
         fn = types.FunctionType(template.__code__, bound, f"{name}{template.__name__}")
         fn.__qualname__ = fn.__name__
         fn.__doc__ = template.__doc__

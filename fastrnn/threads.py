@@ -138,7 +138,7 @@ def split(rows, min_rows, threads=None):
     else :func:`get_num_threads`."""
     if threads is None:
         threads = getattr(_LOCAL, "count", None) or get_num_threads()
-    if _inside():
+    if inside():
         threads = 1
     k = max(1, min(threads, rows // max(min_rows, 1)))
     bounds = [rows * i // k for i in range(k + 1)]
@@ -163,7 +163,8 @@ def run(fn, pieces):
             raise error
 
 
-def _inside():
+def inside():
+    """Whether this thread is computing a piece of :func:`run` (pieces never nest)."""
     return getattr(_LOCAL, "depth", 0) > 0
 
 

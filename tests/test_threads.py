@@ -129,3 +129,37 @@ def test_python_threads_running_models_at_once_do_not_deadlock(T, rng, four_cpus
     assert len(results) == (10 if T else 0)
     for y in results:
         np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_a_batch_1_team_matches_torch_and_one_thread(kind, rng, four_cpus, monkeypatch):
+    """A batch-1 sequence big enough for a team of threads split by hidden units."""
+    import torch
+
+    from fastrnn import team
+
+    teams = []
+    run = team.run
+    monkeypatch.setattr(team, "run", lambda tasks, bar: teams.append(len(tasks)) or run(tasks, bar))
+
+    from .helpers import assert_close, make_pair
+
+    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[kind]
+    H = 1
+    while gates * H * H < engine.cpu.TEAM_MIN_WORK:
+        H *= 2
+    m, tm = make_pair(kind, 8, H, "float32", num_layers=2, bidirectional=True)
+    x = rng.standard_normal((5, 1, 8)).astype(np.float32)
+    fastrnn.set_num_threads(1)
+    y1, _ = m(x)
+    fastrnn.set_num_threads(2)
+    y2, state = m(x)
+    assert teams == [2] * 4  # every layer and direction
+    with torch.no_grad():
+        ty, tstate = tm(torch.from_numpy(x))
+    assert_close(y2, ty.numpy(), "float32", "output")
+    if kind == "lstm":
+        assert_close(state[1], tstate[1].numpy(), "float32", "c_n")
+    # A member's kernel is compiled apart from the one-thread loop: the same sums,
+    # rounded within a unit or two of float32's last place.
+    np.testing.assert_allclose(y2, y1, rtol=1e-6, atol=1e-6)

@@ -7,7 +7,7 @@ is large enough that BLAS wins, so a Python loop calls the GEMM and the fused ce
 
 import numpy as np
 
-from .. import recurrence, threads
+from .. import recurrence, team, threads
 from ..linalg import gemm, numpy_gemm, use_gemm
 from .tape import Steps
 
@@ -15,6 +15,13 @@ from .tape import Steps
 BLAS_MIN_BATCH = 16
 #: Fewest batch rows worth a thread of their own below ``BLAS_MIN_BATCH``.
 MIN_THREAD_ROWS = 4
+#: Fewest hidden units a team member owns, and fewest multiply-adds per step (of
+#: ``h W_hh^T``) for a batch-1 sequence to go to a team: below, starting the team and
+#: packing each member's weights cost more than the split saves (docs/performance.md,
+#: "Threads": an LSTM at H=256, 262 k per step, is no faster on two threads here; at
+#: H=512 it is 1.36x faster).
+TEAM_MIN_UNITS = 64
+TEAM_MIN_WORK = 1 << 19
 
 
 def batch_pieces(B):
@@ -91,7 +98,15 @@ class CPUBackend:
         pieces = batch_pieces(gx.shape[1])
         if len(pieces) == 1:
             out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
-            _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8)
+            teamed = (
+                steps is None
+                and int8 is None
+                and _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse)
+            )
+            if not teamed:
+                _recurrence(
+                    spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8
+                )
             if out is not y:
                 y[...] = out
             return
@@ -138,6 +153,57 @@ class CPUBackend:
 
         threads.run(piece, pieces)
         return results
+
+
+def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse):
+    """A batch-1 inference recurrence on a team of threads split by hidden units
+    (:mod:`fastrnn.team`). False, having done nothing, where a team does not apply: one
+    thread, batch > 1, projection, a shortened sequence, little work per step, a busy
+    team. Each member packs its own slice of the weights (in parallel)."""
+    T, B, GH = gx.shape
+    H = spec.hidden_size
+    G = GH // H
+    members = len(threads.split(H, TEAM_MIN_UNITS))
+    if members < 2 or B != 1 or w_hr.shape[0] or GH * h.shape[1] < TEAM_MIN_WORK:
+        return False
+    if int(lengths[0]) != T:
+        return False
+    dtype = y.dtype
+    hbuf = np.empty((2, 1, H), dtype)
+    hbuf[0] = h
+    bar = np.zeros(3, np.int64)
+    loop = recurrence.LOOPS[spec.kernels].team_sequence
+    ones = np.ones(1, lengths.dtype)
+    w_hh_t = w_hh.T  # (H, G·H)
+    tasks, owned = [], []
+    bounds = [H * i // members for i in range(members + 1)]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        nu = stop - start
+        h_own = np.ascontiguousarray(h[:, start:stop])
+        c_own = np.ascontiguousarray(c[:, start:stop])
+
+        def member(start=start, stop=stop, nu=nu, h_own=h_own, c_own=c_own):
+            def own(a):  # the member's columns of every gate, side by side (a copy)
+                cols = [a[..., g * H + start : g * H + stop] for g in range(G)]
+                return np.concatenate(cols, axis=-1)
+
+            weights = recurrence.RecurrentWeights(own(w_hh_t), None, own(b_ih), own(b_hh), None)
+            scratch = recurrence.Scratch(
+                np.empty((1, G * nu), dtype), np.empty((1, nu), dtype), np.empty((1, nu), dtype)
+            )
+            loop(
+                own(gx), weights, hbuf, h_own, c_own, y, start, reverse, spec.activation,
+                scratch, ones, bar, members,
+            )  # fmt: skip
+
+        tasks.append(member)
+        owned.append((start, stop, h_own, c_own))
+    if not team.run(tasks, bar):
+        return False
+    for start, stop, h_own, c_own in owned:
+        h[:, start:stop] = h_own
+        c[:, start:stop] = c_own
+    return True
 
 
 def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
