@@ -6,7 +6,7 @@ import torch
 
 import fastrnn_torch as frt
 
-from .common import ENGINES, check_close
+from .common import ENGINES, THREADS, check_close, use_threads
 
 TORCH = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
 
@@ -32,18 +32,23 @@ def _step(mode, batch, engine, T=50, size=256):
 
 
 class BridgeTraining:
-    """nn.Module forward + backward: fastrnn_torch (after ``convert``) vs torch.nn."""
+    """nn.Module forward + backward: fastrnn_torch (after ``convert``) vs torch.nn, on
+    1 and 2 threads."""
 
-    params = (["LSTM", "GRU", "RNN"], [1, 32], ENGINES)
-    param_names = ["mode", "batch", "engine"]
+    params = (["LSTM", "GRU", "RNN"], [1, 32], ENGINES, THREADS)
+    param_names = ["mode", "batch", "engine", "threads"]
 
-    def setup(self, mode, batch, engine):
+    def setup(self, mode, batch, engine, threads):
+        use_threads(threads)
         self.run = _step(mode, batch, engine)
 
-    def time_forward_backward(self, mode, batch, engine):
+    def teardown(self, mode, batch, engine, threads):
+        use_threads(1)
+
+    def time_forward_backward(self, mode, batch, engine, threads):
         self.run()
 
-    def peakmem_forward_backward(self, mode, batch, engine):
+    def peakmem_forward_backward(self, mode, batch, engine, threads):
         self.run()
 
 

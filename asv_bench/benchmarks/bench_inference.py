@@ -11,7 +11,16 @@ import torch
 
 import fastrnn
 
-from .common import INFERENCE_ENGINES, TORCH, check_close, inputs, model_pair, onnx_session
+from .common import (
+    INFERENCE_ENGINES,
+    THREADS,
+    TORCH,
+    check_close,
+    inputs,
+    model_pair,
+    onnx_session,
+    use_threads,
+)
 
 
 def _step_callable(mode, hidden, engine):
@@ -74,7 +83,8 @@ class QuantizedStep:
         self.model.step(self.x, self.state)
 
 
-def _sequence_callable(mode, batch, engine, T=100, hidden=256):
+def _sequence_callable(mode, batch, engine, T=100, hidden=256, threads=1):
+    use_threads(threads)
     m, tm = model_pair(mode, hidden)
     x = inputs(T, batch, hidden)
     xt = torch.from_numpy(x)
@@ -84,29 +94,52 @@ def _sequence_callable(mode, batch, engine, T=100, hidden=256):
         return lambda: m(x)
     if engine == "torch":
         return lambda: tm(xt)
-    session = onnx_session(tm, (xt,), ["x"])
+    session = onnx_session(tm, (xt,), ["x"], threads)
     if session is None:
         raise NotImplementedError("onnxruntime is not installed")
     return lambda: session.run(None, {"x": x})
 
 
 class Sequence:
-    """A whole sequence, T=100, hidden 256."""
+    """A whole sequence, T=100, hidden 256, on 1 and 2 threads (every engine)."""
 
-    params = (["LSTM", "GRU", "RNN"], [1, 64], INFERENCE_ENGINES)
-    param_names = ["mode", "batch", "engine"]
+    params = (["LSTM", "GRU", "RNN"], [1, 64], INFERENCE_ENGINES, THREADS)
+    param_names = ["mode", "batch", "engine", "threads"]
 
-    def setup(self, mode, batch, engine):
-        self.fn = _sequence_callable(mode, batch, engine)
+    def setup(self, mode, batch, engine, threads):
+        self.fn = _sequence_callable(mode, batch, engine, threads=threads)
         self.fn()
 
-    def time_sequence(self, mode, batch, engine):
+    def teardown(self, mode, batch, engine, threads):
+        use_threads(1)
+
+    def time_sequence(self, mode, batch, engine, threads):
         with torch.inference_mode():
             self.fn()
 
-    def peakmem_sequence(self, mode, batch, engine):
+    def peakmem_sequence(self, mode, batch, engine, threads):
         with torch.inference_mode():
             self.fn()
+
+
+class ThreadScaling:
+    """fastrnn's one-thread time / its two-thread time, side by side in one process."""
+
+    params = (["LSTM", "GRU", "RNN"], [1, 64])
+    param_names = ["mode", "batch"]
+    timeout = 180
+
+    def track_two_threads_vs_one(self, mode, batch):
+        fn = _sequence_callable(mode, batch, "fastrnn", threads=2)
+        times = {}
+        for n in (1, 2, 1, 2):  # interleaved; the better of two rounds each
+            use_threads(n)
+            t = _best(fn, 5 if batch == 1 else 2)
+            times[n] = min(times.get(n, t), t)
+        use_threads(1)
+        return times[1] / times[2]
+
+    track_two_threads_vs_one.unit = "x faster"
 
 
 def _best(fn, number, repeat=5):

@@ -11,7 +11,10 @@ import fastrnn
 from fastrnn_torch.bench import onnx_session  # noqa: F401  (re-exported for the benchmarks)
 
 torch.set_num_threads(1)
+fastrnn.set_num_threads(1)
 
+#: Thread counts of the multi-core benchmarks (those past this machine's CPUs skip).
+THREADS = [1, 2]
 ENGINES = ["fastrnn", "torch"]
 INFERENCE_ENGINES = ["fastrnn", "torch", "onnxruntime"]
 FASTRNN = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU, "RNN": fastrnn.RNN}
@@ -41,3 +44,12 @@ def check_close(ours, theirs, what, tol=1e-4):
     err = float(np.max(np.abs(np.asarray(ours) - theirs)))
     if not err <= tol:
         raise AssertionError(f"{what}: fastrnn differs from the reference by {err:.3g}")
+
+
+def use_threads(n):
+    """Give fastrnn and torch ``n`` threads (onnxruntime sessions take ``n`` too);
+    NotImplementedError (asv: skipped) past the CPUs this process may run on."""
+    if n > fastrnn.threads.available_cpus():
+        raise NotImplementedError(f"{n} threads: more than this machine's CPUs")
+    fastrnn.set_num_threads(n)
+    torch.set_num_threads(n)
