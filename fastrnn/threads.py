@@ -198,19 +198,37 @@ def _pool(helpers):
 
 
 # ---------------------------------------------------------------------- BLAS threads
-def _openblas_local():
-    """NumPy's OpenBLAS ``openblas_set_num_threads_local`` (a per-thread count), or None."""
+def _openblas():
+    """NumPy's bundled OpenBLAS library (ctypes), or None (another BLAS, or none found)."""
     import numpy as np
 
     here = os.path.dirname(np.__file__)
     for path in sorted(glob.glob(os.path.join(here, "..", "numpy.libs", "*openblas*"))):
         try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
+            return ctypes.CDLL(path)
+        except OSError:
             continue
-        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-        return fn
     return None
+
+
+def _openblas_local():
+    """NumPy's OpenBLAS ``openblas_set_num_threads_local`` (a per-thread count), or None."""
+    fn = getattr(_openblas(), "openblas_set_num_threads_local", None)
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
+
+
+def blas_core():
+    """The CPU kernel family NumPy's OpenBLAS chose (e.g. ``"Haswell"``, ``"SkylakeX"``),
+    lower-case; "" where it cannot be told."""
+    lib = _openblas()
+    for name in ("scipy_openblas_get_corename64_", "openblas_get_corename"):
+        fn = getattr(lib, name, None)
+        if fn is not None:
+            fn.restype = ctypes.c_char_p
+            return (fn() or b"").decode(errors="replace").lower()
+    return ""
 
 
 _BLAS = []  # [the function or None], found on first use
