@@ -13,6 +13,7 @@ computes on its own thread instead, so teams never wait on each other. A member 
 fails raises an abort flag that the others see at the barrier.
 """
 
+import os
 import threading
 
 from llvmlite import ir
@@ -24,6 +25,16 @@ from . import threads
 from ._jit import kernel
 
 _BUSY = threading.Lock()
+
+
+def _unlock_in_child():
+    """In a forked child no team is running (its members were the parent's threads)."""
+    global _BUSY
+    _BUSY = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unlock_in_child)
 
 
 def _pointer(context, builder, array_type, array, index):

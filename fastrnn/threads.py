@@ -184,6 +184,15 @@ def _mark_worker():
     _set_blas(1)
 
 
+def _forget_pool():
+    """In a forked child: the parent's workers do not exist here; start a new pool."""
+    _STATE["pool"], _STATE["pool_size"] = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _pool(helpers):
     with _LOCK:
         if _STATE["pool_size"] < helpers:

@@ -163,3 +163,30 @@ def test_a_batch_1_team_matches_torch_and_one_thread(kind, rng, four_cpus, monke
     # A member's kernel is compiled apart from the one-thread loop: the same sums,
     # rounded within a unit or two of float32's last place.
     np.testing.assert_allclose(y2, y1, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_computes_on_threads_of_its_own(rng, four_cpus):
+    """The parent's pool threads do not exist in a forked child (a DataLoader worker,
+    say): the child starts its own instead of waiting on them forever."""
+    m = fastrnn.GRU(4, 5)
+    x = rng.standard_normal((3, 2 * engine.BLAS_MIN_BATCH, 4)).astype(np.float32)
+    fastrnn.set_num_threads(2)
+    expected = m(x)[0]  # the parent's pool is running
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it computes the same outputs
+        code = 1
+        try:
+            code = 0 if np.array_equal(m(x)[0], expected) else 2
+        finally:
+            os._exit(code)
+    for _ in range(600):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 import fastrnn
+from fastrnn_torch.bench import stream
 
 from .common import (
     INFERENCE_ENGINES,
@@ -35,7 +36,7 @@ def _step_callable(mode, hidden, engine):
     ref = ref[0] if mode == "LSTM" else ref
     check_close(m.step(x, state)[0], ref, f"{mode} step")
     if engine == "fastrnn":
-        return lambda: m.step(x, state)
+        return stream(m, x)
     if engine == "torch":
         return lambda: cell(xt, hx)
     layer = TORCH[mode](hidden, hidden).eval()
@@ -75,12 +76,11 @@ class QuantizedStep:
     def setup(self, mode, weights):
         m, _ = model_pair(mode, 256)
         self.model = m if weights == "float32" else m.quantize(weights)
-        self.x = inputs(1, 1, 256)[0]
-        self.state = self.model.initial_state(1)
-        self.model.step(self.x, self.state)
+        self.step = stream(self.model, inputs(1, 1, 256)[0])
+        self.step()
 
     def time_step(self, mode, weights):
-        self.model.step(self.x, self.state)
+        self.step()
 
 
 def _sequence_callable(mode, batch, engine, T=100, hidden=256, threads=1):
