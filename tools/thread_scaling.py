@@ -17,12 +17,13 @@ import numpy as np
 
 import fastrnn
 
-WORKLOADS = (  # (label, batch, hidden, training)
-    ("seq B=1 H=256", 1, 256, False),
-    ("seq B=1 H=512", 1, 512, False),
-    ("seq B=8 H=256", 8, 256, False),
-    ("seq B=64 H=256", 64, 256, False),
-    ("train B=32 H=256", 32, 256, True),
+WORKLOADS = (  # (label, batch, hidden, training, bidirectional)
+    ("seq B=1 H=256", 1, 256, False, False),
+    ("seq B=1 H=512", 1, 512, False, False),
+    ("bidir seq B=1 H=256", 1, 256, False, True),
+    ("seq B=8 H=256", 8, 256, False, False),
+    ("seq B=64 H=256", 64, 256, False, False),
+    ("train B=32 H=256", 32, 256, True, False),
 )
 
 
@@ -37,9 +38,9 @@ def _call(model, x, training):
     return step
 
 
-def measure(cell, batch, hidden, training, threads, repeats, T=100):
+def measure(cell, batch, hidden, training, bidirectional, threads, repeats, T=100):
     """Median seconds per call on one thread and on ``threads``."""
-    model = getattr(fastrnn, cell)(hidden, hidden)
+    model = getattr(fastrnn, cell)(hidden, hidden, bidirectional=bidirectional)
     x = np.random.default_rng(0).standard_normal((T, batch, hidden)).astype(np.float32)
     call = _call(model, x, training)
     times = {1: [], threads: []}

@@ -50,6 +50,12 @@ class CUDABackend:
         linalg.column_sum(a, out)
 
     @staticmethod
+    def each(jobs, batch):
+        """Run independent ``jobs`` (a layer's directions), one after another."""
+        for job in jobs:
+            job()
+
+    @staticmethod
     def recurrence(spec, *, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
         """One layer-direction forward; see ``CPUBackend.recurrence`` (``int8`` is
         ignored: device weights are float)."""

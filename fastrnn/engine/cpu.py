@@ -86,6 +86,19 @@ class CPUBackend:
 
     # ------------------------------------------------------------------ recurrences
     @staticmethod
+    def each(jobs, batch):
+        """Run independent ``jobs`` (a layer's directions): on threads of their own when
+        the batch is too small to be split across them, else one after another (each
+        then splits its batch)."""
+        if len(jobs) > 1 and len(batch_pieces(batch)) == 1:
+            pieces = threads.split(len(jobs), 1)
+            if len(pieces) > 1:
+                threads.run(lambda start, stop: [job() for job in jobs[start:stop]], pieces)
+                return
+        for job in jobs:
+            job()
+
+    @staticmethod
     def recurrence(spec, *, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
         """One layer-direction forward over ``gx`` (T, B, G·H) = ``x W_ih^T``.
 

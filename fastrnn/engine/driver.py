@@ -7,6 +7,8 @@ A backend (:class:`~fastrnn.engine.cpu.CPUBackend`,
 ``fastrnn.cuda.backend.CUDABackend``) supplies the arrays and those kernels.
 """
 
+import functools
+
 from .spec import suffix
 from .tape import Gradients, Steps, Tape
 
@@ -37,10 +39,8 @@ def forward(spec, params, x, h, c, lengths, backend, train=False, masks=(), int8
             tape.layer_inputs.append(layer_input)
         out = backend.empty((T, B, D * P), spec.dtype)
         X = layer_input.reshape((T * B, layer_input.shape[2]))
+        jobs = []
         for d in range(D):
-            k = layer * D + d
-            w_ih, w_hh, b_ih, b_hh, w_hr = layer_params(spec, params, layer, d, backend)
-            gx = backend.project(X, w_ih).reshape((T, B, spec.gates * H))
             steps = None
             if train:
                 steps = Steps(
@@ -49,25 +49,37 @@ def forward(spec, params, x, h, c, lengths, backend, train=False, masks=(), int8
                     backend.empty((T if spec.has_cell_state else 0, B, H), spec.dtype),
                 )
                 tape.steps.append(steps)
-            backend.recurrence(
-                spec,
-                gx=gx,
-                w_hh=w_hh,
-                b_ih=b_ih,
-                b_hh=b_hh,
-                w_hr=w_hr,
-                h=h[k],
-                c=c[k],
-                y=out[:, :, d * P : (d + 1) * P],
-                lengths=lengths,
-                reverse=bool(d),
-                steps=steps,
-                int8=None if int8 is None else int8.get(f"weight_hh{suffix(layer, d)}"),
-            )
+            jobs.append(functools.partial(_direction, spec, params, layer, d, X, h, c, out,
+                                          lengths, steps, int8, backend))  # fmt: skip
+        backend.each(jobs, B)
         layer_input = out
         if layer < len(masks):
             layer_input = backend.multiply(out, masks[layer])
     return layer_input, tape
+
+
+def _direction(spec, params, layer, d, X, h, c, out, lengths, steps, int8, backend):
+    """One layer-direction of :func:`forward`: its input projection and recurrence."""
+    T, B = out.shape[:2]
+    P, H = spec.output_size, spec.hidden_size
+    k = layer * spec.num_directions + d
+    w_ih, w_hh, b_ih, b_hh, w_hr = layer_params(spec, params, layer, d, backend)
+    gx = backend.project(X, w_ih).reshape((T, B, spec.gates * H))
+    backend.recurrence(
+        spec,
+        gx=gx,
+        w_hh=w_hh,
+        b_ih=b_ih,
+        b_hh=b_hh,
+        w_hr=w_hr,
+        h=h[k],
+        c=c[k],
+        y=out[:, :, d * P : (d + 1) * P],
+        lengths=lengths,
+        reverse=bool(d),
+        steps=steps,
+        int8=None if int8 is None else int8.get(f"weight_hh{suffix(layer, d)}"),
+    )
 
 
 def backward(spec, params, tape, dy_all, dh_all, dc_all, backend, input_grad, param_grads):
@@ -99,21 +111,21 @@ def backward(spec, params, tape, dy_all, dh_all, dc_all, backend, input_grad, pa
         X = layer_in.reshape((T * B, layer_in.shape[2]))
         need_dx = layer > 0 or input_grad
         d_input = backend.empty((T * B, X.shape[1]), spec.dtype) if need_dx else None
+        walked = [None] * D  # each direction's recurrence walked back (concurrently)
+        backend.each(
+            [
+                functools.partial(_walk_back, spec, params, layer, d, tape, dy_all, dh_all,
+                                  dc_all, backend, walked)
+                for d in range(D)
+            ],
+            B,
+        )  # fmt: skip
         for d in range(D):
             k, sfx = layer * D + d, suffix(layer, d)
             w_ih, w_hh, _, _, w_hr = layer_params(spec, params, layer, d, backend)
             steps = tape.steps[k]
-            dgx, dgh, dhp, mt = backend.recurrence_backward(
-                spec,
-                steps=steps,
-                w_hh=w_hh,
-                w_hr=w_hr,
-                lengths=tape.lengths,
-                reverse=bool(d),
-                dy=dy_all[:, :, d * P : (d + 1) * P],
-                dh=dh_all[k],
-                dc=dc_all[k],
-            )
+            dgx, dgh, dhp, mt = walked[d]
+            walked[d] = None
             G = dgx.shape[2]
             dgx2, dgh2 = dgx.reshape((T * B, G)), dgh.reshape((T * B, G))
             product(f"weight_ih{sfx}", dgx2, X)
@@ -132,3 +144,22 @@ def backward(spec, params, tape, dy_all, dh_all, dc_all, backend, input_grad, pa
             d_input = backend.multiply(d_input, tape.masks[layer - 1])
         dy_all = d_input
     return Gradients(dy_all, (dh_all, dc_all), grads or None)
+
+
+def _walk_back(spec, params, layer, d, tape, dy_all, dh_all, dc_all, backend, walked):
+    """One layer-direction's recurrence walked back (for :func:`backward`), into
+    ``walked[d]``."""
+    P = spec.output_size
+    k = layer * spec.num_directions + d
+    _, w_hh, _, _, w_hr = layer_params(spec, params, layer, d, backend)
+    walked[d] = backend.recurrence_backward(
+        spec,
+        steps=tape.steps[k],
+        w_hh=w_hh,
+        w_hr=w_hr,
+        lengths=tape.lengths,
+        reverse=bool(d),
+        dy=dy_all[:, :, d * P : (d + 1) * P],
+        dh=dh_all[k],
+        dc=dc_all[k],
+    )
