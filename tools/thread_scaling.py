@@ -62,11 +62,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds (15)")
     args = parser.parse_args(argv)
     n = args.threads
-    print(f"{'cell':5} {'workload':18} {'1 thread':>10} {f'{n} threads':>10} {'ratio':>7}")
+    print(f"{'cell':5} {'workload':20} {'1 thread':>10} {f'{n} threads':>10} {'ratio':>7}")
     for cell in ("LSTM", "GRU", "RNN"):
-        for label, batch, hidden, training in WORKLOADS:
-            one, many = measure(cell, batch, hidden, training, n, args.repeats)
-            print(f"{cell:5} {label:18} {one * 1e3:8.2f}ms {many * 1e3:8.2f}ms {one / many:6.2f}x")
+        for label, *workload in WORKLOADS:
+            one, many = measure(cell, *workload, n, args.repeats)
+            print(f"{cell:5} {label:20} {one * 1e3:8.2f}ms {many * 1e3:8.2f}ms {one / many:6.2f}x")
 
 
 if __name__ == "__main__":
