@@ -13,13 +13,10 @@ A piece runs single-threaded BLAS (fastrnn's own threads are the parallelism), a
 calls from a worker run their pieces inline, never nested.
 """
 
-import ctypes
-import glob
 import operator
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 _ENV = "FASTRNN_NUM_THREADS"
 _LOCK = threading.Lock()
@@ -194,6 +191,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _pool(helpers):
+    from concurrent.futures import ThreadPoolExecutor  # on first use: ~3 ms of import
+
     with _LOCK:
         if _STATE["pool_size"] < helpers:
             old = _STATE["pool"]
@@ -209,6 +208,9 @@ def _pool(helpers):
 # ---------------------------------------------------------------------- BLAS threads
 def _openblas():
     """NumPy's bundled OpenBLAS library (ctypes), or None (another BLAS, or none found)."""
+    import ctypes
+    import glob
+
     import numpy as np
 
     here = os.path.dirname(np.__file__)
@@ -222,6 +224,8 @@ def _openblas():
 
 def _openblas_local():
     """NumPy's OpenBLAS ``openblas_set_num_threads_local`` (a per-thread count), or None."""
+    import ctypes
+
     fn = getattr(_openblas(), "openblas_set_num_threads_local", None)
     if fn is not None:
         fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
@@ -231,6 +235,8 @@ def _openblas_local():
 def blas_core():
     """The CPU kernel family NumPy's OpenBLAS chose (e.g. ``"Haswell"``, ``"SkylakeX"``),
     lower-case; "" where it cannot be told."""
+    import ctypes
+
     lib = _openblas()
     for name in ("scipy_openblas_get_corename64_", "openblas_get_corename"):
         fn = getattr(lib, name, None)
