@@ -191,3 +191,20 @@ def test_a_forked_child_computes_on_threads_of_its_own(rng, four_cpus):
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_an_error_in_a_piece_reaches_the_caller_and_the_pool_goes_on(four_cpus):
+    fastrnn.set_num_threads(3)
+    done = []
+
+    def piece(start, stop):
+        if start == 1:
+            raise RuntimeError("piece 1 failed")
+        done.append(start)
+
+    with pytest.raises(RuntimeError, match="piece 1 failed"):
+        threads.run(piece, [(0, 1), (1, 2), (2, 3)])
+    assert sorted(done) == [0, 2]  # the others ran to the end
+    done.clear()
+    threads.run(lambda start, stop: done.append(start), [(0, 1), (1, 2), (2, 3)])
+    assert sorted(done) == [0, 1, 2]
