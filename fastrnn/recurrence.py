@@ -120,15 +120,15 @@ def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, gates
 def _team_sequence(
     gx, weights, hbuf, h, c, y, start, reverse, activation, scratch, ones, bar, members
 ):
-    """One member of a team (:mod:`fastrnn.team`): a batch-1 recurrence for hidden units
-    ``start : start + nu``, in step with the other members.
+    """One member of a team (:mod:`fastrnn.team`): a recurrence of B rows for hidden
+    units ``start : start + nu``, in step with the other members.
 
-    ``gx`` (T, 1, G·nu) holds the member's gate columns of ``x W_ih^T``; ``weights`` (a
+    ``gx`` (T, B, G·nu) holds the member's gate columns of ``x W_ih^T``; ``weights`` (a
     :class:`RecurrentWeights`, no projection) its packed slice of ``W_hh^T``, (H, G·nu),
-    and of the biases; ``hbuf`` (2, 1, H) is the whole state, read every step and
-    written for the member's units into the other row; ``h``/``c`` (1, nu) are its
-    units' state (in place); ``y`` (T, 1, H) the team's output. Every step runs (full
-    length). ``bar`` is the barrier of the team's ``members``.
+    and of the biases; ``hbuf`` (2, B, H) is the whole state, read every step and
+    written for the member's units into the other half; ``h``/``c`` (B, nu) are its
+    units' state (in place); ``y`` (T, B, H) the team's output. Every step of every row
+    runs (full lengths). ``bar`` is the barrier of the team's ``members``.
     """
     w_t, s_hh, b_ih, b_hh, w_hr = weights
     gh, m, hp = scratch
@@ -139,9 +139,10 @@ def _team_sequence(
         matmul_t(hbuf[s % 2], w_t, s_hh, gh)
         cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
         nxt = hbuf[(s + 1) % 2]
-        for j in range(nu):
-            nxt[0, start + j] = h[0, j]
-            y[t, 0, start + j] = h[0, j]
+        for n in range(h.shape[0]):
+            for j in range(nu):
+                nxt[n, start + j] = h[n, j]
+                y[t, n, start + j] = h[n, j]
         if not barrier(bar, members):
             return
 

@@ -77,9 +77,10 @@ def test_gradients_match_torch_at_1_and_2_threads(kind, threads_, B, rng, four_c
     check_grads(kind, "float32", rng, T=6, B=B, num_layers=2, bidirectional=True, with_lengths=True)
 
 
-@pytest.mark.parametrize("B", SPLIT_BATCHES)
+@pytest.mark.parametrize("B", [b for b in SPLIT_BATCHES if b < engine.BLAS_MIN_BATCH])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_results_are_identical_for_any_thread_count(kind, B, rng, four_cpus):
+    """Bit for bit where every product is fastrnn's own kernel (docs/performance.md)."""
     kwargs = {"proj_size": 3} if kind == "LSTM" else {}
     m = getattr(fastrnn, kind)(5, 6, num_layers=2, bidirectional=True, **kwargs)
     x = rng.standard_normal((7, B, 5)).astype(np.float32)
@@ -132,9 +133,11 @@ def test_python_threads_running_models_at_once_do_not_deadlock(T, rng, four_cpus
         np.testing.assert_array_equal(y, expected)
 
 
+@pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_a_batch_1_team_matches_torch_and_one_thread(kind, rng, four_cpus, monkeypatch):
-    """A batch-1 sequence big enough for a team of threads split by hidden units."""
+def test_a_team_matches_torch_and_one_thread(kind, B, rng, four_cpus, monkeypatch):
+    """A small batch (too small to split by rows) whose layers are big enough for a team
+    of threads split by hidden units."""
     import torch
 
     from fastrnn import team
@@ -150,7 +153,7 @@ def test_a_batch_1_team_matches_torch_and_one_thread(kind, rng, four_cpus, monke
     while gates * H * H < engine.cpu.TEAM_MIN_WORK:
         H *= 2
     m, tm = make_pair(kind, 8, H, "float32", num_layers=2)  # (two directions: one each)
-    x = rng.standard_normal((5, 1, 8)).astype(np.float32)
+    x = rng.standard_normal((5, B, 8)).astype(np.float32)
     fastrnn.set_num_threads(1)
     y1, _ = m(x)
     fastrnn.set_num_threads(2)
@@ -208,3 +211,24 @@ def test_an_error_in_a_piece_reaches_the_caller_and_the_pool_goes_on(four_cpus):
     done.clear()
     threads.run(lambda start, stop: done.append(start), [(0, 1), (1, 2), (2, 3)])
     assert sorted(done) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_blas_pieces_agree_with_one_thread_within_float32_rounding(kind, rng, four_cpus):
+    """Pieces of 16+ rows go through OpenBLAS, whose result for a row depends on how many
+    rows it is given: equal within float32 rounding, not bit for bit."""
+    from .helpers import tolerance
+
+    m = getattr(fastrnn, kind)(96, 128, num_layers=2, bidirectional=True)
+    B = 2 * engine.BLAS_MIN_BATCH + 3
+    x = rng.standard_normal((6, B, 96)).astype(np.float32)
+    gy = rng.standard_normal((6, B, 256)).astype(np.float32)
+    runs = []
+    for n in (1, 2):
+        fastrnn.set_num_threads(n)
+        y, state, tape = m.forward_train(x)
+        grads = m.backward(tape, gy)
+        runs.append([y, grads.input, *grads.params.values()])
+    for i, (a, b) in enumerate(zip(*runs)):
+        scale = float(np.abs(a).max())
+        assert np.abs(a - b).max() <= tolerance("float32", scale, gradient=i > 0), i

@@ -27,9 +27,10 @@ TEAM_MIN_WORK = 1 << 19
 def batch_pieces(B):
     """The row ranges a (·, B, ·) recurrence is split into, one per thread.
 
-    Every row's arithmetic is the same whatever the split: a piece never crosses
-    ``BLAS_MIN_BATCH`` (rows that would go through BLAS together stay on the BLAS path),
-    so results are identical for any thread count.
+    A piece never crosses ``BLAS_MIN_BATCH``, so every row takes the same path (the
+    kernel loop, or BLAS per step) whatever the split: bit-identical results in the
+    kernel loop; through BLAS, a product of fewer rows may round differently (float32,
+    about 1e-6 relative; see docs/performance.md, "Threads").
     """
     return threads.split(B, BLAS_MIN_BATCH if B >= BLAS_MIN_BATCH else MIN_THREAD_ROWS)
 
@@ -169,24 +170,24 @@ class CPUBackend:
 
 
 def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse):
-    """A batch-1 inference recurrence on a team of threads split by hidden units
+    """An inference recurrence of a few rows on a team of threads split by hidden units
     (:mod:`fastrnn.team`). False, having done nothing, where a team does not apply: one
-    thread, batch > 1, projection, a shortened sequence, little work per step, a busy
-    team. Each member packs its own slice of the weights (in parallel)."""
+    thread, a batch for BLAS, projection, a shortened row, little work per step and row,
+    a busy team. Each member packs its own slice of the weights (in parallel)."""
     T, B, GH = gx.shape
     H = spec.hidden_size
     G = GH // H
     members = len(threads.split(H, TEAM_MIN_UNITS))
-    if members < 2 or B != 1 or w_hr.shape[0] or GH * h.shape[1] < TEAM_MIN_WORK:
+    if members < 2 or B >= BLAS_MIN_BATCH or w_hr.shape[0] or GH * h.shape[1] < TEAM_MIN_WORK:
         return False
-    if int(lengths[0]) != T:
+    if int(lengths.min()) != T:
         return False
     dtype = y.dtype
-    hbuf = np.empty((2, 1, H), dtype)
+    hbuf = np.empty((2, B, H), dtype)
     hbuf[0] = h
     bar = np.zeros(3, np.int64)
     loop = recurrence.LOOPS[spec.kernels].team_sequence
-    ones = np.ones(1, lengths.dtype)
+    ones = np.ones(B, lengths.dtype)
     w_hh_t = w_hh.T  # (H, G·H)
     tasks, owned = [], []
     bounds = [H * i // members for i in range(members + 1)]
@@ -202,7 +203,7 @@ def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
 
             weights = recurrence.RecurrentWeights(own(w_hh_t), None, own(b_ih), own(b_hh), None)
             scratch = recurrence.Scratch(
-                np.empty((1, G * nu), dtype), np.empty((1, nu), dtype), np.empty((1, nu), dtype)
+                np.empty((B, G * nu), dtype), np.empty((B, nu), dtype), np.empty((B, nu), dtype)
             )
             loop(
                 own(gx), weights, hbuf, h_own, c_own, y, start, reverse, spec.activation,
