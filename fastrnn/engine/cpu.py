@@ -15,11 +15,11 @@ from .tape import Steps
 BLAS_MIN_BATCH = 16
 #: Fewest batch rows worth a thread of their own below ``BLAS_MIN_BATCH``.
 MIN_THREAD_ROWS = 4
-#: Fewest hidden units a team member owns, and fewest multiply-adds per step (of
-#: ``h W_hh^T``) for a batch-1 sequence to go to a team: below, starting the team and
-#: packing each member's weights cost more than the split saves (docs/performance.md,
-#: "Threads": an LSTM at H=256, 262 k per step, is no faster on two threads here; at
-#: H=512 it is 1.36x faster).
+#: Fewest hidden units a team member owns, and fewest multiply-adds per step and row (of
+#: ``h W_hh^T``) for a small batch to go to a team: below, starting the team and packing
+#: each member's weights cost more than the split saves (docs/performance.md, "Threads":
+#: an LSTM at H=256, 262 k per step, is no faster on two threads here; at H=512 it is
+#: 1.15-1.5x faster).
 TEAM_MIN_UNITS = 64
 TEAM_MIN_WORK = 1 << 19
 
@@ -163,7 +163,7 @@ class CPUBackend:
                 )  # fmt: skip
             for whole, a in zip(results, rows):
                 if a is not None:
-                    whole[:, b0:b1] = a  # (dgh is dgx when the cell has one: written twice)
+                    whole[:, b0:b1] = a  # (where dgh is dgx, the same rows twice)
 
         threads.run(piece, pieces)
         return results
