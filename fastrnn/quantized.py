@@ -34,6 +34,24 @@ class _Format:
     def __bool__(self):
         return True
 
+    @classmethod
+    def quantize(cls, params):
+        """Quantize ``params`` (float32, torch's names) in place to the values the stored
+        weights stand for, and return the format holding the stored weights."""
+        arrays = {}
+        for name, p in params.items():
+            if name.startswith(_QUANTIZED):
+                stored, scale, values = cls._encode(p)
+                arrays[name] = (np.ascontiguousarray(stored.T), scale)
+                p[...] = values
+        return cls(arrays)
+
+    @staticmethod
+    def _encode(p):
+        """``(stored weights in torch's shape, row scales or None, the values they stand
+        for)`` of one float32 weight matrix."""
+        raise NotImplementedError
+
     def get(self, name, default=None):
         return self.arrays.get(name, default)
 
@@ -58,20 +76,13 @@ class Int8Weights(_Format):
 
     name = "int8"
 
-    @classmethod
-    def quantize(cls, params):
-        """Quantize ``params`` (float32, torch's names) in place to the values the int8
-        weights stand for, and return the format holding the int8 weights."""
-        arrays = {}
-        for name, p in params.items():
-            if name.startswith(_QUANTIZED):
-                scale = np.abs(p).max(axis=1) / 127.0
-                scale[scale == 0] = 1.0
-                w8 = np.clip(np.rint(p / scale[:, None]), -127, 127).astype(np.int8)
-                scale = scale.astype(np.float32)
-                arrays[name] = (np.ascontiguousarray(w8.T), scale)
-                p[...] = w8 * scale[:, None]
-        return cls(arrays)
+    @staticmethod
+    def _encode(p):
+        scale = np.abs(p).max(axis=1) / 127.0
+        scale[scale == 0] = 1.0
+        w8 = np.clip(np.rint(p / scale[:, None]), -127, 127).astype(np.int8)
+        scale = scale.astype(np.float32)
+        return w8, scale, w8 * scale[:, None]
 
     def state_dict(self, params):
         """The stored weights: each quantized ``name`` as int8 (torch's shape) with
@@ -136,17 +147,10 @@ class BFloat16Weights(_Format):
 
     name = "bfloat16"
 
-    @classmethod
-    def quantize(cls, params):
-        """Round ``params`` (float32, torch's names) in place to the values the bfloat16
-        weights stand for, and return the format holding the bfloat16 bits."""
-        arrays = {}
-        for name, p in params.items():
-            if name.startswith(_QUANTIZED):
-                bits = bfloat16_bits(p)
-                arrays[name] = (np.ascontiguousarray(bits.T), None)
-                p[...] = bfloat16_values(bits)
-        return cls(arrays)
+    @staticmethod
+    def _encode(p):
+        bits = bfloat16_bits(p)
+        return bits, None, bfloat16_values(bits)
 
     def state_dict(self, params):
         """The stored weights: each quantized ``name`` as bfloat16 bits (uint16, torch's
