@@ -1,6 +1,6 @@
-"""A team of threads that runs one batch-1 sequence together, in step.
+"""A team of threads that runs one recurrence of a few rows together, in step.
 
-At batch 1 a recurrence cannot be split by rows; it is split by hidden units instead.
+A batch too small to split by rows (one stream, a few rows) is split by hidden units.
 Each member owns a slice of the units (all their gates) with its slice of ``W_hh``
 packed contiguously, small enough to stay in its core's cache, and the members meet
 once per time step at a spin barrier (:func:`barrier`, on LLVM atomics), because every

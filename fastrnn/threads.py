@@ -166,7 +166,7 @@ def inside():
 
 
 class _Piece:
-    """This thread computes a piece: single-threaded BLAS, no nested splitting."""
+    """This thread computes a piece: :func:`split` gives it one range (no nesting)."""
 
     def __enter__(self):
         _LOCAL.depth = getattr(_LOCAL, "depth", 0) + 1

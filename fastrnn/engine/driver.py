@@ -122,7 +122,7 @@ def backward(spec, params, tape, dy_all, dh_all, dc_all, backend, input_grad, pa
         )  # fmt: skip
         for d in range(D):
             k, sfx = layer * D + d, suffix(layer, d)
-            w_ih, w_hh, _, _, w_hr = layer_params(spec, params, layer, d, backend)
+            w_ih = layer_params(spec, params, layer, d, backend)[0]
             steps = tape.steps[k]
             dgx, dgh, dhp, mt = walked[d]
             walked[d] = None
