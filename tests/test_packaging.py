@@ -78,3 +78,34 @@ def test_lazy_submodules_resolve_on_first_use():
         "    raise AssertionError('no AttributeError')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# The collector's state before and after ``import fastrnn``, and whether a cycle made
+# during the import is still collected afterwards.
+_GC_AROUND_IMPORT = """
+import gc, sys, weakref
+{before}
+enabled = gc.isenabled()
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a
+alive = weakref.ref(a)
+del a, b
+import fastrnn
+assert gc.isenabled() == enabled
+{after}
+"""
+
+
+def test_import_leaves_the_garbage_collector_as_it_found_it():
+    """Importing fastrnn defers collections while Numba loads (a warm-start cost), but
+    leaves the collector enabled, disabled or frozen as the process had it, and cycles
+    that became garbage before the import are still collected."""
+    cases = [
+        ("", "gc.collect(); assert alive() is None, 'cycle not collected'"),
+        ("gc.disable()", "assert not gc.isenabled()"),
+        ("gc.freeze()", "assert gc.get_freeze_count() > 0, 'unfrozen'"),
+    ]
+    for before, after in cases:
+        code = _GC_AROUND_IMPORT.format(before=before, after=after)
+        subprocess.run([sys.executable, "-c", code], check=True)
