@@ -11,7 +11,9 @@ import contextvars
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
+from numba.np.arrayobj import populate_array
 
 from . import threads
 from ._jit import kernel
@@ -145,6 +147,34 @@ def matmul2_nt(a, w, out, b, v, out2):
             out2[r, n] = acc2
 
 
+@kernel
+def matmul_tn(a, b, out):
+    """``out[:] = a.T @ b`` for ``a`` (B, N), ``b`` (B, K), ``out`` (N, K), all
+    C-contiguous: a weight gradient from a few rows (a sum of B outer products)."""
+    B, N = a.shape
+    for n in range(N):
+        on = out[n]
+        s = a[0, n]
+        b0 = b[0]
+        for k in range(on.shape[0]):
+            on[k] = s * b0[k]
+        for r in range(1, B):
+            s, br = a[r, n], b[r]
+            for k in range(on.shape[0]):
+                on[k] += s * br[k]
+
+
+@kernel
+def column_sums(a, out):
+    """``out[:] = a.sum(0)`` for ``a`` (B, N) C-contiguous: a bias gradient."""
+    B, N = a.shape
+    for n in range(N):
+        out[n] = a[0, n]
+    for r in range(1, B):
+        for n in range(N):
+            out[n] += a[r, n]
+
+
 @intrinsic
 def _float32_from_bfloat16_bits(typingctx, bits):
     """The float32 whose upper 16 bits are ``bits`` (a uint16 holding a bfloat16): a
@@ -157,6 +187,44 @@ def _float32_from_bfloat16_bits(typingctx, bits):
         return builder.bitcast(wide, ir.FloatType())
 
     return types.float32(bits), codegen
+
+
+@intrinsic
+def array_at(typingctx, address, shape, like):
+    """The C-contiguous array of ``shape`` (a tuple of ints) at ``address`` (an int), of
+    the dtype of the scalar ``like`` (in kernels).
+
+    A view of memory someone else owns (a torch tensor's ``data_ptr()``), made in the
+    kernel: no reference counting, no NumPy object. The caller vouches that the memory
+    holds that many elements and outlives the call.
+    """
+    if not (
+        isinstance(address, types.Integer)
+        and isinstance(shape, types.UniTuple)
+        and isinstance(shape.dtype, types.Integer)
+        and isinstance(like, types.Float)
+    ):
+        return None
+    ndim = shape.count
+    array_type = types.Array(like, ndim, "C")
+
+    def codegen(context, builder, signature, args):
+        addr, dims, _ = args
+        dims = cgutils.unpack_tuple(builder, dims, ndim)  # int64 (the signature's cast)
+        itemsize = context.get_constant(
+            types.intp, context.get_abi_sizeof(context.get_data_type(like))
+        )
+        strides, step = [], itemsize
+        for d in reversed(dims):  # C order: the last axis is contiguous
+            strides.insert(0, step)
+            step = builder.mul(step, d)
+        array = context.make_array(array_type)(context, builder)
+        data = builder.inttoptr(addr, array.data.type)
+        populate_array(array, data, dims, strides, itemsize, meminfo=None)
+        return array._getvalue()
+
+    shape = types.UniTuple(types.int64, ndim)
+    return array_type(types.int64, shape, like), codegen
 
 
 def widen(w):

@@ -11,9 +11,11 @@ no GRU or RNN code.
 import types
 from typing import NamedTuple
 
+import numpy as np
+
 from . import gru, lstm, rnn
 from ._jit import kernel
-from .linalg import matmul_nn_acc, matmul_t
+from .linalg import array_at, column_sums, matmul2_nt, matmul_nn_acc, matmul_t, matmul_tn
 from .team import barrier
 
 __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
@@ -31,8 +33,16 @@ __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 # (a first LSTM forward compiles no projection, tape or int8 code: seconds of cold start).
 #
 # The loops below are templates: ``cell_step`` and ``backward_step`` are the names that
-# ``_specialise`` binds to one cell module's functions (in the copies' own globals).
+# ``_specialise`` binds to one cell module's functions (in the copies' own globals), and
+# the constants to that module's: its gate count, tape width, whether its W_ih and W_hh
+# pre-activation gradients differ, whether it has a cell state.
 cell_step = backward_step = None
+GATES = TAPE_GATES = SEPARATE_DGH = CELL_STATE = None
+
+#: Most rows a step at addresses (``cell_forward_at``) takes: every row runs, its lengths
+#: are this constant's first B ones.
+AT_MAX_ROWS = 16
+_ONES = np.ones(AT_MAX_ROWS, np.int64)
 
 
 class RecurrentWeights(NamedTuple):
@@ -71,6 +81,8 @@ class Loops(NamedTuple):
     team_sequence: object
     step_layer: object
     backward_sequence: object
+    cell_forward_at: object
+    cell_backward_at: object
 
 
 def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, gates, h_prev, c_prev):
@@ -159,6 +171,109 @@ def _step_layer(
     cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
 
 
+def _cell_forward_at(
+    like, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, scratch, activation
+):
+    """One training step of a cell over memory given by address: the per-call path of a
+    ``*Cell`` stepped in a Python loop, where making NumPy views of the caller's tensors
+    would cost more than the step (the torch bridge).
+
+    Every argument after ``B, I, H`` but ``activation`` is the address (an int) of
+    C-contiguous memory of the dtype of the scalar ``like``: ``x`` (B, I), ``h0`` and
+    ``h1`` (B, H), for LSTM ``c0`` and ``c1`` (B, H) (else ignored), ``w_ih`` (G·H, I)
+    and ``w_hh`` (G·H, H) in torch's layout, ``b_ih`` and ``b_hh`` (G·H,) or 0 without
+    bias, ``gates`` (B, tape_gates·H) receiving what :func:`_cell_backward_at` needs, and
+    ``scratch`` of ``2·B·G·H + 2·B·H + G·H`` elements. ``B <= AT_MAX_ROWS``.
+    """
+    G = GATES * H
+    Hc = H if CELL_STATE else 0
+    xa = array_at(x, (B, I), like)
+    h_prev = array_at(h0, (B, H), like)
+    c_prev = array_at(c0, (B, Hc), like)
+    h = array_at(h1, (B, H), like)
+    c = array_at(c1, (B, Hc), like)
+    work = array_at(scratch, (2 * B * G + 2 * B * H + G,), like)
+    gx = work[: B * G].reshape((B, G))
+    gh = work[B * G : 2 * B * G].reshape((B, G))
+    m = work[2 * B * G : 2 * B * G + B * H].reshape((B, H))
+    hp = work[2 * B * G + B * H : 2 * B * G + 2 * B * H].reshape((B, H))
+    zero = work[2 * B * G + 2 * B * H :]
+    zero[:] = 0
+    for n in range(B):
+        for j in range(H):
+            h[n, j] = h_prev[n, j]
+        for j in range(Hc):
+            c[n, j] = c_prev[n, j]
+    matmul2_nt(xa, array_at(w_ih, (G, I), like), gx, h_prev, array_at(w_hh, (G, H), like), gh)
+    bi = zero if b_ih == 0 else array_at(b_ih, (G,), like)
+    bh = zero if b_hh == 0 else array_at(b_hh, (G,), like)
+    tape = array_at(gates, (1, B, TAPE_GATES * H), like)
+    cell_step(gx, gh, bi, bh, None, h, c, h, 0, _ONES[:B], activation, m, hp, tape)
+
+
+def _cell_backward_at(
+    like, B, I, H, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh,
+    db_ih, db_hh, scratch, activation,
+):  # fmt: skip
+    """The gradients of one :func:`_cell_forward_at` step, over memory given by address.
+
+    ``gates``, ``x``, ``h0``, ``c0``, ``w_ih``, ``w_hh`` are the forward's (same
+    shapes); ``dh1`` and ``dc1`` (B, H) the incoming gradients, 0 for zero. The outputs
+    are written, not accumulated: ``dx`` (B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``
+    (G·H, I), ``dw_hh`` (G·H, H), ``db_ih``, ``db_hh`` (G·H,); 0 for one not wanted.
+    ``scratch`` holds ``2·B·G·H + 4·B·H`` elements.
+    """
+    G = GATES * H
+    Hc = H if CELL_STATE else 0
+    work = array_at(scratch, (2 * B * G + 4 * B * H,), like)
+    dgx = work[: B * G].reshape((B, G))
+    dgh = work[B * G : 2 * B * G].reshape((B, G)) if SEPARATE_DGH else dgx
+    o = 2 * B * G
+    dm = work[o : o + B * H].reshape((B, H))
+    zeros = work[o + B * H : o + 2 * B * H].reshape((B, H))
+    dh = work[o + 2 * B * H : o + 3 * B * H].reshape((B, H))
+    dc = work[o + 3 * B * H : o + 3 * B * H + B * Hc].reshape((B, Hc))
+    if dh0 != 0:
+        dh = array_at(dh0, (B, H), like)
+    if dc0 != 0:
+        dc = array_at(dc0, (B, Hc), like)
+    zeros[:] = 0
+    dh[:] = 0
+    dc[:] = 0
+    if dh1 != 0:
+        dh_in = array_at(dh1, (B, H), like)
+        for n in range(B):
+            for j in range(H):
+                dh[n, j] = dh_in[n, j]
+    if dc1 != 0:
+        dc_in = array_at(dc1, (B, Hc), like)
+        for n in range(B):
+            for j in range(Hc):
+                dc[n, j] = dc_in[n, j]
+    xa = array_at(x, (B, I), like)
+    h_prev = array_at(h0, (B, H), like)
+    w_i = array_at(w_ih, (G, I), like)
+    tape = array_at(gates, (B, TAPE_GATES * H), like)
+    c_prev = array_at(c0, (B, Hc), like)
+    backward_step(
+        0, _ONES[:B], tape, h_prev, c_prev, None, zeros, dh, dc, dgx, dgh, None, None, dm,
+        activation,
+    )  # fmt: skip
+    matmul_nn_acc(dgh, array_at(w_hh, (G, H), like), dh)
+    if dx != 0:
+        dxa = array_at(dx, (B, I), like)
+        dxa[:] = 0
+        matmul_nn_acc(dgx, w_i, dxa)
+    if dw_ih != 0:
+        matmul_tn(dgx, xa, array_at(dw_ih, (G, I), like))
+    if dw_hh != 0:
+        matmul_tn(dgh, h_prev, array_at(dw_hh, (G, H), like))
+    if db_ih != 0:
+        column_sums(dgx, array_at(db_ih, (G,), like))
+    if db_hh != 0:
+        column_sums(dgh, array_at(db_hh, (G,), like))
+
+
 def _backward_sequence(record, w_hh, w_hr, lengths, reverse, activation, dy, dh, dc, grads, dm):
     """Walk the recurrence backwards: fills ``dgx`` and ``dgh`` (T, B, G·H) (the same
     array unless the cell type tells them apart) and, with projection, ``dhp``
@@ -201,9 +316,25 @@ def _specialise(cell):
     branch on). Each copy has its own qualified name, hence its own cache files.
     """
     name = cell.__name__.rsplit(".", 1)[1]
-    bound = dict(globals(), cell_step=cell.cell_step, backward_step=cell.backward_step)
+    bound = dict(
+        globals(),
+        cell_step=cell.cell_step,
+        backward_step=cell.backward_step,
+        GATES=cell.GATES,
+        TAPE_GATES=cell.TAPE_GATES,
+        SEPARATE_DGH=cell.SEPARATE_DGH,
+        CELL_STATE=cell is lstm,
+    )
     loops = []
-    for template in (_sequence, _team_sequence, _step_layer, _backward_sequence):
+    templates = (
+        _sequence,
+        _team_sequence,
+        _step_layer,
+        _backward_sequence,
+        _cell_forward_at,
+        _cell_backward_at,
+    )
+    for template in templates:
         fn = types.FunctionType(template.__code__, bound, f"{name}{template.__name__}")
         fn.__qualname__ = fn.__name__
         fn.__doc__ = template.__doc__

@@ -574,3 +574,23 @@ def test_cell_loops_match_torch(kind, batch, bias, dtype):
     assert gp1.keys() == gp2.keys() and "weight_ih" not in gp1
     for name in gp1:
         assert (gp1[name] - gp2[name]).abs().max() < tol * max(1.0, gp2[name].abs().max()), name
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_cell_gradients_arriving_expanded(kind):
+    """A state used only by ``.sum()`` gets its gradient as an expanded (stride 0)
+    tensor, not contiguous: the cells' kernels read a contiguous copy, kept alive for the
+    whole call (a copy freed early let the next one reuse its memory, and dh read dc's
+    values). Same tensor as h0 and c0, as a loop started from ``(h, h)`` passes."""
+    m, tm = twins(CELLS, kind, "float64", 3, 5)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    found = []
+    for module in (m, tm):
+        h = (2 * torch.rand(2, 5, generator=torch.Generator().manual_seed(6))).double()
+        h.requires_grad_(True)
+        out = module(x, (h, h) if kind == "lstm" else h)
+        loss = out[0].sum() + 3 * out[1].sum() if kind == "lstm" else out.sum()
+        found.append(torch.autograd.grad(loss, [h, *module.parameters()]))
+    for ours, theirs in zip(*found):
+        assert (ours - theirs).abs().max() < 1e-12

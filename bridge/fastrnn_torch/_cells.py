@@ -3,13 +3,20 @@ with as little work per call as a Python loop over time can afford.
 
 A cell stepped in a training loop is called thousands of times with small tensors, so
 the general layer machinery (configuration, tapes, a bound core model) would cost more
-than the arithmetic. Here a forward is two products and the fused gate kernel of the
-cell type (``fastrnn.lstm/gru/rnn.cell_step``, the gates kept for the backward), and a
-backward is the fused gate-gradient kernel (``backward_step``) plus four small products
-on torch's BLAS. The same kernels as everywhere else: parity with torch.nn is tested.
+than the arithmetic. Up to ``engine.CellAt.MAX_ROWS`` rows, a forward is one kernel call
+(both products, the fused gate kernel of the cell type, the gates kept for the backward)
+and a backward one more (gate gradients, the input and state gradients, the weight
+gradients), both handed the tensors' addresses (``data_ptr()``): a NumPy view of a
+tensor costs about as much as a batch-1 H=64 step's arithmetic. Larger batches take
+their products from torch's BLAS around the same fused gate kernels. The same kernels
+as everywhere else: parity with torch.nn is tested.
+
+Where the microseconds of a batch-1 step went before (this project's VM, H=64 RNNCell,
+cProfile and timers): ``autograd.Function.apply`` itself ~25 µs, nine ``.numpy()``
+views ~2.3 µs each, five allocations ~4 µs each, the module's checks ~30 µs in small
+helpers; torch.nn's whole forward step was ~40 µs.
 """
 
-import numpy as np
 import torch
 
 from fastrnn import engine
@@ -17,21 +24,36 @@ from fastrnn import engine
 from . import _twice
 from ._ops import _batched, spec_for
 
+#: Fewer rows than this take the addresses path (:class:`fastrnn.engine.CellAt`); more
+#: take their products from torch's BLAS.
+AT_BELOW = min(engine.BLAS_MIN_BATCH, engine.CellAt.MAX_ROWS + 1)
+
 
 def _np(t):
     return t.detach().numpy()
 
 
+def _address(t):
+    return 0 if t is None else t.data_ptr()
+
+
 def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
-    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H) only with ``keep_gates``."""
+    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H) only with ``keep_gates``.
+    Every tensor contiguous, of one dtype, of the configuration's shapes (the module and
+    :func:`step` check); ``c0`` None but for LSTM."""
     B, H = h0.shape
-    G = spec.gates * H
-    if B >= engine.BLAS_MIN_BATCH:
-        gx = torch.mm(x.detach(), w_ih.detach().t()).numpy()
-        gh = torch.mm(h0.detach(), w_hh.detach().t()).numpy()
-    else:
-        gx, gh = np.empty((B, G), spec.dtype), np.empty((B, G), spec.dtype)
-        engine.cell_products(_np(x), _np(w_ih), _np(h0), _np(w_hh), gx, gh)
+    if B < AT_BELOW:
+        at = engine.cell_at(spec)
+        h1 = torch.empty((B, H), dtype=x.dtype)
+        c1 = torch.empty((B, H), dtype=x.dtype) if spec.has_cell_state else None
+        gates = torch.empty((B, at.tape_width), dtype=x.dtype)
+        at.forward(
+            B, x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(), w_hh.data_ptr(),
+            _address(b_ih), _address(b_hh), h1.data_ptr(), _address(c1), gates.data_ptr(),
+        )  # fmt: skip
+        return h1, c1, gates
+    gx = torch.mm(x.detach(), w_ih.detach().t()).numpy()
+    gh = torch.mm(h0.detach(), w_hh.detach().t()).numpy()
     h1 = h0.detach().clone()
     c1 = c0.detach().clone() if spec.has_cell_state else torch.empty((B, 0), dtype=x.dtype)
     gates = torch.empty((B, spec.tape_gates * H), dtype=x.dtype) if keep_gates else None
@@ -57,23 +79,28 @@ class CellFunction(torch.autograd.Function):
         h1, c1, gates = _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, True)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates)
         ctx.config = config
-        if not spec.has_cell_state:
-            ctx.mark_non_differentiable(c1)  # an empty placeholder
-        return h1, c1
+        return (h1, c1) if spec.has_cell_state else h1
 
     @staticmethod
-    def backward(ctx, grad_h1, grad_c1):
+    def backward(ctx, grad_h1, grad_c1=None):
         config = ctx.config
         spec = spec_for(config)
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates = ctx.saved_tensors
         needs = (None, None, None) + ctx.needs_input_grad[1:]  # (..., x, h0, c0, w_ih, ...)
         B, H = h0.shape
+        twice = torch.is_grad_enabled() or _batched(grad_h1, grad_c1)
+        if B < AT_BELOW and not twice:
+            return _backward_at(
+                spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1
+            )
         lstm_cell = spec.has_cell_state
+        if c0 is None:  # the kernels' empty cell state of the cells without one
+            c0 = x.new_empty((B, 0))
         if grad_h1 is None:
             grad_h1 = torch.zeros_like(h0)
         if lstm_cell and grad_c1 is None:
             grad_c1 = torch.zeros_like(c0)
-        if torch.is_grad_enabled() or _batched(grad_h1, grad_c1):
+        if twice:
             # create_graph=True or is_grads_batched: differentiable torch operators
             weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
             grads = _twice.gradients(
@@ -111,30 +138,61 @@ class CellFunction(torch.autograd.Function):
         return None, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh
 
 
+def _backward_at(spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1):
+    """:meth:`CellFunction.backward` below ``AT_BELOW`` rows: one kernel call."""
+    B, H = h0.shape
+    dtype = x.dtype
+    # kept in names until the kernel returns: a temporary's memory may be reused at once
+    grad_h1, grad_c1 = _contiguous(grad_h1), _contiguous(grad_c1)
+    dx = torch.empty_like(x) if needs[3] else None
+    dh0 = torch.empty((B, H), dtype=dtype) if needs[4] else None
+    dc0 = torch.empty((B, H), dtype=dtype) if needs[5] and spec.has_cell_state else None
+    dw_ih = torch.empty_like(w_ih) if needs[6] else None
+    dw_hh = torch.empty_like(w_hh) if needs[7] else None
+    db_ih = torch.empty_like(b_ih) if b_ih is not None and needs[8] else None
+    db_hh = torch.empty_like(b_hh) if b_hh is not None and needs[9] else None
+    engine.cell_at(spec).backward(
+        B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(),
+        w_hh.data_ptr(), _address(grad_h1), _address(grad_c1),
+        _address(dx), _address(dh0), _address(dc0), _address(dw_ih), _address(dw_hh),
+        _address(db_ih), _address(db_hh),
+    )  # fmt: skip
+    return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _contiguous(t):
+    return None if t is None else t.contiguous()
+
+
 def _check_shapes(spec, x, h0, w_ih, w_hh, b_ih, b_hh):
     """torch.nn's RuntimeError for parameters a user replaced with wrong shapes: the
     kernels index with these sizes, never past the memory."""
-    G = spec.gates * h0.shape[1]
-    want = {
-        "weight_ih": (G, x.shape[1]),
-        "weight_hh": (G, h0.shape[1]),
-        "bias_ih": (G,),
-        "bias_hh": (G,),
-    }
-    for name, w in (("weight_ih", w_ih), ("weight_hh", w_hh), ("bias_ih", b_ih), ("bias_hh", b_hh)):
-        if w is not None and tuple(w.shape) != want[name]:
+    G, H = spec.gates * h0.shape[1], h0.shape[1]
+    want = ((G, x.shape[1]), (G, H), (G,), (G,))
+    given = (w_ih, w_hh, b_ih, b_hh)
+    if w_ih.shape == want[0] and w_hh.shape == want[1] and (b_ih is None or (
+        b_ih.shape == want[2] and b_hh.shape == want[3]
+    )):  # fmt: skip
+        return
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    for name, w, shape in zip(names, given, want):
+        if w is not None and w.shape != shape:
             raise RuntimeError(
-                f"{name} must have shape {want[name]} for this cell's configuration; got "
+                f"{name} must have shape {shape} for this cell's configuration; got "
                 f"{tuple(w.shape)}"
             )
 
 
 def step(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train):
-    """``(h1, c1)`` of one step; ``c1`` is empty but for LSTM. Inputs 2-D, contiguous."""
+    """One step: ``(h1, c1)`` for LSTM, ``h1`` for the others. ``x``, ``h0``, ``c0`` 2-D,
+    contiguous, of the weights' dtype (``c0`` None but for LSTM)."""
     spec = spec_for(config)
     _check_shapes(spec, x, h0, w_ih, w_hh, b_ih, b_hh)
+    weights = (w_ih, w_hh, b_ih, b_hh)
+    if not all(w is None or w.is_contiguous() for w in weights):
+        w_ih, w_hh, b_ih, b_hh = (None if w is None else w.contiguous() for w in weights)
     if train:
         return CellFunction.apply(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     with torch.no_grad():
         h1, c1, _ = _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
-    return h1, c1
+    return (h1, c1) if spec.has_cell_state else h1

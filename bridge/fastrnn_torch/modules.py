@@ -44,11 +44,14 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 def _supported(x, weights):
     """Whether the kernels can run on these tensors (else torch.nn runs): the CPU
     kernels, or the CUDA ones for CUDA tensors where ``fastrnn.cuda`` is available."""
-    if x.dtype not in _DTYPES or x.is_sparse:
+    dtype = x.dtype
+    if dtype not in _DTYPES or x.is_sparse:
         return False
-    if not (x.device.type == "cpu" or (x.device.type == "cuda" and _cuda.available())):
+    if x.is_cpu:  # the common case, checked without building device objects
+        return all(w.is_cpu and w.dtype == dtype for w in weights)
+    if not (x.device.type == "cuda" and _cuda.available()):
         return False
-    return all(w.device == x.device and w.dtype == x.dtype for w in weights)
+    return all(w.device == x.device and w.dtype == dtype for w in weights)
 
 
 def _check_state_dtype(h, x):
@@ -71,16 +74,18 @@ def _config(module, mode, num_layers, dtype):
 
     A constant for ``torch.compile``: it depends on the module's settings only.
     """
+    settings = module.__dict__  # not getattr(module, ..., default): a missing name would
+    # go through Module.__getattr__ and an exception, microseconds per cell step
     key = (
         dtype,
         module.hidden_size,
         module.input_size,
         num_layers,
         module.bias,
-        getattr(module, "dropout", 0.0),
-        getattr(module, "bidirectional", False),
-        getattr(module, "proj_size", 0),
-        getattr(module, "nonlinearity", "tanh"),
+        settings.get("dropout", 0.0),
+        settings.get("bidirectional", False),
+        settings.get("proj_size", 0),
+        settings.get("nonlinearity", "tanh"),
     )
     cache = module.__dict__.setdefault("_fastrnn_config", {})
     if key not in cache:
@@ -291,14 +296,26 @@ class GRU(_RNNMixin, torch.nn.RNNBase):
 
 
 class _CellMixin(_Portable):
-    """forward() shared by the cells: one step of a one-layer model."""
+    """forward() shared by the cells: one step of a one-layer model.
+
+    A cell is called once per time step in a Python loop, so this path is written for
+    its per-call cost: parameters read from ``_parameters`` (not through
+    ``Module.__getattr__``), the configuration cached per dtype, one kernel call below
+    ``_cells.AT_BELOW`` rows (``_cells.py``)."""
 
     _mode = None
 
+    def _weights(self):
+        params = self._parameters
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else _CELL_WEIGHTS
+        found = [params.get(n) for n in names]
+        for w in found:  # (not ``None in found``: that compares tensors with ==)
+            if w is None:  # parametrized (weight_norm, ...): computed by the property
+                return [getattr(self, n) for n in names]
+        return found
+
     def forward(self, input, hx=None):
-        weights = [self.weight_ih, self.weight_hh]
-        if self.bias:
-            weights += [self.bias_ih, self.bias_hh]
+        weights = self._weights()
         if not _supported(input, weights) or _recording_portable_graph():
             return super().forward(input, hx)
         lstm = self._mode == "LSTM"
@@ -340,25 +357,17 @@ class _CellMixin(_Portable):
         config = _config(self, self._mode, 1, x.dtype)
         train = _needs_grad([x, *parts] + weights)
         if (
-            not _cuda.on_gpu(x) and not graph_capture() and not _under_transform([x, *parts])
+            x.is_cpu and not graph_capture() and not _under_transform([x, *parts])
         ):  # the eager fast path: one fused step, forward and backward (see _cells.py)
             b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
             h0 = parts[0].contiguous()
-            c0 = parts[1].contiguous() if lstm else x.new_empty((B, 0))
-            h1, c1 = _cells.step(
-                config,
-                x.contiguous(),
-                h0,
-                c0,
-                weights[0],
-                weights[1],
-                b_ih,
-                b_hh,
-                train,
+            c0 = parts[1].contiguous() if lstm else None
+            out = _cells.step(
+                config, x.contiguous(), h0, c0, weights[0], weights[1], b_ih, b_hh, train
             )
-            if lstm:
-                return (h1[0], c1[0]) if unbatched else (h1, c1)
-            return h1[0] if unbatched else h1
+            if unbatched:
+                return (out[0][0], out[1][0]) if lstm else out[0]
+            return out
         h0 = parts[0].unsqueeze(0)
         c0 = parts[1].unsqueeze(0) if lstm else x.new_empty((0,))
         lengths = torch.ones(B, dtype=torch.int64)
@@ -377,6 +386,9 @@ class _CellMixin(_Portable):
             c1 = cn[0]
             return (h1[0], c1[0]) if unbatched else (h1, c1)
         return h1[0] if unbatched else h1
+
+
+_CELL_WEIGHTS = ("weight_ih", "weight_hh")
 
 
 class RNNCell(_CellMixin, torch.nn.RNNCell):

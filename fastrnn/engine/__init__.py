@@ -9,10 +9,12 @@ backend, device arrays (``__cuda_array_interface__``) on the CUDA one
 (:func:`backend_for`). The engine validates nothing a user typed: the models do.
 """
 
+import functools
+import threading
+
 import numpy as np
 
 from .. import recurrence
-from ..linalg import matmul2_nt, matmul_t
 from . import driver
 from .cpu import BLAS_MIN_BATCH, CPU
 from .spec import Spec, suffix
@@ -32,7 +34,8 @@ __all__ = [
     "cell_backward",
     "scaled_masks",
     "mask_scale",
-    "cell_products",
+    "cell_at",
+    "CellAt",
     "backend_for",
     "suffix",
     "BLAS_MIN_BATCH",
@@ -190,18 +193,6 @@ def cell_forward(spec, gx, gh, b_ih, b_hh, h, c, gates=None):
     )  # fmt: skip
 
 
-def cell_products(x, w_ih, h, w_hh, gx, gh):
-    """``gx = x W_ih^T`` and ``gh = h W_hh^T`` (small batches, CPU): from the transposes'
-    rows when the weights are column-major (the models' layout), else in one pass over
-    both weight matrices' rows (torch's layout)."""
-    w_ih_t, w_hh_t = w_ih.T, w_hh.T
-    if w_ih_t.flags.c_contiguous and w_hh_t.flags.c_contiguous:
-        matmul_t(x, w_ih_t, None, gx)
-        matmul_t(h, w_hh_t, None, gh)
-    else:
-        matmul2_nt(x, w_ih, gx, h, w_hh, gh)
-
-
 def cell_backward(spec, gates, h, c, dh, dc, dgx, dgh):
     """The gate gradients of one :func:`cell_forward` step, on the CPU.
 
@@ -217,6 +208,75 @@ def cell_backward(spec, gates, h, c, dh, dc, dgx, dgh):
         0, k.ones, gates, h, c, None, k.zeros_dy, dh, dc, dgx, dgh, None, None, dm,
         spec.activation,
     )  # fmt: skip
+
+
+class CellAt:
+    """One step of one layer, forward and backward, over memory given by address (ints):
+    the per-call path of a ``*Cell`` stepped in a Python loop, which would spend more
+    time making NumPy views of its tensors than computing (the torch bridge's cells).
+
+    Every address is of C-contiguous memory of ``spec.dtype`` that holds the shape
+    written beside it and outlives the call; the caller checks both (nothing here can).
+    At most :data:`MAX_ROWS` rows; the scratch space is this thread's, reused.
+    """
+
+    #: Most rows per call (larger batches: :func:`cell_forward` with BLAS products).
+    MAX_ROWS = recurrence.AT_MAX_ROWS
+
+    def __init__(self, spec):
+        loops = recurrence.LOOPS[spec.kernels]
+        self._forward, self._backward = loops.cell_forward_at, loops.cell_backward_at
+        self._like = spec.dtype.type(0)
+        self._dtype = spec.dtype
+        self.input_size, self.hidden_size = spec.input_size, spec.hidden_size
+        self.tape_width = spec.tape_gates * spec.hidden_size
+        self._activation = spec.activation
+        self._width = spec.gates * spec.hidden_size
+
+    def forward(self, B, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates):
+        """``h1`` (B, H) and, for LSTM, ``c1`` (B, H) from ``x`` (B, I), ``h0``, ``c0``
+        (B, H; ``c0``/``c1`` ignored but for LSTM) and torch-layout weights ``w_ih`` (G·H,
+        I), ``w_hh`` (G·H, H), biases (G·H,) or 0 for none; ``gates`` (B,
+        :attr:`tape_width`) receives what :meth:`backward` needs."""
+        G, H = self._width, self.hidden_size
+        scratch = _scratch(2 * B * G + 2 * B * H + G, self._dtype)
+        self._forward(
+            self._like, B, self.input_size, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1,
+            gates, scratch, self._activation,
+        )  # fmt: skip
+
+    def backward(self, B, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh,
+                 db_ih, db_hh):  # fmt: skip
+        """The gradients of a :meth:`forward` step (its ``gates``, inputs and weights):
+        from the outgoing state's ``dh1``, ``dc1`` (B, H; 0 for zero), written (not
+        accumulated) to ``dx`` (B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``, ``dw_hh`` (the
+        weights' shapes), ``db_ih``, ``db_hh`` (G·H,), each 0 when not wanted."""
+        G, H = self._width, self.hidden_size
+        scratch = _scratch(2 * B * G + 4 * B * H, self._dtype)
+        self._backward(
+            self._like, B, self.input_size, H, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx,
+            dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, scratch, self._activation,
+        )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def cell_at(spec):
+    """The :class:`CellAt` of a one-layer ``spec`` (made once per spec)."""
+    return CellAt(spec)
+
+
+_THREAD = threading.local()
+
+
+def _scratch(n, dtype):
+    """The address of at least ``n`` elements of ``dtype``: this thread's scratch buffer,
+    grown when needed (a kernel call uses it and is done before the next one starts)."""
+    buffers = _THREAD.__dict__.setdefault("scratch", {})
+    found = buffers.get(dtype)
+    if found is None or found[0].size < n:
+        array = np.empty(max(n, 1024), dtype)
+        found = buffers[dtype] = (array, array.ctypes.data)
+    return found[1]
 
 
 class _Constants:
