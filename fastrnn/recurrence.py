@@ -11,8 +11,6 @@ no GRU or RNN code.
 import types
 from typing import NamedTuple
 
-import numpy as np
-
 from . import gru, lstm, rnn
 from ._jit import kernel
 from .linalg import array_at, column_sums, matmul2_nt, matmul_nn_acc, matmul_t, matmul_tn
@@ -38,11 +36,6 @@ __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 # pre-activation gradients differ, whether it has a cell state.
 cell_step = backward_step = None
 GATES = TAPE_GATES = SEPARATE_DGH = CELL_STATE = None
-
-#: Most rows a step at addresses (``cell_forward_at``) takes: every row runs, its lengths
-#: are this constant's first B ones.
-AT_MAX_ROWS = 16
-_ONES = np.ones(AT_MAX_ROWS, np.int64)
 
 
 class RecurrentWeights(NamedTuple):
@@ -172,7 +165,7 @@ def _step_layer(
 
 
 def _cell_forward_at(
-    like, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, scratch, activation
+    like, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, scratch, activation, ones
 ):
     """One training step of a cell over memory given by address: the per-call path of a
     ``*Cell`` stepped in a Python loop, where making NumPy views of the caller's tensors
@@ -183,7 +176,8 @@ def _cell_forward_at(
     ``h1`` (B, H), for LSTM ``c0`` and ``c1`` (B, H) (else ignored), ``w_ih`` (G·H, I)
     and ``w_hh`` (G·H, H) in torch's layout, ``b_ih`` and ``b_hh`` (G·H,) or 0 without
     bias, ``gates`` (B, tape_gates·H) receiving what :func:`_cell_backward_at` needs, and
-    ``scratch`` of ``2·B·G·H + 2·B·H + G·H`` elements. ``B <= AT_MAX_ROWS``.
+    ``scratch`` of ``2·B·G·H + 2·B·H + G·H`` elements; ``ones`` (B,) int64 ones (every
+    row runs: the lengths the cell step reads).
     """
     G = GATES * H
     Hc = H if CELL_STATE else 0
@@ -208,12 +202,12 @@ def _cell_forward_at(
     bi = zero if b_ih == 0 else array_at(b_ih, (G,), like)
     bh = zero if b_hh == 0 else array_at(b_hh, (G,), like)
     tape = array_at(gates, (1, B, TAPE_GATES * H), like)
-    cell_step(gx, gh, bi, bh, None, h, c, h, 0, _ONES[:B], activation, m, hp, tape)
+    cell_step(gx, gh, bi, bh, None, h, c, h, 0, ones, activation, m, hp, tape)
 
 
 def _cell_backward_at(
     like, B, I, H, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh,
-    db_ih, db_hh, scratch, activation,
+    db_ih, db_hh, scratch, activation, ones,
 ):  # fmt: skip
     """The gradients of one :func:`_cell_forward_at` step, over memory given by address.
 
@@ -221,7 +215,7 @@ def _cell_backward_at(
     shapes); ``dh1`` and ``dc1`` (B, H) the incoming gradients, 0 for zero. The outputs
     are written, not accumulated: ``dx`` (B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``
     (G·H, I), ``dw_hh`` (G·H, H), ``db_ih``, ``db_hh`` (G·H,); 0 for one not wanted.
-    ``scratch`` holds ``2·B·G·H + 4·B·H`` elements.
+    ``scratch`` holds ``2·B·G·H + 4·B·H`` elements, ``ones`` is the forward's.
     """
     G = GATES * H
     Hc = H if CELL_STATE else 0
@@ -256,7 +250,7 @@ def _cell_backward_at(
     tape = array_at(gates, (B, TAPE_GATES * H), like)
     c_prev = array_at(c0, (B, Hc), like)
     backward_step(
-        0, _ONES[:B], tape, h_prev, c_prev, None, zeros, dh, dc, dgx, dgh, None, None, dm,
+        0, ones, tape, h_prev, c_prev, None, zeros, dh, dc, dgx, dgh, None, None, dm,
         activation,
     )  # fmt: skip
     matmul_nn_acc(dgh, array_at(w_hh, (G, H), like), dh)

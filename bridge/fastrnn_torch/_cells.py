@@ -3,9 +3,9 @@ with as little work per call as a Python loop over time can afford.
 
 A cell stepped in a training loop is called thousands of times with small tensors, so
 the general layer machinery (configuration, tapes, a bound core model) would cost more
-than the arithmetic. Up to ``engine.CellAt.MAX_ROWS`` rows, a forward is one kernel call
-(both products, the fused gate kernel of the cell type, the gates kept for the backward)
-and a backward one more (gate gradients, the input and state gradients, the weight
+than the arithmetic. Below ``BLAS_MIN_BATCH`` rows a forward is one kernel call (both
+products, the fused gate kernel of the cell type, the gates kept for the backward) and
+a backward one more (gate gradients, the input and state gradients, the weight
 gradients), both handed the tensors' addresses (``data_ptr()``): a NumPy view of a
 tensor costs about as much as a batch-1 H=64 step's arithmetic. Larger batches take
 their products from torch's BLAS around the same fused gate kernels. The same kernels
@@ -24,9 +24,13 @@ from fastrnn import engine
 from . import _twice
 from ._ops import _batched, spec_for
 
-#: Fewer rows than this take the addresses path (:class:`fastrnn.engine.CellAt`); more
-#: take their products from torch's BLAS.
-AT_BELOW = min(engine.BLAS_MIN_BATCH, engine.CellAt.MAX_ROWS + 1)
+
+def _at(spec, B):
+    """Whether a step of ``B`` rows goes through :class:`fastrnn.engine.CellAt`: below
+    ``BLAS_MIN_BATCH`` rows. Measured here: at 32 rows its Numba products lose to
+    torch's BLAS even for a tiny step (LSTMCell(1, 64), 0.5 M multiply-adds: 0.91x; a
+    (64, 64) GRUCell 0.98x; larger 0.57-0.83x), the per-call savings included."""
+    return B < engine.BLAS_MIN_BATCH
 
 
 def _np(t):
@@ -42,7 +46,7 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
     Every tensor contiguous, of one dtype, of the configuration's shapes (the module and
     :func:`step` check); ``c0`` None but for LSTM."""
     B, H = h0.shape
-    if B < AT_BELOW:
+    if _at(spec, B):
         at = engine.cell_at(spec)
         h1 = torch.empty((B, H), dtype=x.dtype)
         c1 = torch.empty((B, H), dtype=x.dtype) if spec.has_cell_state else None
@@ -89,7 +93,7 @@ class CellFunction(torch.autograd.Function):
         needs = (None, None, None) + ctx.needs_input_grad[1:]  # (..., x, h0, c0, w_ih, ...)
         B, H = h0.shape
         twice = torch.is_grad_enabled() or _batched(grad_h1, grad_c1)
-        if B < AT_BELOW and not twice:
+        if not twice and _at(spec, B):
             return _backward_at(
                 spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1
             )
@@ -138,8 +142,14 @@ class CellFunction(torch.autograd.Function):
         return None, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh
 
 
+# ``autograd.Function.apply`` without its Python prologue, which binds arguments for
+# functorch and unwraps dead functorch wrappers (about 5 us of a batch-1 step): torch's
+# own C++ ``apply``, used when no functorch transform is active (then the prologue runs).
+_apply = super(torch.autograd.Function, CellFunction).apply
+
+
 def _backward_at(spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1):
-    """:meth:`CellFunction.backward` below ``AT_BELOW`` rows: one kernel call."""
+    """:meth:`CellFunction.backward` of an :func:`_at` step: one kernel call."""
     B, H = h0.shape
     dtype = x.dtype
     # kept in names until the kernel returns: a temporary's memory may be reused at once
@@ -192,7 +202,8 @@ def step(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train):
     if not all(w is None or w.is_contiguous() for w in weights):
         w_ih, w_hh, b_ih, b_hh = (None if w is None else w.contiguous() for w in weights)
     if train:
-        return CellFunction.apply(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        apply = CellFunction.apply if torch._C._are_functorch_transforms_active() else _apply
+        return apply(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     with torch.no_grad():
         h1, c1, _ = _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
     return (h1, c1) if spec.has_cell_state else h1

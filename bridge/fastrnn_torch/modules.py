@@ -300,8 +300,8 @@ class _CellMixin(_Portable):
 
     A cell is called once per time step in a Python loop, so this path is written for
     its per-call cost: parameters read from ``_parameters`` (not through
-    ``Module.__getattr__``), the configuration cached per dtype, one kernel call below
-    ``_cells.AT_BELOW`` rows (``_cells.py``)."""
+    ``Module.__getattr__``), the configuration cached per dtype, one kernel call for a
+    small step (``_cells.py``)."""
 
     _mode = None
 

@@ -217,11 +217,10 @@ class CellAt:
 
     Every address is of C-contiguous memory of ``spec.dtype`` that holds the shape
     written beside it and outlives the call; the caller checks both (nothing here can).
-    At most :data:`MAX_ROWS` rows; the scratch space is this thread's, reused.
+    The products are Numba loops that read each weight once per call: the right tool
+    while the batch is small (large ones: :func:`cell_forward` around BLAS products).
+    The scratch space is this thread's, reused.
     """
-
-    #: Most rows per call (larger batches: :func:`cell_forward` with BLAS products).
-    MAX_ROWS = recurrence.AT_MAX_ROWS
 
     def __init__(self, spec):
         loops = recurrence.LOOPS[spec.kernels]
@@ -232,6 +231,12 @@ class CellAt:
         self.tape_width = spec.tape_gates * spec.hidden_size
         self._activation = spec.activation
         self._width = spec.gates * spec.hidden_size
+        self._ones = np.ones(64, np.int64)  # every row runs: the lengths the kernels read
+
+    def _lengths(self, B):
+        if B > self._ones.size:
+            self._ones = np.ones(2 * B, np.int64)
+        return self._ones[:B]
 
     def forward(self, B, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates):
         """``h1`` (B, H) and, for LSTM, ``c1`` (B, H) from ``x`` (B, I), ``h0``, ``c0``
@@ -242,7 +247,7 @@ class CellAt:
         scratch = _scratch(2 * B * G + 2 * B * H + G, self._dtype)
         self._forward(
             self._like, B, self.input_size, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1,
-            gates, scratch, self._activation,
+            gates, scratch, self._activation, self._lengths(B),
         )  # fmt: skip
 
     def backward(self, B, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh,
@@ -255,7 +260,7 @@ class CellAt:
         scratch = _scratch(2 * B * G + 4 * B * H, self._dtype)
         self._backward(
             self._like, B, self.input_size, H, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx,
-            dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, scratch, self._activation,
+            dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, scratch, self._activation, self._lengths(B),
         )  # fmt: skip
 
 
