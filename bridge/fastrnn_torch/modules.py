@@ -357,7 +357,7 @@ class _CellMixin(_Portable):
         config = _config(self, self._mode, 1, x.dtype)
         train = _needs_grad([x, *parts] + weights)
         if (
-            x.is_cpu and not graph_capture() and not _under_transform([x, *parts])
+            not _cuda.on_gpu(x) and not graph_capture() and not _under_transform([x, *parts])
         ):  # the eager fast path: one fused step, forward and backward (see _cells.py)
             b_ih, b_hh = (weights[2], weights[3]) if self.bias else (None, None)
             h0 = parts[0].contiguous()
