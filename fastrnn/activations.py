@@ -21,8 +21,10 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
+from numba.np import numpy_support
 
 __all__ = [
     "tanh",
@@ -74,25 +76,61 @@ EXP_F32_MAX_REL_ERROR = 3e-7
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)  # Cody-Waite split of ln 2: exact high part
 _LN2_LO = np.float32(-2.12194440e-4)
-_EXP_FLOOR = np.float32(-103.9)  # exp(-103.9) is below float32's smallest subnormal
-_POW2 = np.array([0.0] + [2.0**k for k in range(-149, 1)], np.float32)  # 2**(i - 150)
+#: Below this, exp(x) < 2**-126 (float32's smallest normal number) and is returned as 0.
+_EXP_MIN = np.float32(-87.33)
+_ZERO = np.float32(0.0)
 _C0, _C1, _C2, _C3, _C4, _C5, _C6 = (np.float32(1.0 / math.factorial(i)) for i in range(7))
+
+
+@intrinsic
+def _exp2_integral(typingctx, n):
+    """``2**n`` for a float32 ``n`` holding an integer in [-126, 127]: the exponent field
+    written directly (convert, add the bias, shift, reinterpret), which vectorises; a
+    table lookup is a gather, slow on AVX2."""
+    if not (isinstance(n, types.Float) and n.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        k = builder.fptosi(args[0], i32)
+        bits = builder.shl(builder.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(n), codegen
+
+
+@intrinsic
+def _floor_f32(typingctx, x):
+    """``floor(x)`` of a float32, as a float32 (LLVM's ``llvm.floor``, which vectorises;
+    Numba's ``math.floor`` returns an integer and ``np.floor`` a float64)."""
+    if not (isinstance(x, types.Float) and x.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        floor = builder.module.declare_intrinsic("llvm.floor", [ir.FloatType()])
+        return builder.call(floor, args)
+
+    return types.float32(x), codegen
 
 
 def _exp_nonpos_f32(x):
     """exp(x) for x <= 0 in float32, vectorisable: x = n ln2 + r, |r| <= ln2/2,
-    exp(r) by a degree-6 polynomial, 2**n from a 151-entry table (gathered)."""
-    x = _EXP_FLOOR if x < _EXP_FLOOR else x
-    x = x if x < 0 else x * 0  # the domain is x <= 0: clamp, never index past the table
-    n = math.floor(x * _LOG2E + np.float32(0.5))
-    r = (x - n * _LN2_HI) - n * _LN2_LO
+    exp(r) by a degree-6 polynomial, 2**n from its exponent bits. 0 below ``_EXP_MIN``
+    (where the exact result is under 1.2e-38), and for -inf."""
+    x = _ZERO if x > 0 else x  # the domain is x <= 0 (float32 constants: x * 0 is float64)
+    y = x if x > _EXP_MIN else _EXP_MIN  # finite, and 2**n stays a normal number
+    n = _floor_f32(y * _LOG2E + np.float32(0.5))
+    r = (y - n * _LN2_HI) - n * _LN2_LO
     p = r * _C6 + _C5
     p = r * p + _C4
     p = r * p + _C3
     p = r * p + _C2
     p = r * p + _C1
     p = r * p + _C0
-    return p * _POW2[int(n) + 150]
+    e = p * _exp2_integral(n)
+    if x != x:
+        return x  # NaN in, NaN out
+    return e if x > _EXP_MIN else _ZERO
 
 
 def exp_nonpos(x):
@@ -147,4 +185,6 @@ def _exp_overload(x):
 
 @overload(relu)
 def _relu_overload(x):
-    return lambda x: x if x > 0 else x * 0
+    zero = numpy_support.as_dtype(x).type(0)  # of x's type: ``x * 0`` is a float64
+
+    return lambda x: x if not x <= 0 else zero  # NaN stays NaN, -inf gives 0

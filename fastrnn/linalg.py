@@ -103,8 +103,8 @@ def matmul_nt(a, w, out):
     N = w.shape[0]
     for n in range(N):  # each weight row is read from memory once, for every batch row
         for b in range(B):
-            acc = a[b, 0] * 0
-            for k in range(K):
+            acc = a[b, 0] * w[n, 0]  # (not ``a[b, 0] * 0``: times an int is a float64)
+            for k in range(1, K):
                 acc += a[b, k] * w[n, k]
             out[b, n] = acc
 
@@ -137,12 +137,12 @@ def matmul2_nt(a, w, out, b, v, out2):
     for n in range(N):
         wn, vn = w[n], v[n]
         for r in range(B):
-            acc = a[r, 0] * 0
-            for k in range(K):
+            acc = a[r, 0] * wn[0]  # accumulated in the arrays' dtype (see matmul_nt)
+            for k in range(1, K):
                 acc += a[r, k] * wn[k]
             out[r, n] = acc
-            acc2 = b[r, 0] * 0
-            for k in range(K2):
+            acc2 = b[r, 0] * vn[0]
+            for k in range(1, K2):
                 acc2 += b[r, k] * vn[k]
             out2[r, n] = acc2
 

@@ -53,7 +53,7 @@ def _softmax_block(S, madd, mbool, causal, scale, B1, q0, lse):
                 row[:] = 0
                 lse[n, q0 + r] = -np.inf
                 continue
-            total = m * 0  # m is finite here; row[0] may be -inf (and -inf * 0 is NaN)
+            total = m - m  # a zero of the scores' dtype (m * 0 would be a float64); m is finite
             for j in range(Lk):
                 e = exp_nonpos(row[j] - m)
                 row[j] = e
@@ -76,7 +76,7 @@ def _probs_block(S, madd, mbool, causal, scale, B1, q0, lse):
             if L == -np.inf:
                 row[:] = 0
                 continue
-            zero = L * 0
+            zero = L - L  # L is finite here
             for j in range(Lk):
                 row[j] = exp_nonpos(min(row[j] - L, zero))
 
@@ -88,7 +88,7 @@ def _dscores_block(P, dP, dO, O, scale):
     for n in range(N):
         for r in range(b):
             o, do = O[n, r], dO[n, r]
-            big_d = o[0] * 0
+            big_d = scale - scale
             for t in range(o.shape[0]):
                 big_d += o[t] * do[t]
             p, dp = P[n, r], dP[n, r]
