@@ -136,3 +136,20 @@ def test_sdpa_through_cuda_matches_torch(kw, path):
         lambda *a: F.scaled_dot_product_attention(*a, **kw),
         [q, k, v],
     )
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_sdpa_plain_and_broadcast_paths_agree_with_torch(is_causal):
+    """Same-shaped batches take the plain path (torch's products around fastrnn's softmax
+    kernels), broadcast ones the general path: both match torch, gradients included,
+    and Lq != Lk with causal (top-left aligned, as torch)."""
+    g = torch.Generator().manual_seed(7)
+    k = torch.randn(2, 3, 6, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64)
+    for lead in ((2, 3), (1, 3)):  # plain, then broadcast over the batch
+        q = torch.randn(*lead, 4, 4, generator=g, dtype=torch.float64)
+        grads_match(
+            lambda *a: frt.scaled_dot_product_attention(*a, is_causal=is_causal),
+            lambda *a: F.scaled_dot_product_attention(*a, is_causal=is_causal),
+            [q, k, v],
+        )

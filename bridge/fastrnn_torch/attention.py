@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fastrnn import attention as core
+from fastrnn.attention import sdpa as core_sdpa
 from fastrnn.linalg import use_gemm
 
 from . import _cuda
@@ -121,6 +122,12 @@ def scaled_dot_product_attention(
             "_scaled_dot_product_attention: Explicit attn_mask should not be "
             "set when is_causal=True"
         )
+    if attn_mask is None and _plain(query, key, value):
+        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+            return _PlainSDPA.apply(query, key, value, bool(is_causal), scale)
+        with torch.no_grad():
+            return _plain_forward(query, key, value, bool(is_causal), scale)[0]
     mask = _np(attn_mask)
 
     def train(q, k, v):
@@ -131,6 +138,63 @@ def scaled_dot_product_attention(
         return core.scaled_dot_product_backward(tape, grad_out)
 
     return _run(train, backward, query, key, value)[0]
+
+
+def _plain(q, k, v):
+    """Whether :class:`_PlainSDPA` computes this call: CPU tensors of the same leading
+    shape (no broadcasting), valid sizes, the scores within ``BLOCK_ELEMS`` elements, no
+    functorch transform."""
+    if _cuda.on_gpu(q) or q.dim() < 2 or torch._C._are_functorch_transforms_active():
+        return False
+    lead, (Lq, d), (Lk, dk), (Lv, _) = q.shape[:-2], q.shape[-2:], k.shape[-2:], v.shape[-2:]
+    if k.shape[:-2] != lead or v.shape[:-2] != lead or dk != d or Lv != Lk:
+        return False  # the general path checks and explains
+    if min(Lq, Lk, d, v.shape[-1]) == 0:
+        return False
+    return math.prod(lead) * Lq * Lk <= core_sdpa.BLOCK_ELEMS
+
+
+def _rows(t):
+    """``t`` (..., L, M) as the (N, L, M) NumPy view the core's row kernels take."""
+    return t.detach().reshape(-1, t.shape[-2], t.shape[-1]).numpy()
+
+
+def _plain_forward(q, k, v, causal, scale):
+    """``(out, lse)``: the scores by torch's matmul, the (causal) softmax in place by
+    fastrnn's kernel, then the probabilities times ``v``."""
+    S = torch.matmul(q, k.transpose(-2, -1))
+    lse = S.new_empty(S.shape[:-1])
+    core_sdpa.softmax_scores(_rows(S), causal, scale, lse.detach().reshape(-1, S.shape[-2]).numpy())
+    return torch.matmul(S, v), lse
+
+
+class _PlainSDPA(torch.autograd.Function):
+    """:func:`scaled_dot_product_attention` without a mask on same-shaped CPU tensors:
+    torch's matrix products on the tensors themselves around fastrnn's softmax kernels
+    (the general path's NumPy preparation cost more than the attention at L=16). The
+    backward recomputes the probabilities from the saved log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        out, lse = _plain_forward(q, k, v, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        P = torch.matmul(q, k.transpose(-2, -1))
+        Lq = P.shape[-2]
+        core_sdpa.recompute_probs(_rows(P), ctx.causal, ctx.scale, lse.reshape(-1, Lq).numpy())
+        dv = torch.matmul(P.transpose(-2, -1), grad_out)
+        dS = torch.matmul(grad_out, v.transpose(-2, -1))
+        core_sdpa.score_gradients(_rows(P), _rows(dS), _rows(grad_out), _rows(out), ctx.scale)
+        dq = torch.matmul(dS, k)
+        dk = torch.matmul(dS.transpose(-2, -1), q)
+        return dq, dk, dv, None, None
 
 
 # ----------------------------------------------------------------------------- modules

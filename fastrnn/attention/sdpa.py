@@ -96,6 +96,30 @@ def _dscores_block(P, dP, dO, O, scale):
                 dp[j] = p[j] * (dp[j] - big_d) * scale
 
 
+_NO_ADD = {np.dtype(np.float32): np.empty((0, 0, 0, 0), np.float32),
+           np.dtype(np.float64): np.empty((0, 0, 0, 0), np.float64)}  # fmt: skip
+_NO_BOOL = np.empty((0, 0, 0, 0), np.bool_)
+
+
+def softmax_scores(S, causal, scale, lse):
+    """Scores to probabilities in place, for callers that compute ``S = Q Kᵀ`` (N, Lq,
+    Lk) themselves (unmasked but for ``causal``): ``S`` times ``scale``, softmax over
+    each row, ``lse`` (N, Lq) the rows' log-sum-exp. C-contiguous arrays of one dtype."""
+    _softmax_block(S, _NO_ADD[S.dtype], _NO_BOOL, causal, S.dtype.type(scale), 1, 0, lse)
+
+
+def recompute_probs(S, causal, scale, lse):
+    """The probabilities of :func:`softmax_scores` again, in place, from the same scores
+    and its ``lse`` (the backward's recomputation)."""
+    _probs_block(S, _NO_ADD[S.dtype], _NO_BOOL, causal, S.dtype.type(scale), 1, 0, lse)
+
+
+def score_gradients(P, dP, dO, O, scale):
+    """``dS = P * (dP - rowsum(dO * O)) * scale`` into ``dP`` (N, Lq, Lk), from the
+    probabilities ``P``, ``dP = dO Vᵀ``, the output ``O`` and its gradient ``dO``."""
+    _dscores_block(P, dP, dO, O, P.dtype.type(scale))
+
+
 def _sdpa_shapes(q, k, v):
     """Check q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv) (any array type)."""
     for name, a in (("query", q), ("key", k), ("value", v)):
