@@ -31,13 +31,15 @@ __all__ = ["scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAt
 
 def _kernels_can_run(*tensors):
     ts = [t for t in tensors if t is not None]
-    device = ts[0].device
-    if not (device.type == "cpu" or (device.type == "cuda" and _cuda.available())):
+    dtype = ts[0].dtype
+    if dtype not in (torch.float32, torch.float64):
         return False
-    return all(
-        t.device == device and t.dtype in (torch.float32, torch.float64) and t.dtype == ts[0].dtype
-        for t in ts
-    )
+    if all(t.is_cpu and t.dtype == dtype for t in ts):  # the common case, no device objects
+        return True
+    device = ts[0].device
+    if not (device.type == "cuda" and _cuda.available()):
+        return False
+    return all(t.device == device and t.dtype == dtype for t in ts)
 
 
 def _np(t):
@@ -126,8 +128,7 @@ def scaled_dot_product_attention(
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
             return _PlainSDPA.apply(query, key, value, bool(is_causal), scale)
-        with torch.no_grad():
-            return _plain_forward(query, key, value, bool(is_causal), scale)[0]
+        return _plain_forward(query, key, value, bool(is_causal), scale)[0]  # records nothing
     mask = _np(attn_mask)
 
     def train(q, k, v):
@@ -160,12 +161,15 @@ def _rows(t):
 
 
 def _plain_forward(q, k, v, causal, scale):
-    """``(out, lse)``: the scores by torch's matmul, the (causal) softmax in place by
-    fastrnn's kernel, then the probabilities times ``v``."""
-    S = torch.matmul(q, k.transpose(-2, -1))
-    lse = S.new_empty(S.shape[:-1])
-    core_sdpa.softmax_scores(_rows(S), causal, scale, lse.detach().reshape(-1, S.shape[-2]).numpy())
-    return torch.matmul(S, v), lse
+    """``(out, lse)``: the scores by torch's batched matmul, the (causal) softmax in
+    place by fastrnn's kernel, then the probabilities times ``v``."""
+    *lead, Lq, d = q.shape
+    Lk, dv = v.shape[-2:]
+    S = torch.bmm(q.reshape(-1, Lq, d), k.reshape(-1, Lk, d).transpose(1, 2))
+    lse = torch.empty(S.shape[:2], dtype=S.dtype)
+    core_sdpa.softmax_scores(S.numpy(), causal, scale, lse.numpy())
+    out = torch.bmm(S, v.reshape(-1, Lk, dv))
+    return out.view(*lead, Lq, dv), lse
 
 
 class _PlainSDPA(torch.autograd.Function):
@@ -185,16 +189,18 @@ class _PlainSDPA(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        P = torch.matmul(q, k.transpose(-2, -1))
-        Lq = P.shape[-2]
-        core_sdpa.recompute_probs(_rows(P), ctx.causal, ctx.scale, lse.reshape(-1, Lq).numpy())
-        dv = torch.matmul(P.transpose(-2, -1), grad_out)
-        dS = torch.matmul(grad_out, v.transpose(-2, -1))
-        core_sdpa.score_gradients(_rows(P), _rows(dS), _rows(grad_out), _rows(out), ctx.scale)
-        dq = torch.matmul(dS, k)
-        dk = torch.matmul(dS.transpose(-2, -1), q)
-        return dq, dk, dv, None, None
+        *lead, Lq, d = q.shape
+        Lk, dv = v.shape[-2:]
+        q3, k3, v3 = q.reshape(-1, Lq, d), k.reshape(-1, Lk, d), v.reshape(-1, Lk, dv)
+        do = grad_out.reshape(-1, Lq, dv).contiguous()
+        P = torch.bmm(q3, k3.transpose(1, 2))
+        core_sdpa.recompute_probs(P.numpy(), ctx.causal, ctx.scale, lse.numpy())
+        dv = torch.bmm(P.transpose(1, 2), do)
+        dS = torch.bmm(do, v3.transpose(1, 2))
+        core_sdpa.score_gradients(P.numpy(), dS.numpy(), do.numpy(), _rows(out), ctx.scale)
+        dq = torch.bmm(dS, k3).view(q.shape)
+        dk = torch.bmm(dS.transpose(1, 2), q3).view(k.shape)
+        return dq, dk, dv.view(v.shape), None, None
 
 
 # ----------------------------------------------------------------------------- modules
