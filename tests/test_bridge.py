@@ -346,14 +346,15 @@ def test_bench_workloads_run_and_agree(tmp_path):
         bench.sequence_workload("LSTM", 5, 2, 8, 1, 1),
         bench.training_workload("RNN", 5, 2, 8, 1),
         bench.cell_loop_workload("LSTM", 3, 2, 8, 1),
+        bench.attention_workload(5, True, True, 1),
         bench.quantized_workload("LSTM", "step", 8, 1, 1, "int8"),
         bench.quantized_workload("GRU", "seq", 8, 1, 1, "bfloat16"),
     ]
-    for r in results[:4]:
+    for r in results[:5]:
         assert set(r.times) >= {"fastrnn", "torch"} and max(r.max_abs_diff.values()) < 1e-4
-    assert max(r.max_abs_diff["float32"] for r in results[4:]) < 3e-2
+    assert max(r.max_abs_diff["float32"] for r in results[5:]) < 3e-2
     bench.print_table(results)
-    written = bench.save_charts(results[:4], results[4:], str(tmp_path), "test machine")
+    written = bench.save_charts(results[:5], results[5:], str(tmp_path), "test machine")
     assert [os.path.basename(p) for p in written] == ["vs_torch.png", "vs_onnxruntime.png"]
 
 
