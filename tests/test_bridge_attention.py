@@ -153,3 +153,18 @@ def test_sdpa_plain_and_broadcast_paths_agree_with_torch(is_causal):
             lambda *a: F.scaled_dot_product_attention(*a, is_causal=is_causal),
             [q, k, v],
         )
+
+
+@pytest.mark.parametrize("Lk", [70, 90])
+def test_sdpa_causal_with_more_keys_than_queries_matches_torch(Lk):
+    """Causal attention is top-left aligned, as torch's: with more keys than queries the
+    extra keys get no weight (the plain path, gradients included)."""
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 70, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(2, Lk, 8, generator=g, dtype=torch.float64)
+    v = torch.randn(2, Lk, 3, generator=g, dtype=torch.float64)
+    grads_match(
+        lambda *a: frt.scaled_dot_product_attention(*a, is_causal=True),
+        lambda *a: F.scaled_dot_product_attention(*a, is_causal=True),
+        [q, k, v],
+    )
