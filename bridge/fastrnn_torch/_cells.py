@@ -42,8 +42,9 @@ def _address(t):
 
 
 def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
-    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H) only with ``keep_gates``.
-    Every tensor contiguous, of one dtype, of the configuration's shapes (the module and
+    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H) always on the
+    :func:`_at` path (its kernel writes them), else only with ``keep_gates``. Every
+    tensor contiguous, of one dtype, of the configuration's shapes (the module and
     :func:`step` check); ``c0`` None but for LSTM."""
     B, H = h0.shape
     if _at(spec, B):
