@@ -5,9 +5,9 @@ A :class:`Spec` says what to compute, ``params`` (torch's names to arrays) with 
 :class:`Tape`; :func:`backward` turns the tape and the output gradients into
 :class:`Gradients`. :func:`cell_forward` and :func:`cell_backward` are one time step of
 one layer (the ``*Cell`` loops); :class:`CellAt` (:func:`cell_at`) the same over memory
-given by address, for callers whose arrays are not NumPy's. Arrays are the caller's: NumPy arrays run on the CPU
-backend, device arrays (``__cuda_array_interface__``) on the CUDA one
-(:func:`backend_for`). The engine validates nothing a user typed: the models do.
+given by address, for callers whose arrays are not NumPy's. Arrays are the caller's:
+NumPy arrays run on the CPU backend, device arrays (``__cuda_array_interface__``) on the
+CUDA one (:func:`backend_for`). The engine validates nothing a user typed: the models do.
 """
 
 import functools
