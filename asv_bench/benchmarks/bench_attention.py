@@ -12,7 +12,7 @@ from .common import ENGINES, check_close
 SDPA = {"fastrnn": frt.scaled_dot_product_attention, "torch": F.scaled_dot_product_attention}
 
 
-def _sdpa_inputs(batch, length, heads=4, d=64, grad=False):
+def _sdpa_inputs(length, batch=8, heads=4, d=64, grad=False):
     g = torch.Generator().manual_seed(0)
     return [
         torch.randn(batch, heads, length, d, generator=g).requires_grad_(grad) for _ in range(3)
@@ -20,28 +20,29 @@ def _sdpa_inputs(batch, length, heads=4, d=64, grad=False):
 
 
 class ScaledDotProduct:
-    """(B=1, L=32..512) and (B=32, L=64), 4 heads of 64."""
+    """The bridge's single-core target workload: B=8, 4 heads of 64, L = 16, 64, 128,
+    causal or not."""
 
-    params = ([(1, 32), (1, 128), (1, 512), (32, 64)], ENGINES)
-    param_names = ["batch_length", "engine"]
+    params = ([16, 64, 128], [False, True], ENGINES)
+    param_names = ["length", "causal", "engine"]
 
-    def setup(self, batch_length, engine):
+    def setup(self, length, causal, engine):
         self.f = SDPA[engine]
-        self.x = _sdpa_inputs(*batch_length)
-        self.xg = _sdpa_inputs(*batch_length, grad=True)
+        self.x = _sdpa_inputs(length)
+        self.xg = _sdpa_inputs(length, grad=True)
         with torch.no_grad():
             check_close(
-                frt.scaled_dot_product_attention(*self.x).numpy(),
-                F.scaled_dot_product_attention(*self.x),
+                frt.scaled_dot_product_attention(*self.x, is_causal=causal).numpy(),
+                F.scaled_dot_product_attention(*self.x, is_causal=causal),
                 "attention output",
             )
 
-    def time_forward(self, batch_length, engine):
+    def time_forward(self, length, causal, engine):
         with torch.no_grad():
-            self.f(*self.x)
+            self.f(*self.x, is_causal=causal)
 
-    def time_forward_backward(self, batch_length, engine):
-        self.f(*self.xg).sum().backward()
+    def time_forward_backward(self, length, causal, engine):
+        self.f(*self.xg, is_causal=causal).sum().backward()
 
 
 class TutorialAttn:
@@ -66,35 +67,41 @@ class TutorialAttn:
 
 
 class AttentionSpeedup:
-    """torch time / fastrnn time, side by side in one process."""
+    """torch time / fastrnn time on :class:`ScaledDotProduct`'s workloads, side by side
+    in one process (repetitions interleaved, medians)."""
 
-    params = ([(1, 32), (1, 512), (32, 64)],)
-    param_names = ["batch_length"]
+    params = ([16, 64, 128], [False, True])
+    param_names = ["length", "causal"]
     timeout = 120
 
-    def _ratio(self, batch_length, backward):
-        times = {}
+    def _ratio(self, length, causal, backward):
+        runs = {}
         for engine in ENGINES:
             f = SDPA[engine]
-            x = _sdpa_inputs(*batch_length, grad=backward)
+            x = _sdpa_inputs(length, grad=backward)
 
             def run(f=f, x=x):
                 if backward:
-                    f(*x).sum().backward()
+                    f(*x, is_causal=causal).sum().backward()
                 else:
                     with torch.no_grad():
-                        f(*x)
+                        f(*x, is_causal=causal)
 
             run()
-            times[engine] = min(timeit.repeat(run, number=5, repeat=5)) / 5
-        return times["torch"] / times["fastrnn"]
+            runs[engine] = run
+        times = {engine: [] for engine in ENGINES}
+        for _ in range(7):
+            for engine in ENGINES:
+                times[engine].append(timeit.timeit(runs[engine], number=5) / 5)
+        median = {engine: sorted(t)[len(t) // 2] for engine, t in times.items()}
+        return median["torch"] / median["fastrnn"]
 
-    def track_speedup_forward(self, batch_length):
-        return self._ratio(batch_length, False)
+    def track_speedup_forward(self, length, causal):
+        return self._ratio(length, causal, False)
 
     track_speedup_forward.unit = "x faster than torch"
 
-    def track_speedup_forward_backward(self, batch_length):
-        return self._ratio(batch_length, True)
+    def track_speedup_forward_backward(self, length, causal):
+        return self._ratio(length, causal, True)
 
     track_speedup_forward_backward.unit = "x faster than torch"
