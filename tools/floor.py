@@ -1,0 +1,106 @@
+"""The floor under fastrnn's batch-1 rows: the least time the bytes and the multiply-adds
+of a call take on this core, measured, beside fastrnn's time for the call.
+
+A batch-1 ``step`` must read every input and recurrent weight once (2 MB for an H=256
+LSTM in float32), and a batch-1 sequence must read ``W_hh`` once per time step, after
+one product of the whole input with ``W_ih``. The floor of a row is:
+
+- bytes: a Numba loop that only sums the weights, run over the model's own stored
+  transposes as a stream of calls (so the weights sit where a stream leaves them:
+  in L2 when they fit, else in L3); the weights are read once per step, nothing more;
+- multiply-adds: the input projection's ``T·I·G·H`` at the best rate this core's BLAS
+  reaches (NumPy's OpenBLAS on a 1024x1024 product, single-threaded).
+
+``floor = step bytes`` for ``step``; ``T x (W_hh bytes) + projection FLOPs`` for a
+sequence. A row whose target is missed can be closed by the issue's rule when fastrnn
+is within 1.1x of its floor and no peer is faster on it (peers: ``fastrnn bench``).
+
+    taskset -c 0 python tools/floor.py [--hidden 256] [--repeats 7]
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import fastrnn
+from fastrnn import threads
+from fastrnn._jit import kernel
+
+
+@kernel
+def _read_all(w):
+    """The sum of every element of ``w`` (K, N): each weight read once, vectorised."""
+    acc = w[0, 0] - w[0, 0]
+    for k in range(w.shape[0]):
+        row = w[k]
+        for n in range(row.shape[0]):
+            acc += row[n]
+    return acc
+
+
+def _median_seconds(fn, repeats, calls):
+    fn()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - start) / calls)
+    return statistics.median(runs)
+
+
+def _gemm_rate(repeats):
+    """Multiply-adds per second of NumPy's BLAS on a 1024x1024 float32 product."""
+    a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    with threads.single_blas():
+        seconds = _median_seconds(lambda: a @ a, repeats, 3)
+    return 1024**3 / seconds
+
+
+def rows(hidden, repeats):
+    """``(label, floor seconds, fastrnn seconds)`` per batch-1 row, every cell."""
+    rate = _gemm_rate(repeats)
+    T = 100
+    out = []
+    for cell in ("LSTM", "GRU", "RNN"):
+        m = getattr(fastrnn, cell)(hidden, hidden)
+        x = np.random.default_rng(0).standard_normal((T, 1, hidden)).astype(np.float32)
+        w_ih_t, _, w_hh_t, _ = fastrnn.engine.step_weights(m.spec, m.state_dict())[0][:4]
+
+        state = [m.initial_state(1)]
+
+        def advance(m=m, x=x, state=state):
+            _, state[0] = m.step(x[0], state[0])
+
+        step = _median_seconds(advance, repeats, 200)
+        read = _median_seconds(
+            lambda a=w_ih_t, b=w_hh_t: (_read_all(a), _read_all(b)), repeats, 200
+        )
+        out.append((f"{cell:5} step B=1 H={hidden}", read, step))
+
+        seq = _median_seconds(lambda m=m, x=x: m(x), repeats, 5)
+        recurrent = _median_seconds(lambda b=w_hh_t: _read_all(b), repeats, 200)
+        projection = T * w_ih_t.shape[0] * w_ih_t.shape[1] / rate
+        out.append((f"{cell:5} seq T={T} B=1 H={hidden}", T * recurrent + projection, seq))
+    return out, rate
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--hidden", type=int, default=256, help="hidden and input size")
+    ap.add_argument("--repeats", type=int, default=7, help="medians of this many runs")
+    args = ap.parse_args(argv)
+    fastrnn.set_num_threads(1)
+    table, rate = rows(args.hidden, args.repeats)
+    print(f"BLAS rate (1024x1024 float32, 1 thread): {rate / 1e9:.1f} G multiply-adds/s")
+    print(f"{'row':28} {'floor':>10} {'fastrnn':>10} {'fastrnn/floor':>14}")
+    for label, floor, ours in table:
+        print(f"{label:28} {floor * 1e6:8.1f}us {ours * 1e6:8.1f}us {ours / floor:13.2f}x")
+
+
+if __name__ == "__main__":
+    main()
