@@ -153,12 +153,19 @@ def _team_sequence(
 
 
 def _step_layer(
-    x, w_ih_t, s_ih, w_hh_t, s_hh, b_ih, b_hh, w_hr, h, c, activation, gx, gh, m, hp, ones
-):
+    x, w_ih_t, s_ih, w_hh_t, s_hh, b_ih, b_hh, w_hr, h_in, c_in, h, c, activation, gx, gh, m,
+    hp, ones,
+):  # fmt: skip
     """Streaming step of one layer, every row running: the input and recurrent products
     from the transposed weights ``w_*_t`` (I, G·H) and (H_out, G·H) (float with scales
-    None, or int8 with their row scales ``s_*``), then the fused cell step (``h``/``c``
-    in place)."""
+    None, or int8 with their row scales ``s_*``), then the fused cell step. The state is
+    read from ``h_in``/``c_in`` and written to ``h``/``c`` (the same arrays to step in
+    place): a stream's next buffer is filled without a copy in Python first."""
+    for n in range(h.shape[0]):  # (GRU's update reads the old h from ``h``)
+        for j in range(h.shape[1]):
+            h[n, j] = h_in[n, j]
+        for j in range(c.shape[1]):
+            c[n, j] = c_in[n, j]
     matmul_t(x, w_ih_t, s_ih, gx)
     matmul_t(h, w_hh_t, s_hh, gh)
     cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)

@@ -108,20 +108,19 @@ class _Workspace:
             source = -1
         out = stream.target(source)
         h, c = stream.buffers[out]
-        if source >= 0:  # the stream's own last state (the common case): same shapes
-            np.copyto(h, h_in)
-            if c.size:
-                np.copyto(c, c_in)
-        elif h_in is None:
-            h.fill(0)
-            c.fill(0)
-        else:
-            h[...] = h_in.reshape(h.shape)
-            c[...] = c_in.reshape(c.shape)
+        if source < 0:  # a caller's state (or zeros): into the target buffer first
+            if h_in is None:
+                h.fill(0)
+                c.fill(0)
+            else:
+                h[...] = h_in.reshape(h.shape)
+                c[...] = c_in.reshape(c.shape)
+            h_in, c_in = h, c
+        # else the stream's own last state (the common case), read where it is
         inp = x if x.ndim == 2 else x.reshape(1, -1)
         if not inp.flags.c_contiguous:
             inp = np.ascontiguousarray(inp)
-        engine.step(self.spec, self.params, inp, h, c, self.scratch)
+        engine.step(self.spec, self.params, inp, h, c, self.scratch, h_in, c_in)
         stream.latest = out
         return stream.outputs[out], stream.returned[out]
 

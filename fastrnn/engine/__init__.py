@@ -163,18 +163,21 @@ def step_scratch(spec, batch):
     )
 
 
-def step(spec, weights, x, h, c, scratch):
+def step(spec, weights, x, h, c, scratch, h_in=None, c_in=None):
     """One time step of every layer of a unidirectional stack, on the CPU (streaming).
 
     ``weights`` from :func:`step_weights`, ``scratch`` from :func:`step_scratch`; ``x``
     (batch, input_size) contiguous; ``h`` (num_layers, batch, H_out) and ``c``
-    (num_layers, batch, hidden_size; 0 features but for LSTM) are updated in place, and
+    (num_layers, batch, hidden_size; 0 features but for LSTM) receive the new state,
+    read from ``h_in``/``c_in`` (same shapes; None: ``h``/``c``, updated in place), and
     ``h[-1]`` is the step's output.
     """
     kernel = recurrence.LOOPS[spec.kernels].step_layer
     activation = spec.activation
+    h_in = h if h_in is None else h_in
+    c_in = c if c_in is None else c_in
     for layer, arrays in enumerate(weights):
-        kernel(x, *arrays, h[layer], c[layer], activation, *scratch)
+        kernel(x, *arrays, h_in[layer], c_in[layer], h[layer], c[layer], activation, *scratch)
         x = h[layer]
 
 
