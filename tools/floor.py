@@ -22,14 +22,17 @@ import argparse
 import statistics
 import time
 
+import numba
 import numpy as np
 
 import fastrnn
 from fastrnn import threads
-from fastrnn._jit import kernel
+from fastrnn._jit import KERNEL_OPTIONS
 
 
-@kernel
+# The kernels' options, not their disk cache: a tool loaded by path (as the tests do) is
+# a module Numba cannot import again to load a cached function.
+@numba.njit(**KERNEL_OPTIONS)
 def _read_all(w):
     """The sum of every element of ``w`` (K, N): each weight read once, vectorised."""
     acc = w[0, 0] - w[0, 0]
