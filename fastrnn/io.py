@@ -262,6 +262,13 @@ def _npz_members(path, archive):
         key = info.filename[:-4]
         if key in members:
             raise FileFormatError(f"{path}: array {key!r} appears twice")
+        if info.flag_bits & 0x1:  # zipfile would ask for a password (RuntimeError)
+            raise FileFormatError(f"{path}: array {key!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise FileFormatError(  # (NotImplementedError from zipfile, or a module import)
+                f"{path}: array {key!r} uses zip compression method {info.compress_type}; "
+                ".npz members are stored or deflated"
+            )
         with archive.open(info) as fp:
             try:
                 version = np.lib.format.read_magic(fp)

@@ -288,3 +288,25 @@ def test_concurrent_save_and_load_never_read_a_torn_file(tmp_path):
         thread.join()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != path.name]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("field, value", [("flags", 0x1), ("method", 99), ("method", 12)])
+def test_npz_member_encrypted_or_compressed_otherwise_raises_file_format_error(
+    tmp_path, field, value
+):
+    """An .npz member marked encrypted, or compressed by a method NumPy never writes,
+    is a FileFormatError naming the file (zipfile would raise RuntimeError, or
+    NotImplementedError, or decompress bzip2 it was never meant to read). Found by the
+    fuzz test above."""
+    blob = bytearray(_small_file(tmp_path, "orig.npz").read_bytes())
+    at = blob.find(b"PK\x01\x02")  # the first central-directory entry
+    assert at >= 0
+    offset = at + (8 if field == "flags" else 10)
+    old = int.from_bytes(blob[offset : offset + 2], "little")
+    new = old | value if field == "flags" else value
+    blob[offset : offset + 2] = new.to_bytes(2, "little")
+    path = tmp_path / "patched.npz"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(FileFormatError) as info:
+        fastrnn.load(path)
+    assert str(path) in str(info.value)
