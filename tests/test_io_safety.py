@@ -310,3 +310,22 @@ def test_npz_member_encrypted_or_compressed_otherwise_raises_file_format_error(
     with pytest.raises(FileFormatError) as info:
         fastrnn.load(path)
     assert str(path) in str(info.value)
+
+
+def test_every_bit_flip_in_the_npz_directory_loads_or_raises_file_format_error(tmp_path):
+    """Every single-bit flip of an .npz file's central directory (compression method,
+    flags, versions, sizes, names, offsets): a model comes back or FileFormatError,
+    never zipfile's NotImplementedError or RuntimeError (the fuzz test found three)."""
+    blob = _small_file(tmp_path, "orig.npz").read_bytes()
+    start = blob.find(b"PK\x01\x02")
+    assert start >= 0
+    path = tmp_path / "flipped.npz"
+    for at in range(start, len(blob)):
+        for bit in range(8):
+            flipped = bytearray(blob)
+            flipped[at] ^= 1 << bit
+            path.write_bytes(bytes(flipped))
+            try:
+                assert isinstance(fastrnn.load(path), fastrnn.GRU)
+            except FileFormatError:
+                pass
