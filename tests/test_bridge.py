@@ -595,3 +595,32 @@ def test_cell_gradients_arriving_expanded(kind):
         found.append(torch.autograd.grad(loss, [h, *module.parameters()]))
     for ours, theirs in zip(*found):
         assert (ours - theirs).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_cell_plain_calls_take_the_short_path(kind):
+    """The loop-over-time call (2-D contiguous CPU input and state of the module's
+    dtype) is recognised by ``_plain_step`` and matches torch.nn, with and without a
+    state; every other call is handed to ``forward``'s general path (None), which
+    keeps torch.nn's checks and messages."""
+    m, tm = twins(CELLS, kind, "float64", 3, 5)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    h = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    lstm = kind == "lstm"
+    for state in (None, (h, 2 * h) if lstm else h):
+        ours, theirs = m._plain_step(x, state), tm(x, state)
+        for a, b in zip(flat(ours), flat(theirs)):
+            assert (a - b).abs().max() < 1e-12
+    declined = [
+        (x[0], None),  # unbatched
+        (x.t().contiguous().t(), None),  # not contiguous
+        (x.float(), None),  # another dtype than the weights'
+        (x, (h.float(), h) if lstm else h.float()),  # a state of another dtype
+        (x, (h[:, :4], h) if lstm else h[:, :4]),  # a state of the wrong width
+        (x, (h.t().contiguous().t(), h) if lstm else h.t().contiguous().t()),
+    ]
+    if lstm:
+        declined.append((x, [h, h]))  # a list, not a tuple: torch.nn's checks decide
+    for args in declined:
+        assert m._plain_step(*args) is None

@@ -42,19 +42,19 @@ def _address(t):
 
 
 def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
-    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H) always on the
-    :func:`_at` path (its kernel writes them), else only with ``keep_gates``. Every
+    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H) only with
+    ``keep_gates`` (else None). Every
     tensor contiguous, of one dtype, of the configuration's shapes (the module and
     :func:`step` check); ``c0`` None but for LSTM."""
     B, H = h0.shape
     if _at(spec, B):
         at = engine.cell_at(spec)
-        h1 = torch.empty((B, H), dtype=x.dtype)
-        c1 = torch.empty((B, H), dtype=x.dtype) if spec.has_cell_state else None
-        gates = torch.empty((B, at.tape_width), dtype=x.dtype)
+        h1 = torch.empty_like(h0)  # (the cheapest allocation torch offers: ~1 us)
+        c1 = torch.empty_like(h0) if spec.has_cell_state else None
+        gates = h0.new_empty(B * at.tape_width) if keep_gates else None  # (flat: cheaper)
         at.forward(
             B, x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(), w_hh.data_ptr(),
-            _address(b_ih), _address(b_hh), h1.data_ptr(), _address(c1), gates.data_ptr(),
+            _address(b_ih), _address(b_hh), h1.data_ptr(), _address(c1), _address(gates),
         )  # fmt: skip
         return h1, c1, gates
     gx = torch.mm(x.detach(), w_ih.detach().t()).numpy()
@@ -152,12 +152,11 @@ _apply = super(torch.autograd.Function, CellFunction).apply
 def _backward_at(spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1):
     """:meth:`CellFunction.backward` of an :func:`_at` step: one kernel call."""
     B, H = h0.shape
-    dtype = x.dtype
     # kept in names until the kernel returns: a temporary's memory may be reused at once
     grad_h1, grad_c1 = _contiguous(grad_h1), _contiguous(grad_c1)
     dx = torch.empty_like(x) if needs[3] else None
-    dh0 = torch.empty((B, H), dtype=dtype) if needs[4] else None
-    dc0 = torch.empty((B, H), dtype=dtype) if needs[5] and spec.has_cell_state else None
+    dh0 = torch.empty_like(h0) if needs[4] else None
+    dc0 = torch.empty_like(h0) if needs[5] and spec.has_cell_state else None
     dw_ih = torch.empty_like(w_ih) if needs[6] else None
     dw_hh = torch.empty_like(w_hh) if needs[7] else None
     db_ih = torch.empty_like(b_ih) if b_ih is not None and needs[8] else None
@@ -202,9 +201,17 @@ def step(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train):
     weights = (w_ih, w_hh, b_ih, b_hh)
     if not all(w is None or w.is_contiguous() for w in weights):
         w_ih, w_hh, b_ih, b_hh = (None if w is None else w.contiguous() for w in weights)
+    return checked_step(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train)
+
+
+def checked_step(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, train):
+    """:func:`step` of tensors already checked: weights of the configuration's shapes,
+    every tensor contiguous and of one dtype, on the CPU."""
     if train:
         apply = CellFunction.apply if torch._C._are_functorch_transforms_active() else _apply
         return apply(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    with torch.no_grad():
-        h1, c1, _ = _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
+    # Nothing here is recorded by autograd (the kernels write fresh tensors, the
+    # products read detached ones): no ``no_grad`` context needed.
+    spec = spec_for(config)
+    h1, c1, _ = _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, False)
     return (h1, c1) if spec.has_cell_state else h1

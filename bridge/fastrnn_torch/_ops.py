@@ -247,11 +247,14 @@ def _grad_or_zeros(grad, like_shape, x):
 
 def _batched(*tensors):
     """Whether a gradient comes batched by ``vmap`` (``is_grads_batched=True``)."""
-    functorch = torch._C._functorch
-    return any(
-        t is not None and (functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t))
-        for t in tensors
+    batched, legacy = (
+        torch._C._functorch.is_batchedtensor,
+        torch._C._functorch.is_legacy_batchedtensor,
     )
+    for t in tensors:  # (a loop, not any(): called per cell step)
+        if t is not None and (batched(t) or legacy(t)):
+            return True
+    return False
 
 
 class RNNFunction(torch.autograd.Function):

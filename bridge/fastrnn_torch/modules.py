@@ -64,6 +64,22 @@ def _check_state_dtype(h, x):
         )
 
 
+_STRIDED = torch.strided
+
+
+def _plain_state(h, dtype, B, H):
+    """Whether a state tensor takes the cells' common path: (B, H), contiguous, CPU."""
+    return (
+        type(h) is torch.Tensor
+        and h.dtype == dtype
+        and h.is_cpu
+        and h.layout is _STRIDED
+        and h.dim() == 2
+        and h.shape == (B, H)
+        and h.is_contiguous()
+    )
+
+
 def _needs_grad(tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -118,7 +134,7 @@ class _Portable:
     """Pickling and copying: a checkpoint holds the torch.nn class, a deep copy ours."""
 
     _torch_class = None
-    _PRIVATE = ("_fastrnn_config",)  # caches that a torch.nn module does not have
+    _PRIVATE = ("_fastrnn_config", "_fastrnn_cell")  # caches that a torch.nn module does not have
 
     def __reduce_ex__(self, protocol):
         # Unpickling constructs the torch.nn class (a small throwaway layer) and then
@@ -305,6 +321,72 @@ class _CellMixin(_Portable):
 
     _mode = None
 
+    def _plain_step(self, input, hx):
+        """The common call, recognised in a few attribute reads, or None: a 2-D CPU
+        input, a state of its shape and dtype (or none), every tensor contiguous and
+        plain, parameters of that dtype, eager mode (no tracing, compiling, export or
+        functorch transform). Anything else takes :meth:`forward`'s general path, with
+        torch.nn's checks and messages; a loop over time pays only this."""
+        params = self._parameters
+        dtype = input.dtype
+        if (
+            type(input) is not torch.Tensor
+            or dtype not in _DTYPES
+            or not input.is_cpu
+            or _cuda.on_gpu(input)  # (True for CPU tensors in the simulator's tests)
+            or input.layout is not _STRIDED
+            or input.dim() != 2
+            or not input.is_contiguous()
+            or torch._C._are_functorch_transforms_active()
+            or torch.compiler.is_compiling()
+            or torch._C._get_tracing_state() is not None
+            or torch.compiler.is_exporting()
+        ):
+            return None
+        B, I = input.shape
+        H = self.hidden_size
+        if B == 0 or H == 0 or I != self.input_size:
+            return None
+        lstm = self._mode == "LSTM"
+        if hx is None:
+            h0 = input.new_zeros((B, H))
+            c0 = h0 if lstm else None
+        elif lstm:
+            if type(hx) is not tuple or len(hx) != 2:
+                return None
+            h0, c0 = hx
+            if not _plain_state(c0, dtype, B, H):
+                return None
+        else:
+            h0, c0 = hx, None
+        if hx is not None and not _plain_state(h0, dtype, B, H):
+            return None
+        G = self._gates * H
+        w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
+        shaped = [(w_ih, (G, I)), (w_hh, (G, H))]
+        b_ih = b_hh = None
+        if self.bias:
+            b_ih, b_hh = params.get("bias_ih"), params.get("bias_hh")
+            shaped += [(b_ih, (G,)), (b_hh, (G,))]
+        for w, shape in shaped:
+            if w is None or w.dtype != dtype or not w.is_cpu or not w.is_contiguous():
+                return None  # parametrized (computed by a property), or not plain
+            if w.shape != shape:
+                return None
+        train = torch.is_grad_enabled() and (
+            input.requires_grad
+            or h0.requires_grad
+            or (lstm and c0.requires_grad)
+            or w_ih.requires_grad
+            or w_hh.requires_grad
+            or (b_ih is not None and (b_ih.requires_grad or b_hh.requires_grad))
+        )
+        key = (dtype, H, I, self.bias, self.__dict__.get("nonlinearity"))
+        cached = self.__dict__.get("_fastrnn_cell")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_fastrnn_cell"] = (key, _config(self, self._mode, 1, dtype))
+        return _cells.checked_step(cached[1], input, h0, c0, w_ih, w_hh, b_ih, b_hh, train)
+
     def _weights(self):
         params = self._parameters
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else _CELL_WEIGHTS
@@ -315,6 +397,9 @@ class _CellMixin(_Portable):
         return found
 
     def forward(self, input, hx=None):
+        out = self._plain_step(input, hx)
+        if out is not None:
+            return out
         weights = self._weights()
         if not _supported(input, weights) or _recording_portable_graph():
             return super().forward(input, hx)
@@ -396,6 +481,7 @@ class RNNCell(_CellMixin, torch.nn.RNNCell):
 
     _mode = "RNN"
     _torch_class = torch.nn.RNNCell
+    _gates = 1
 
 
 class LSTMCell(_CellMixin, torch.nn.LSTMCell):
@@ -403,6 +489,7 @@ class LSTMCell(_CellMixin, torch.nn.LSTMCell):
 
     _mode = "LSTM"
     _torch_class = torch.nn.LSTMCell
+    _gates = 4
 
 
 class GRUCell(_CellMixin, torch.nn.GRUCell):
@@ -410,3 +497,4 @@ class GRUCell(_CellMixin, torch.nn.GRUCell):
 
     _mode = "GRU"
     _torch_class = torch.nn.GRUCell
+    _gates = 3

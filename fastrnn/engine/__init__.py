@@ -235,23 +235,38 @@ class CellAt:
         self.tape_width = spec.tape_gates * spec.hidden_size
         self._activation = spec.activation
         self._width = spec.gates * spec.hidden_size
-        self._ones = np.ones(64, np.int64)  # every row runs: the lengths the kernels read
+        self._local = threading.local()  # .spaces: B -> (scratch address, ones(B))
 
-    def _lengths(self, B):
-        if B > self._ones.size:
-            self._ones = np.ones(2 * B, np.int64)
-        return self._ones[:B]
+    def _workspace(self, B):
+        """This thread's scratch space for a step of ``B`` rows, cached per ``B``: the
+        kernels' (an address), room for the gates of a step that keeps none (an address
+        after it), and ``B`` int64 ones (every row runs: the lengths the kernels read)."""
+        try:
+            return self._local.spaces[B]
+        except (AttributeError, KeyError):
+            G, H = self._width, self.hidden_size
+            kernel = max(2 * B * G + 2 * B * H + G, 2 * B * G + 4 * B * H)
+            n = kernel + B * self.tape_width
+            found = self._local.spaces = getattr(self._local, "spaces", {})
+            array = getattr(self._local, "array", None)
+            if array is None or array.size < n:
+                array = self._local.array = np.empty(n, self._dtype)
+                found.clear()  # (addresses in the old array)
+            address = array.ctypes.data
+            found[B] = (address, address + kernel * array.itemsize, np.ones(B, np.int64))
+            return found[B]
 
     def forward(self, B, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates):
         """``h1`` (B, H) and, for LSTM, ``c1`` (B, H) from ``x`` (B, I), ``h0``, ``c0``
         (B, H; ``c0``/``c1`` ignored but for LSTM) and torch-layout weights ``w_ih`` (G·H,
         I), ``w_hh`` (G·H, H), biases (G·H,) or 0 for none; ``gates`` (B,
-        :attr:`tape_width`) receives what :meth:`backward` needs."""
-        G, H = self._width, self.hidden_size
-        scratch = _scratch(2 * B * G + 2 * B * H + G, self._dtype)
+        :attr:`tape_width`) receives what :meth:`backward` needs, or is 0 (inference:
+        they go to scratch space)."""
+        scratch, spare, ones = self._workspace(B)
+        gates = gates or spare
         self._forward(
-            self._like, B, self.input_size, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1,
-            gates, scratch, self._activation, self._lengths(B),
+            self._like, B, self.input_size, self.hidden_size, x, h0, c0, w_ih, w_hh, b_ih,
+            b_hh, h1, c1, gates, scratch, self._activation, ones,
         )  # fmt: skip
 
     def backward(self, B, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh,
@@ -260,11 +275,11 @@ class CellAt:
         from the outgoing state's ``dh1``, ``dc1`` (B, H; 0 for zero), written (not
         accumulated) to ``dx`` (B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``, ``dw_hh`` (the
         weights' shapes), ``db_ih``, ``db_hh`` (G·H,), each 0 when not wanted."""
-        G, H = self._width, self.hidden_size
-        scratch = _scratch(2 * B * G + 4 * B * H, self._dtype)
+        scratch, _, ones = self._workspace(B)
         self._backward(
-            self._like, B, self.input_size, H, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx,
-            dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, scratch, self._activation, self._lengths(B),
+            self._like, B, self.input_size, self.hidden_size, gates, x, h0, c0, w_ih, w_hh,
+            dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, scratch, self._activation,
+            ones,
         )  # fmt: skip
 
 
@@ -272,20 +287,6 @@ class CellAt:
 def cell_at(spec):
     """The :class:`CellAt` of a one-layer ``spec`` (made once per spec)."""
     return CellAt(spec)
-
-
-_THREAD = threading.local()
-
-
-def _scratch(n, dtype):
-    """The address of at least ``n`` elements of ``dtype``: this thread's scratch buffer,
-    grown when needed (a kernel call uses it and is done before the next one starts)."""
-    buffers = _THREAD.__dict__.setdefault("scratch", {})
-    found = buffers.get(dtype)
-    if found is None or found[0].size < n:
-        array = np.empty(max(n, 1024), dtype)
-        found = buffers[dtype] = (array, array.ctypes.data)
-    return found[1]
 
 
 class _Constants:
