@@ -96,16 +96,61 @@ def set_gemm(fn):
 
 
 @kernel
-def matmul_nt(a, w, out):
-    """``out[:] = a @ w.T`` for ``a`` (B, K), ``w`` (N, K), ``out`` (B, N), all C-contiguous."""
+def _rows_nt(a, w, out, n):
+    """``out[:, n : n + 8] = a @ w[n : n + 8].T``: eight dot products per batch row,
+    each weight row read once, eight independent sums (vectorised along ``k``)."""
     B, K = a.shape
+    w0, w1, w2, w3, w4, w5, w6, w7 = (
+        w[n], w[n + 1], w[n + 2], w[n + 3], w[n + 4], w[n + 5], w[n + 6], w[n + 7]
+    )  # fmt: skip
+    zero = np.float32(0)  # (a float32 zero: sums of float64 arrays unify to float64)
+    for b in range(B):
+        ab = a[b]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+        for k in range(K):  # from 0, not from a first product: no peeled, unaligned start
+            x = ab[k]
+            s0 += x * w0[k]
+            s1 += x * w1[k]
+            s2 += x * w2[k]
+            s3 += x * w3[k]
+            s4 += x * w4[k]
+            s5 += x * w5[k]
+            s6 += x * w6[k]
+            s7 += x * w7[k]
+        ob = out[b]
+        ob[n], ob[n + 1], ob[n + 2], ob[n + 3] = s0, s1, s2, s3
+        ob[n + 4], ob[n + 5], ob[n + 6], ob[n + 7] = s4, s5, s6, s7
+
+
+@kernel
+def _row_nt(a, w, out, n):
+    """``out[:, n] = a @ w[n]``."""
+    B, K = a.shape
+    wn = w[n]
+    for b in range(B):
+        acc = np.float32(0)
+        for k in range(K):
+            acc += a[b, k] * wn[k]
+        out[b, n] = acc
+
+
+@kernel
+def matmul_nt(a, w, out):
+    """``out[:] = a @ w.T`` for ``a`` (B, K), ``w`` (N, K), ``out`` (B, N), all C-contiguous.
+
+    Eight rows of ``w`` per pass, each read from memory once for every batch row (a
+    torch-layout weight needs no transposed copy). Measured against :func:`matmul_t` on
+    the stored transpose (B=1, float32): as fast at 1 MB, 1.5x faster from L2; the
+    earlier one-row loop that started its sum from the first product was 1.5x slower.
+    """
     N = w.shape[0]
-    for n in range(N):  # each weight row is read from memory once, for every batch row
-        for b in range(B):
-            acc = a[b, 0] * w[n, 0]  # (not ``a[b, 0] * 0``: times an int is a float64)
-            for k in range(1, K):
-                acc += a[b, k] * w[n, k]
-            out[b, n] = acc
+    n = 0
+    while n + 8 <= N:
+        _rows_nt(a, w, out, n)
+        n += 8
+    while n < N:
+        _row_nt(a, w, out, n)
+        n += 1
 
 
 @kernel
@@ -128,22 +173,18 @@ def commit_rows(h, h_new, y_t, t, lengths):
 
 @kernel
 def matmul2_nt(a, w, out, b, v, out2):
-    """``out[:] = a @ w.T`` and ``out2[:] = b @ v.T`` in one pass over the rows of ``w``
-    and ``v`` (same row count): a streaming step reads both weight matrices once."""
-    B, K = a.shape
-    K2 = b.shape[1]
+    """``out[:] = a @ w.T`` and ``out2[:] = b @ v.T`` (same row count), block by block of
+    eight rows of ``w`` and ``v``: a streaming step reads both weight matrices once."""
     N = w.shape[0]
-    for n in range(N):
-        wn, vn = w[n], v[n]
-        for r in range(B):
-            acc = a[r, 0] * wn[0]  # accumulated in the arrays' dtype (see matmul_nt)
-            for k in range(1, K):
-                acc += a[r, k] * wn[k]
-            out[r, n] = acc
-            acc2 = b[r, 0] * vn[0]
-            for k in range(1, K2):
-                acc2 += b[r, k] * vn[k]
-            out2[r, n] = acc2
+    n = 0
+    while n + 8 <= N:
+        _rows_nt(a, w, out, n)
+        _rows_nt(b, v, out2, n)
+        n += 8
+    while n < N:
+        _row_nt(a, w, out, n)
+        _row_nt(b, v, out2, n)
+        n += 1
 
 
 @kernel
