@@ -328,6 +328,22 @@ def matmul_t(a, wt, scale, out):
                 ob[n] *= scale[n]
 
 
+def product_t(a, wt, scale, out):
+    """:func:`matmul_t` (in kernels), or :func:`matmul_nt` on ``wt.T`` where ``wt`` is a
+    column-major (Fortran-order) float matrix: the transposed view of a row-major weight
+    (a torch parameter's), read as it is rather than copied transposed per call (a 1 MB
+    transposed copy costs 20 times a plain one here). Chosen when the kernel is compiled,
+    by the array's layout."""
+    raise NotImplementedError("product_t is only for compiled kernels")
+
+
+@overload(product_t)
+def _product_t_overload(a, wt, scale, out):
+    if isinstance(wt, types.Array) and wt.layout == "F" and scale in (None, types.none):
+        return lambda a, wt, scale, out: matmul_nt(a, wt.T, out)
+    return lambda a, wt, scale, out: matmul_t(a, wt, scale, out)
+
+
 @kernel
 def matmul_nn_acc(a, w, out):
     """``out[:] += a @ w`` for ``a`` (B, N), ``w`` (N, K), ``out`` (B, K), all C-contiguous.

@@ -13,7 +13,15 @@ from typing import NamedTuple
 
 from . import gru, lstm, rnn
 from ._jit import kernel
-from .linalg import array_at, column_sums, matmul2_nt, matmul_nn_acc, matmul_t, matmul_tn
+from .linalg import (
+    array_at,
+    column_sums,
+    matmul2_nt,
+    matmul_nn_acc,
+    matmul_t,
+    matmul_tn,
+    product_t,
+)
 from .team import barrier
 
 __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
@@ -103,7 +111,7 @@ def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, gates
             for n in range(B):
                 for j in range(H):
                     c_prev[t, n, j] = c[n, j]
-        matmul_t(h, w_hh_t, s_hh, gh)
+        product_t(h, w_hh_t, s_hh, gh)
         cell_step(
             gx[t],
             gh,

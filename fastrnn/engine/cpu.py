@@ -233,9 +233,11 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
     if tape_c is not None and tape_c.shape[0] == 0:
         tape_c = None
     if B < BLAS_MIN_BATCH:
-        # The per-step product streams the rows of W_hh's transpose without horizontal
-        # sums: a view of the models' column-major weights (others are copied per call).
-        w_t, s_hh = int8 if int8 is not None else (np.ascontiguousarray(w_hh.T), None)
+        # The per-step product reads W_hh as it is stored: the models' column-major
+        # weights as rows of the transpose, a row-major one (a torch parameter's) by its
+        # rows through the transposed view (``linalg.product_t``); others are copied.
+        w_t = w_hh.T if w_hh.flags.c_contiguous else np.ascontiguousarray(w_hh.T)
+        w_t, s_hh = int8 if int8 is not None else (w_t, None)
         recurrence.LOOPS[kern].sequence(
             gx,
             recurrence.RecurrentWeights(w_t, s_hh, b_ih, b_hh, w_hr),
