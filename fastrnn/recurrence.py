@@ -180,8 +180,9 @@ def _step_layer(
 
 
 def _cell_forward_at(
-    like, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, scratch, activation, ones
-):
+    like, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, scratch, activation, ones,
+    gx_at, gh_at,
+):  # fmt: skip
     """One training step of a cell over memory given by address: the per-call path of a
     ``*Cell`` stepped in a Python loop, where making NumPy views of the caller's tensors
     would cost more than the step (the torch bridge).
@@ -191,29 +192,38 @@ def _cell_forward_at(
     ``h1`` (B, H), for LSTM ``c0`` and ``c1`` (B, H) (else ignored), ``w_ih`` (G·H, I)
     and ``w_hh`` (G·H, H) in torch's layout, ``b_ih`` and ``b_hh`` (G·H,) or 0 without
     bias, ``gates`` (B, tape_gates·H) receiving what :func:`_cell_backward_at` needs, and
-    ``scratch`` of ``2·B·G·H + 2·B·H + G·H`` elements; ``ones`` (B,) int64 ones (every
-    row runs: the lengths the cell step reads).
+    ``scratch`` of ``2·B·H + G·H`` elements, plus ``2·B·G·H`` unless the products are
+    given; ``ones`` (B,) int64 ones (every row runs: the lengths the cell step reads).
+    ``gx_at`` and ``gh_at`` are 0, or the products ``x W_ih^T`` and ``h0 W_hh^T`` (B,
+    G·H) computed by the caller (a BLAS, for larger batches; ``gh_at`` is overwritten):
+    then ``x``, ``w_ih`` and ``w_hh`` are not read.
     """
     G = GATES * H
     Hc = H if CELL_STATE else 0
-    xa = array_at(x, (B, I), like)
     h_prev = array_at(h0, (B, H), like)
     c_prev = array_at(c0, (B, Hc), like)
     h = array_at(h1, (B, H), like)
     c = array_at(c1, (B, Hc), like)
-    work = array_at(scratch, (2 * B * G + 2 * B * H + G,), like)
-    gx = work[: B * G].reshape((B, G))
-    gh = work[B * G : 2 * B * G].reshape((B, G))
-    m = work[2 * B * G : 2 * B * G + B * H].reshape((B, H))
-    hp = work[2 * B * G + B * H : 2 * B * G + 2 * B * H].reshape((B, H))
-    zero = work[2 * B * G + 2 * B * H :]
+    given = gx_at != 0
+    work = array_at(scratch, (2 * B * H + G + (0 if given else 2 * B * G),), like)
+    m = work[: B * H].reshape((B, H))
+    hp = work[B * H : 2 * B * H].reshape((B, H))
+    zero = work[2 * B * H : 2 * B * H + G]
     zero[:] = 0
     for n in range(B):
         for j in range(H):
             h[n, j] = h_prev[n, j]
         for j in range(Hc):
             c[n, j] = c_prev[n, j]
-    matmul2_nt(xa, array_at(w_ih, (G, I), like), gx, h_prev, array_at(w_hh, (G, H), like), gh)
+    if given:
+        gx = array_at(gx_at, (B, G), like)
+        gh = array_at(gh_at, (B, G), like)
+    else:
+        o = 2 * B * H + G
+        gx = work[o : o + B * G].reshape((B, G))
+        gh = work[o + B * G :].reshape((B, G))
+        xa = array_at(x, (B, I), like)
+        matmul2_nt(xa, array_at(w_ih, (G, I), like), gx, h_prev, array_at(w_hh, (G, H), like), gh)
     bi = zero if b_ih == 0 else array_at(b_ih, (G,), like)
     bh = zero if b_hh == 0 else array_at(b_hh, (G,), like)
     tape = array_at(gates, (1, B, TAPE_GATES * H), like)
@@ -222,7 +232,7 @@ def _cell_forward_at(
 
 def _cell_backward_at(
     like, B, I, H, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh,
-    db_ih, db_hh, scratch, activation, ones,
+    db_ih, db_hh, scratch, activation, ones, dgx_at, dgh_at,
 ):  # fmt: skip
     """The gradients of one :func:`_cell_forward_at` step, over memory given by address.
 
@@ -230,18 +240,27 @@ def _cell_backward_at(
     shapes); ``dh1`` and ``dc1`` (B, H) the incoming gradients, 0 for zero. The outputs
     are written, not accumulated: ``dx`` (B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``
     (G·H, I), ``dw_hh`` (G·H, H), ``db_ih``, ``db_hh`` (G·H,); 0 for one not wanted.
-    ``scratch`` holds ``2·B·G·H + 4·B·H`` elements, ``ones`` is the forward's.
+    ``scratch`` holds ``4·B·H`` elements, plus ``2·B·G·H`` unless ``dgx_at`` is given;
+    ``ones`` is the forward's. ``dgx_at`` and ``dgh_at`` are 0, or where the gate
+    gradients (B, G·H) go for the caller's own products (a BLAS, for larger batches;
+    the same address for a cell type with one gate gradient): the caller then passes
+    ``dx``, ``dw_ih``, ``dw_hh`` as 0, and ``w_hh`` as 0 to get in ``dh0`` the part of
+    ``h0``'s gradient that does not go through ``W_hh`` (it adds ``dgh W_hh``).
     """
     G = GATES * H
     Hc = H if CELL_STATE else 0
-    work = array_at(scratch, (2 * B * G + 4 * B * H,), like)
-    dgx = work[: B * G].reshape((B, G))
-    dgh = work[B * G : 2 * B * G].reshape((B, G)) if SEPARATE_DGH else dgx
-    o = 2 * B * G
-    dm = work[o : o + B * H].reshape((B, H))
-    zeros = work[o + B * H : o + 2 * B * H].reshape((B, H))
-    dh = work[o + 2 * B * H : o + 3 * B * H].reshape((B, H))
-    dc = work[o + 3 * B * H : o + 3 * B * H + B * Hc].reshape((B, Hc))
+    given = dgx_at != 0
+    work = array_at(scratch, (4 * B * H + (0 if given else 2 * B * G),), like)
+    dm = work[: B * H].reshape((B, H))
+    zeros = work[B * H : 2 * B * H].reshape((B, H))
+    dh = work[2 * B * H : 3 * B * H].reshape((B, H))
+    dc = work[3 * B * H : 3 * B * H + B * Hc].reshape((B, Hc))
+    if given:
+        dgx = array_at(dgx_at, (B, G), like)
+        dgh = array_at(dgh_at, (B, G), like)
+    else:
+        dgx = work[4 * B * H : 4 * B * H + B * G].reshape((B, G))
+        dgh = work[4 * B * H + B * G :].reshape((B, G)) if SEPARATE_DGH else dgx
     if dh0 != 0:
         dh = array_at(dh0, (B, H), like)
     if dc0 != 0:
@@ -259,22 +278,21 @@ def _cell_backward_at(
         for n in range(B):
             for j in range(Hc):
                 dc[n, j] = dc_in[n, j]
-    xa = array_at(x, (B, I), like)
     h_prev = array_at(h0, (B, H), like)
-    w_i = array_at(w_ih, (G, I), like)
     tape = array_at(gates, (B, TAPE_GATES * H), like)
     c_prev = array_at(c0, (B, Hc), like)
     backward_step(
         0, ones, tape, h_prev, c_prev, None, zeros, dh, dc, dgx, dgh, None, None, dm,
         activation,
     )  # fmt: skip
-    matmul_nn_acc(dgh, array_at(w_hh, (G, H), like), dh)
+    if w_hh != 0:
+        matmul_nn_acc(dgh, array_at(w_hh, (G, H), like), dh)
     if dx != 0:
         dxa = array_at(dx, (B, I), like)
         dxa[:] = 0
-        matmul_nn_acc(dgx, w_i, dxa)
+        matmul_nn_acc(dgx, array_at(w_ih, (G, I), like), dxa)
     if dw_ih != 0:
-        matmul_tn(dgx, xa, array_at(dw_ih, (G, I), like))
+        matmul_tn(dgx, array_at(x, (B, I), like), array_at(dw_ih, (G, I), like))
     if dw_hh != 0:
         matmul_tn(dgh, h_prev, array_at(dw_hh, (G, H), like))
     if db_ih != 0:

@@ -16,7 +16,10 @@ def _address(a):
 @pytest.mark.parametrize("cell, nonlinearity", CASES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 3, 70])
-def test_cell_at_matches_reference(cell, nonlinearity, bias, batch):
+@pytest.mark.parametrize("given", [False, True], ids=["products", "given-products"])
+def test_cell_at_matches_reference(cell, nonlinearity, bias, batch, given):
+    """With ``given`` the caller computes the products (as the bridge does with BLAS
+    for larger batches) and hands them in, and takes the gate gradients out."""
     B, I, H = batch, 4, 5
     spec = engine.Spec(cell, I, H, bias=bias, nonlinearity=nonlinearity, dtype=np.dtype("f8"))
     at = engine.cell_at(spec)
@@ -30,7 +33,14 @@ def test_cell_at_matches_reference(cell, nonlinearity, bias, batch):
     h1, gates = np.empty((B, H)), np.empty((B, at.tape_width))
     c1 = np.empty((B, H)) if lstm else None
     inputs = [_address(a) for a in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)]
-    at.forward(B, *inputs, h1.ctypes.data, _address(c1), gates.ctypes.data)
+    if given:
+        gx, gh = x @ w_ih.T, h0 @ w_hh.T
+        at.forward(
+            B, inputs[0], inputs[1], inputs[2], 0, 0, *inputs[5:], h1.ctypes.data,
+            _address(c1), gates.ctypes.data, gx.ctypes.data, gh.ctypes.data,
+        )  # fmt: skip
+    else:
+        at.forward(B, *inputs, h1.ctypes.data, _address(c1), gates.ctypes.data)
 
     zero = np.zeros(G)
     bi, bh = (b_ih, b_hh) if bias else (zero, zero)
@@ -58,10 +68,24 @@ def test_cell_at_matches_reference(cell, nonlinearity, bias, batch):
         "b_ih": np.empty(G) if bias else None,
         "b_hh": np.empty(G) if bias else None,
     }
-    at.backward(
-        B, gates.ctypes.data, *inputs[:5], dh1.ctypes.data, _address(dc1),
-        *(_address(a) for a in out.values()),
-    )  # fmt: skip
+    if given:
+        dgx = np.empty((B, G))
+        dgh = np.empty((B, G)) if spec.kernels.SEPARATE_DGH else dgx
+        outputs = [0, out["dh"], out["dc"], 0, 0, out["b_ih"], out["b_hh"]]
+        at.backward(
+            B, gates.ctypes.data, *inputs[:3], 0, 0, dh1.ctypes.data, _address(dc1),
+            *(a if isinstance(a, int) else _address(a) for a in outputs),
+            dgx.ctypes.data, dgh.ctypes.data,
+        )  # fmt: skip
+        out["dx"][:] = dgx @ w_ih
+        out["dh"] += dgh @ w_hh
+        out["w_ih"][:] = dgx.T @ x
+        out["w_hh"][:] = dgh.T @ h0
+    else:
+        at.backward(
+            B, gates.ctypes.data, *inputs[:5], dh1.ctypes.data, _address(dc1),
+            *(_address(a) for a in out.values()),
+        )  # fmt: skip
     want = dict(grads, dx=dx, dh=dh, dc=dc if lstm else None)
     for name, got in out.items():
         if got is not None:

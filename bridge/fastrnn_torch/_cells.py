@@ -33,45 +33,29 @@ def _at(spec, B):
     return B < engine.BLAS_MIN_BATCH
 
 
-def _np(t):
-    return t.detach().numpy()
-
-
 def _address(t):
     return 0 if t is None else t.data_ptr()
 
 
 def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
-    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H) only with
-    ``keep_gates`` (else None). Every
-    tensor contiguous, of one dtype, of the configuration's shapes (the module and
-    :func:`step` check); ``c0`` None but for LSTM."""
-    B, H = h0.shape
-    if _at(spec, B):
-        at = engine.cell_at(spec)
-        h1 = torch.empty_like(h0)  # (the cheapest allocation torch offers: ~1 us)
-        c1 = torch.empty_like(h0) if spec.has_cell_state else None
-        gates = h0.new_empty(B * at.tape_width) if keep_gates else None  # (flat: cheaper)
-        at.forward(
-            B, x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(), w_hh.data_ptr(),
-            _address(b_ih), _address(b_hh), h1.data_ptr(), _address(c1), _address(gates),
-        )  # fmt: skip
-        return h1, c1, gates
-    gx = torch.mm(x.detach(), w_ih.detach().t()).numpy()
-    gh = torch.mm(h0.detach(), w_hh.detach().t()).numpy()
-    h1 = h0.detach().clone()
-    c1 = c0.detach().clone() if spec.has_cell_state else torch.empty((B, 0), dtype=x.dtype)
-    gates = torch.empty((B, spec.tape_gates * H), dtype=x.dtype) if keep_gates else None
-    engine.cell_forward(
-        spec,
-        gx,
-        gh,
-        None if b_ih is None else _np(b_ih),
-        None if b_hh is None else _np(b_hh),
-        h1.numpy(),
-        c1.numpy(),
-        None if gates is None else gates.numpy(),
-    )
+    """``(h1, c1, gates)`` tensors; ``gates`` (B, tape_gates*H), flat, only with
+    ``keep_gates`` (else None). Every tensor contiguous, of one dtype, of the
+    configuration's shapes (the module and :func:`step` check); ``c0`` None but for
+    LSTM. One kernel call; from ``BLAS_MIN_BATCH`` rows torch's BLAS computes the two
+    products first (no NumPy views either way)."""
+    B = h0.shape[0]
+    at = engine.cell_at(spec)
+    h1 = torch.empty_like(h0)  # (the cheapest allocation torch offers: ~1 us)
+    c1 = torch.empty_like(h0) if spec.has_cell_state else None
+    gates = h0.new_empty(B * at.tape_width) if keep_gates else None  # (flat: cheaper)
+    gx = gh = None
+    if not _at(spec, B):  # (in a Function's forward or without grad: no graph recorded)
+        gx, gh = torch.mm(x, w_ih.t()), torch.mm(h0, w_hh.t())
+    at.forward(
+        B, x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(), w_hh.data_ptr(),
+        _address(b_ih), _address(b_hh), h1.data_ptr(), _address(c1), _address(gates),
+        _address(gx), _address(gh),
+    )  # fmt: skip
     return h1, c1, gates
 
 
@@ -93,11 +77,11 @@ class CellFunction(torch.autograd.Function):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates = ctx.saved_tensors
         needs = (None, None, None) + ctx.needs_input_grad[1:]  # (..., x, h0, c0, w_ih, ...)
         B, H = h0.shape
-        twice = torch.is_grad_enabled() or _batched(grad_h1, grad_c1)
-        if not twice and _at(spec, B):
+        if not (torch.is_grad_enabled() or _batched(grad_h1, grad_c1)):
             return _backward_at(
                 spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1
             )
+        # create_graph=True or is_grads_batched: differentiable torch operators
         lstm_cell = spec.has_cell_state
         if c0 is None:  # the kernels' empty cell state of the cells without one
             c0 = x.new_empty((B, 0))
@@ -105,42 +89,23 @@ class CellFunction(torch.autograd.Function):
             grad_h1 = torch.zeros_like(h0)
         if lstm_cell and grad_c1 is None:
             grad_c1 = torch.zeros_like(c0)
-        if twice:
-            # create_graph=True or is_grads_batched: differentiable torch operators
-            weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
-            grads = _twice.gradients(
-                config,
-                x[None],
-                h0[None],
-                c0[None] if lstm_cell else c0,
-                weights,
-                torch.ones(B, dtype=torch.int64),
-                [],
-                torch.zeros(1, B, H, dtype=x.dtype),
-                grad_h1[None],
-                grad_c1[None] if lstm_cell else None,
-                [needs[3], needs[4], needs[5] and lstm_cell, *needs[6 : 6 + len(weights)]],
-            )
-            gx, gh0, gc0 = (None if g is None else g[0] for g in grads[:3])
-            gw = list(grads[3:]) + [None] * (4 - len(weights))
-            return (None, gx, gh0, gc0, *gw)
-        dh = grad_h1.detach().clone(memory_format=torch.contiguous_format)
-        dc = grad_c1.detach().clone(memory_format=torch.contiguous_format) if lstm_cell else c0
-        G = spec.gates * H
-        dgx = torch.empty((B, G), dtype=x.dtype)
-        dgh = torch.empty((B, G), dtype=x.dtype) if spec.kernels.SEPARATE_DGH else dgx
-        engine.cell_backward(
-            spec, _np(gates), _np(h0), _np(c0), dh.numpy(), _np(dc), dgx.numpy(), dgh.numpy()
+        weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+        grads = _twice.gradients(
+            config,
+            x[None],
+            h0[None],
+            c0[None] if lstm_cell else c0,
+            weights,
+            torch.ones(B, dtype=torch.int64),
+            [],
+            torch.zeros(1, B, H, dtype=x.dtype),
+            grad_h1[None],
+            grad_c1[None] if lstm_cell else None,
+            [needs[3], needs[4], needs[5] and lstm_cell, *needs[6 : 6 + len(weights)]],
         )
-        x, h0, w_ih, w_hh = x.detach(), h0.detach(), w_ih.detach(), w_hh.detach()
-        gx = torch.mm(dgx, w_ih) if needs[3] else None
-        gh0 = torch.addmm(dh, dgh, w_hh) if needs[4] else None
-        gc0 = dc if (lstm_cell and needs[5]) else None
-        gw_ih = torch.mm(dgx.t(), x) if needs[6] else None
-        gw_hh = torch.mm(dgh.t(), h0) if needs[7] else None
-        gb_ih = dgx.sum(0) if b_ih is not None and needs[8] else None
-        gb_hh = dgh.sum(0) if b_hh is not None and needs[9] else None
-        return None, gx, gh0, gc0, gw_ih, gw_hh, gb_ih, gb_hh
+        gx, gh0, gc0 = (None if g is None else g[0] for g in grads[:3])
+        gw = list(grads[3:]) + [None] * (4 - len(weights))
+        return (None, gx, gh0, gc0, *gw)
 
 
 # ``autograd.Function.apply`` without its Python prologue, which binds arguments for
@@ -150,23 +115,39 @@ _apply = super(torch.autograd.Function, CellFunction).apply
 
 
 def _backward_at(spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1):
-    """:meth:`CellFunction.backward` of an :func:`_at` step: one kernel call."""
-    B, H = h0.shape
+    """:meth:`CellFunction.backward`: one kernel call; from ``BLAS_MIN_BATCH`` rows it
+    leaves the gate gradients to torch's BLAS for the four products."""
+    B = h0.shape[0]
     # kept in names until the kernel returns: a temporary's memory may be reused at once
     grad_h1, grad_c1 = _contiguous(grad_h1), _contiguous(grad_c1)
-    dx = torch.empty_like(x) if needs[3] else None
     dh0 = torch.empty_like(h0) if needs[4] else None
     dc0 = torch.empty_like(h0) if needs[5] and spec.has_cell_state else None
-    dw_ih = torch.empty_like(w_ih) if needs[6] else None
-    dw_hh = torch.empty_like(w_hh) if needs[7] else None
     db_ih = torch.empty_like(b_ih) if b_ih is not None and needs[8] else None
     db_hh = torch.empty_like(b_hh) if b_hh is not None and needs[9] else None
-    engine.cell_at(spec).backward(
-        B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(),
-        w_hh.data_ptr(), _address(grad_h1), _address(grad_c1),
-        _address(dx), _address(dh0), _address(dc0), _address(dw_ih), _address(dw_hh),
-        _address(db_ih), _address(db_hh),
+    at = engine.cell_at(spec)
+    if _at(spec, B):
+        dx = torch.empty_like(x) if needs[3] else None
+        dw_ih = torch.empty_like(w_ih) if needs[6] else None
+        dw_hh = torch.empty_like(w_hh) if needs[7] else None
+        at.backward(
+            B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(),
+            w_hh.data_ptr(), _address(grad_h1), _address(grad_c1),
+            _address(dx), _address(dh0), _address(dc0), _address(dw_ih), _address(dw_hh),
+            _address(db_ih), _address(db_hh),
+        )  # fmt: skip
+        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+    dgx = h0.new_empty((B, spec.gates * h0.shape[1]))
+    dgh = torch.empty_like(dgx) if spec.kernels.SEPARATE_DGH else dgx
+    at.backward(
+        B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), _address(c0), 0, 0,
+        _address(grad_h1), _address(grad_c1), 0, _address(dh0), _address(dc0), 0, 0,
+        _address(db_ih), _address(db_hh), dgx.data_ptr(), dgh.data_ptr(),
     )  # fmt: skip
+    dx = torch.mm(dgx, w_ih) if needs[3] else None
+    if dh0 is not None:
+        dh0.addmm_(dgh, w_hh)
+    dw_ih = torch.mm(dgx.t(), x) if needs[6] else None
+    dw_hh = torch.mm(dgh.t(), h0) if needs[7] else None
     return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 

@@ -3,9 +3,9 @@
 A :class:`Spec` says what to compute, ``params`` (torch's names to arrays) with what;
 :func:`forward` runs a whole multi-layer stack and, with ``train=True``, leaves a
 :class:`Tape`; :func:`backward` turns the tape and the output gradients into
-:class:`Gradients`. :func:`cell_forward` and :func:`cell_backward` are one time step of
-one layer (the ``*Cell`` loops); :class:`CellAt` (:func:`cell_at`) the same over memory
-given by address, for callers whose arrays are not NumPy's. Arrays are the caller's:
+:class:`Gradients`. :class:`CellAt` (:func:`cell_at`) is one time step of one layer,
+forward and backward, over memory given by address (the ``*Cell`` loops of callers
+whose arrays are not NumPy's). Arrays are the caller's:
 NumPy arrays run on the CPU backend, device arrays (``__cuda_array_interface__``) on the
 CUDA one (:func:`backend_for`). The engine validates nothing a user typed: the models do.
 """
@@ -31,8 +31,6 @@ __all__ = [
     "step",
     "step_weights",
     "step_scratch",
-    "cell_forward",
-    "cell_backward",
     "scaled_masks",
     "mask_scale",
     "cell_at",
@@ -181,39 +179,6 @@ def step(spec, weights, x, h, c, scratch, h_in=None, c_in=None):
         x = h[layer]
 
 
-def cell_forward(spec, gx, gh, b_ih, b_hh, h, c, gates=None):
-    """One step of one layer from the two products ``gx = x W_ih^T`` and
-    ``gh = h W_hh^T`` (B, G·H), on the CPU. ``h`` (B, H) and, for LSTM, ``c`` (B, H)
-    are updated in place; ``gates`` (B, tape_gates·H), if given, receives what
-    :func:`cell_backward` needs. ``gh`` is used as scratch."""
-    B, H = h.shape
-    k = _constants(spec, B, H)
-    m, scratch = np.empty((B, H), h.dtype), np.empty((B, H), h.dtype)
-    b_ih = k.zero_bias if b_ih is None else b_ih
-    b_hh = k.zero_bias if b_hh is None else b_hh
-    spec.kernels.cell_step(
-        gx, gh, b_ih, b_hh, None, h, c, h, 0, k.ones, spec.activation, m, scratch,
-        None if gates is None else gates[np.newaxis],
-    )  # fmt: skip
-
-
-def cell_backward(spec, gates, h, c, dh, dc, dgx, dgh):
-    """The gate gradients of one :func:`cell_forward` step, on the CPU.
-
-    ``gates``, ``h``, ``c`` are the step's record and its incoming state; ``dh`` (and
-    for LSTM ``dc``) the gradients w.r.t. the outgoing state, left holding the part of
-    the incoming state's gradient that does not go through ``W_hh`` (``dh`` zero, ``dc``
-    LSTM's cell path). Fills ``dgx`` and ``dgh`` (B, G·H), which may be the same array
-    unless ``spec.kernels.SEPARATE_DGH``."""
-    B, H = dh.shape
-    k = _constants(spec, B, H)
-    dm = np.empty((B, H), dh.dtype)
-    spec.kernels.backward_step(
-        0, k.ones, gates, h, c, None, k.zeros_dy, dh, dc, dgx, dgh, None, None, dm,
-        spec.activation,
-    )  # fmt: skip
-
-
 class CellAt:
     """One step of one layer, forward and backward, over memory given by address (ints):
     the per-call path of a ``*Cell`` stepped in a Python loop, which would spend more
@@ -222,8 +187,9 @@ class CellAt:
     Every address is of C-contiguous memory of ``spec.dtype`` that holds the shape
     written beside it and outlives the call; the caller checks both (nothing here can).
     The products are Numba loops that read each weight once per call: the right tool
-    while the batch is small (large ones: :func:`cell_forward` around BLAS products).
-    The scratch space is this thread's, reused.
+    while the batch is small. For larger batches the caller computes them with a BLAS
+    and hands them in (``gx``, ``gh``; ``dgx``, ``dgh``): the rest of the step is still
+    one call. The scratch space is this thread's, reused.
     """
 
     def __init__(self, spec):
@@ -235,17 +201,18 @@ class CellAt:
         self.tape_width = spec.tape_gates * spec.hidden_size
         self._activation = spec.activation
         self._width = spec.gates * spec.hidden_size
-        self._local = threading.local()  # .spaces: B -> (scratch address, ones(B))
+        self._local = threading.local()  # .spaces: (B, products) -> _workspace's tuple
 
-    def _workspace(self, B):
-        """This thread's scratch space for a step of ``B`` rows, cached per ``B``: the
-        kernels' (an address), room for the gates of a step that keeps none (an address
-        after it), and ``B`` int64 ones (every row runs: the lengths the kernels read)."""
+    def _workspace(self, B, products):
+        """This thread's scratch space for a step of ``B`` rows, cached per ``B`` and
+        whether the kernels compute the products: the kernels' (an address), room for
+        the gates of a step that keeps none (an address after it), and ``B`` int64 ones
+        (every row runs: the lengths the kernels read)."""
         try:
-            return self._local.spaces[B]
+            return self._local.spaces[B, products]
         except (AttributeError, KeyError):
             G, H = self._width, self.hidden_size
-            kernel = max(2 * B * G + 2 * B * H + G, 2 * B * G + 4 * B * H)
+            kernel = 4 * B * H + G + (2 * B * G if products else 0)
             n = kernel + B * self.tape_width
             found = self._local.spaces = getattr(self._local, "spaces", {})
             array = getattr(self._local, "array", None)
@@ -253,33 +220,38 @@ class CellAt:
                 array = self._local.array = np.empty(n, self._dtype)
                 found.clear()  # (addresses in the old array)
             address = array.ctypes.data
-            found[B] = (address, address + kernel * array.itemsize, np.ones(B, np.int64))
-            return found[B]
+            ones = np.ones(B, np.int64)
+            found[B, products] = (address, address + kernel * array.itemsize, ones)
+            return found[B, products]
 
-    def forward(self, B, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates):
+    def forward(self, B, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, gx=0, gh=0):
         """``h1`` (B, H) and, for LSTM, ``c1`` (B, H) from ``x`` (B, I), ``h0``, ``c0``
         (B, H; ``c0``/``c1`` ignored but for LSTM) and torch-layout weights ``w_ih`` (G·H,
         I), ``w_hh`` (G·H, H), biases (G·H,) or 0 for none; ``gates`` (B,
         :attr:`tape_width`) receives what :meth:`backward` needs, or is 0 (inference:
-        they go to scratch space)."""
-        scratch, spare, ones = self._workspace(B)
-        gates = gates or spare
+        they go to scratch space). ``gx``, ``gh`` (B, G·H): the products ``x W_ih^T`` and
+        ``h0 W_hh^T`` when the caller computed them (``gh`` is overwritten; ``x`` and the
+        weights are then not read), else 0."""
+        scratch, spare, ones = self._workspace(B, not gx)
         self._forward(
             self._like, B, self.input_size, self.hidden_size, x, h0, c0, w_ih, w_hh, b_ih,
-            b_hh, h1, c1, gates, scratch, self._activation, ones,
+            b_hh, h1, c1, gates or spare, scratch, self._activation, ones, gx, gh,
         )  # fmt: skip
 
     def backward(self, B, gates, x, h0, c0, w_ih, w_hh, dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh,
-                 db_ih, db_hh):  # fmt: skip
+                 db_ih, db_hh, dgx=0, dgh=0):  # fmt: skip
         """The gradients of a :meth:`forward` step (its ``gates``, inputs and weights):
         from the outgoing state's ``dh1``, ``dc1`` (B, H; 0 for zero), written (not
         accumulated) to ``dx`` (B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``, ``dw_hh`` (the
-        weights' shapes), ``db_ih``, ``db_hh`` (G·H,), each 0 when not wanted."""
-        scratch, _, ones = self._workspace(B)
+        weights' shapes), ``db_ih``, ``db_hh`` (G·H,), each 0 when not wanted. With
+        ``dgx``, ``dgh`` (B, G·H; one address for a cell type with one gate gradient)
+        the gate gradients go there for the caller's products: pass ``dx``, ``dw_ih``,
+        ``dw_hh`` and ``w_hh`` as 0, and ``dh0`` gets all but ``dgh W_hh``."""
+        scratch, _, ones = self._workspace(B, not dgx)
         self._backward(
             self._like, B, self.input_size, self.hidden_size, gates, x, h0, c0, w_ih, w_hh,
             dh1, dc1, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, scratch, self._activation,
-            ones,
+            ones, dgx, dgh,
         )  # fmt: skip
 
 
@@ -287,25 +259,3 @@ class CellAt:
 def cell_at(spec):
     """The :class:`CellAt` of a one-layer ``spec`` (made once per spec)."""
     return CellAt(spec)
-
-
-class _Constants:
-    """Read-only arrays a step passes for what it does not use, per (cell, B, H, dtype)."""
-
-    cache = {}
-
-    def __init__(self, spec, B, H):
-        dt = spec.dtype
-        self.ones = np.ones(B, np.int64)
-        self.zero_bias = np.zeros(spec.gates * H, dt)
-        self.zeros_dy = np.zeros((B, H), dt)
-
-
-def _constants(spec, B, H):
-    key = (spec.cell, B, H, spec.dtype)
-    found = _Constants.cache.get(key)
-    if found is None:
-        found = _Constants.cache[key] = _Constants(spec, B, H)
-        if len(_Constants.cache) > 64:  # bounded: a few shapes are live at a time
-            _Constants.cache.pop(next(iter(_Constants.cache)))
-    return found
