@@ -232,7 +232,8 @@ def _float32_from_bfloat16_bits(typingctx, bits):
 @intrinsic
 def array_at(typingctx, address, shape, like):
     """The C-contiguous array of ``shape`` (a tuple of ints) at ``address`` (an int), of
-    the dtype of the scalar ``like`` (in kernels).
+    the dtype of the scalar ``like`` (a float, or an integer such as a mask's uint8; in
+    kernels).
 
     A view of memory someone else owns (a torch tensor's ``data_ptr()``), made in the
     kernel: no reference counting, no NumPy object. The caller vouches that the memory
@@ -242,7 +243,7 @@ def array_at(typingctx, address, shape, like):
         isinstance(address, types.Integer)
         and isinstance(shape, types.UniTuple)
         and isinstance(shape.dtype, types.Integer)
-        and isinstance(like, types.Float)
+        and isinstance(like, (types.Float, types.Integer))
     ):
         return None
     ndim = shape.count

@@ -168,3 +168,59 @@ def test_sdpa_causal_with_more_keys_than_queries_matches_torch(Lk):
         lambda *a: F.scaled_dot_product_attention(*a, is_causal=True),
         [q, k, v],
     )
+
+
+@pytest.mark.parametrize("kind", ["dot", "general", "concat", "additive"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_query_kernels_with_masks(kind, dtype):
+    """Luong and additive attention on CPU tensors run one fused kernel each way
+    (``fastrnn_torch._step_attention``): against torch's formula with a mask, a row
+    whose keys are all masked (zeros, zero gradients), values wider than the keys,
+    every input and parameter gradient (``general``'s bias included: its gradient is
+    zero up to rounding, as in torch's formula), and without autograd."""
+    from fastrnn_torch import _step_attention
+
+    torch.manual_seed(1)
+    if kind == "additive":
+        ours, ref = frt.AdditiveAttention(6, 6, 5).to(dtype), frt.AdditiveAttention(6, 6, 5)
+    else:
+        ours, ref = frt.LuongAttention(6, kind).to(dtype), frt.LuongAttention(6, kind)
+    ref = ref.to(dtype)
+    ref.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 6, generator=g, dtype=dtype)
+    k = torch.randn(3, 7, 6, generator=g, dtype=dtype)
+    v = torch.randn(3, 7, 9, generator=g, dtype=dtype)
+    mask = torch.rand(3, 7, generator=g) > 0.3
+    mask[1] = False  # every key masked
+    mask[0, 0] = True
+
+    def torch_formula(q, k, v):
+        if kind == "additive":
+            scores = ref.v(torch.tanh(ref.W_q(q)[:, None] + ref.W_k(k)))[..., 0]
+        else:
+            scores = ref._torch_scores(q, k)
+        w = torch.nan_to_num(torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1))
+        return torch.bmm(w[:, None], v)[:, 0], w
+
+    calls = []
+    fn = (
+        _step_attention._AdditiveAttention
+        if kind in ("concat", "additive")
+        else (_step_attention._DotAttention)
+    )
+    original = fn.apply
+    fn.apply = lambda *a: calls.append(1) or original(*a)
+    try:
+        tol = 1e-12 if dtype == torch.float64 else 2e-6
+        grads_match(
+            lambda q, k, v: ours(q, k, v, mask), torch_formula, [q, k, v],
+            params=[(ours, ref)], tol=tol,
+        )  # fmt: skip
+    finally:
+        fn.apply = original
+    assert calls, "the fused path did not run"
+    with torch.no_grad():
+        got, want = ours(q, k, v, mask), torch_formula(q, k, v)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() <= tol

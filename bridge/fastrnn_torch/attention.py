@@ -25,6 +25,7 @@ from fastrnn.linalg import use_gemm
 
 from . import _cuda
 from ._ops import torch_gemm
+from ._step_attention import additive_attention, dot_attention
 
 __all__ = ["scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAttention"]
 
@@ -273,6 +274,12 @@ class AdditiveAttention(torch.nn.Module):
         if not _kernels_can_run(query, keys, values, *params):
             scores = self.v(torch.tanh(self.W_q(query)[:, None] + self.W_k(keys)))[..., 0]
             return _softmax_context(scores, values, mask)
+        if query.dim() == 2 and keys.dim() == 3:  # projections by torch, the rest fused
+            fused = additive_attention(
+                self.W_q(query), self.W_k(keys), self.v.weight[0], values, mask
+            )
+            if fused is not None:
+                return fused
         m = _np(mask)
 
         def train(q, k, val, wq, wk, v):
@@ -324,6 +331,20 @@ class LuongAttention(torch.nn.Module):
         params = self._params()
         if not _kernels_can_run(query, keys, values, *params):
             return _softmax_context(self._torch_scores(query, keys), values, mask)
+        fused = None
+        if query.dim() != 2 or keys.dim() != 3:
+            pass  # the general path's errors
+        elif self.method == "dot":
+            fused = dot_attention(query, keys, values, mask)
+        elif self.method == "general":  # q · (W k_j + b) = (q W) · k_j + q · b
+            W, b = self.attn.weight, self.attn.bias
+            fused = dot_attention(query @ W, keys, values, mask, query @ b)
+        elif keys.shape[2] == self.hidden_size:  # v · tanh(W_q q + b + W_k k_j)
+            W, H = self.attn.weight, self.hidden_size
+            qp = F.linear(query, W[:, :H], self.attn.bias)
+            fused = additive_attention(qp, F.linear(keys, W[:, H:]), self.v, values, mask)
+        if fused is not None:
+            return fused
         m, method, n = _np(mask), self.method, len(params)
 
         def train(q, k, val, *ps):

@@ -1,0 +1,143 @@
+"""The attention of one query per batch row (a decoder's step) on the CPU, as autograd
+functions around :mod:`fastrnn.attention.step_at`'s kernels: one kernel call forward and
+one backward over the tensors' memory, no NumPy views, no general checks per call.
+:class:`~fastrnn_torch.attention.LuongAttention` (all three methods) and
+:class:`~fastrnn_torch.attention.AdditiveAttention` use them where they apply
+(:func:`dot_attention` and :func:`additive_attention` return None elsewhere)."""
+
+import numpy as np
+import torch
+
+from fastrnn.attention import step_at
+
+from . import _cuda
+
+_LIKE = {torch.float32: np.float32(0), torch.float64: np.float64(0)}
+
+
+def _address(t):
+    return 0 if t is None else t.data_ptr()
+
+
+class _DotAttention(torch.autograd.Function):
+    """One query per row against its keys, on the CPU (Luong ``dot`` and ``general``):
+    one :mod:`fastrnn.attention.step_at` kernel call forward, one backward, over the
+    tensors' memory. ``mask`` (B, L) bool or None; ``shift`` (B,) a per-row constant
+    added to every score (None for none)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, shift):
+        out, w = _dot_forward(q, k, v, mask, shift)
+        ctx.save_for_backward(q, k, v, w)
+        return out, w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_w):
+        q, k, v, w = ctx.saved_tensors
+        B, L, D = k.shape
+        needs = ctx.needs_input_grad
+        d_out = q.new_zeros((B, v.shape[2])) if d_out is None else d_out.contiguous()
+        d_w = None if d_w is None else d_w.contiguous()
+        dq = torch.empty_like(q) if needs[0] else None
+        dk = torch.empty_like(k) if needs[1] else None
+        dv = torch.empty_like(v) if needs[2] else None
+        dshift = q.new_empty(B) if needs[4] else None
+        step_at.dot_backward_at(
+            _LIKE[q.dtype], B, L, D, v.shape[2], q.data_ptr(), k.data_ptr(), v.data_ptr(),
+            w.data_ptr(), d_out.data_ptr(), _address(d_w), _address(dq), _address(dk),
+            _address(dv), _address(dshift),
+        )  # fmt: skip
+        return dq, dk, dv, None, dshift
+
+
+def _dot_forward(q, k, v, mask, shift):
+    B, L, D = k.shape
+    out, w = q.new_empty((B, v.shape[2])), q.new_empty((B, L))
+    step_at.dot_forward_at(
+        _LIKE[q.dtype], B, L, D, v.shape[2], q.data_ptr(), k.data_ptr(), v.data_ptr(),
+        _address(mask), _address(shift), out.data_ptr(), w.data_ptr(),
+    )  # fmt: skip
+    return out, w
+
+
+def dot_attention(query, keys, values, mask, shift=None):
+    """:class:`_DotAttention` where it applies (CPU, float32/64, consistent shapes, no
+    functorch transform), else None (the general path decides, with its errors)."""
+    mask, ok = _one_query(query, keys, values, mask)
+    if not ok or query.shape[1] != keys.shape[2]:
+        return None
+    tensors = (query.contiguous(), keys.contiguous(), values.contiguous(), mask, shift)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _DotAttention.apply(*tensors)
+    return _dot_forward(*tensors)
+
+
+class _AdditiveAttention(torch.autograd.Function):
+    """Additive scores ``u · tanh(qp + kp_j)`` from the two projections (computed by
+    torch, so autograd takes their weights' gradients), on the CPU: one
+    :mod:`fastrnn.attention.step_at` kernel call forward, one backward."""
+
+    @staticmethod
+    def forward(ctx, qp, kp, u, v, mask):
+        out, w = _additive_forward(qp, kp, u, v, mask)
+        ctx.save_for_backward(qp, kp, u, v, w)
+        return out, w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_w):
+        qp, kp, u, v, w = ctx.saved_tensors
+        B, L, A = kp.shape
+        needs = ctx.needs_input_grad
+        d_out = qp.new_zeros((B, v.shape[2])) if d_out is None else d_out.contiguous()
+        d_w = None if d_w is None else d_w.contiguous()
+        grads = [torch.empty_like(t) if n else None for t, n in zip((qp, kp, u, v), needs)]
+        step_at.additive_backward_at(
+            _LIKE[qp.dtype], B, L, A, v.shape[2], qp.data_ptr(), kp.data_ptr(), u.data_ptr(),
+            v.data_ptr(), w.data_ptr(), d_out.data_ptr(), _address(d_w),
+            *(_address(g) for g in grads),
+        )  # fmt: skip
+        return (*grads, None)
+
+
+def _additive_forward(qp, kp, u, v, mask):
+    B, L, A = kp.shape
+    out, w = qp.new_empty((B, v.shape[2])), qp.new_empty((B, L))
+    step_at.additive_forward_at(
+        _LIKE[qp.dtype], B, L, A, v.shape[2], qp.data_ptr(), kp.data_ptr(), u.data_ptr(),
+        v.data_ptr(), _address(mask), out.data_ptr(), w.data_ptr(),
+    )  # fmt: skip
+    return out, w
+
+
+def _one_query(query, keys, values, mask):
+    """The common checks of the one-query kernels: where they apply (CPU, no functorch
+    transform, consistent shapes), the mask as contiguous bool (or None) and True;
+    else ``(None, False)`` (the general path decides, with its errors)."""
+    if (
+        _cuda.on_gpu(query)
+        or torch._C._are_functorch_transforms_active()
+        or query.dim() != 2
+        or keys.dim() != 3
+        or values.dim() != 3
+        or values.shape[:2] != keys.shape[:2]
+        or query.shape[0] != keys.shape[0]
+    ):
+        return None, False
+    if mask is not None:
+        if mask.shape != keys.shape[:2] or not mask.is_cpu:
+            return None, False
+        mask = mask.bool().contiguous()
+    return mask, True
+
+
+def additive_attention(qp, kp, u, values, mask):
+    """:class:`_AdditiveAttention` on the projections where it applies, else None."""
+    mask, ok = _one_query(qp, kp, values, mask)
+    if not ok or kp.shape[2] != qp.shape[1] or u.shape != (qp.shape[1],):
+        return None
+    tensors = (qp.contiguous(), kp.contiguous(), u.contiguous(), values.contiguous(), mask)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _AdditiveAttention.apply(*tensors)
+    return _additive_forward(*tensors)

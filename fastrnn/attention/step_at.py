@@ -1,0 +1,212 @@
+"""Attention of one query per batch row (a decoder's step), forward and backward, each
+one kernel call over memory given by address: Luong ``dot``/``general`` and additive
+(Bahdanau, Luong ``concat``) scores through the torch bridge, where NumPy views of the
+tensors and the general path's checks would cost more than the arithmetic.
+
+For each row ``b``, over its ``L`` keys: a score ``s_j`` (dot: ``q·k_j + shift``, with
+``shift`` a per-row constant, ``q·b`` of Luong ``general``, which softmax ignores but
+whose gradient torch's formula has; additive: ``u·tanh(qp + kp_j)`` from the two
+projections, which the caller computes), masked keys left out, ``w = softmax(s)``,
+``context = Σ_j w_j v_j``. A row with every key masked gets zero weights and a zero
+context (torch's ``nan_to_num`` of the softmax), and zero gradients.
+
+Every address is of C-contiguous memory of the dtype of the scalar ``like`` (the mask:
+one byte per key, nonzero = attend) holding the shape written beside it; 0 stands for
+an absent optional array. The caller (the torch bridge's attention) checks shapes,
+dtypes and contiguity; nothing here can.
+"""
+
+import numpy as np
+
+from .._jit import kernel
+from ..activations import exp_nonpos, tanh
+from ..linalg import array_at
+
+
+@kernel
+def _softmax_context(wb, vb, cb, top, zero):
+    """Row ``b``'s scores ``wb`` (L,) (``-inf`` where masked, ``top`` their maximum)
+    into softmax weights, and ``cb`` (Dv,) = their sum of the rows of ``vb`` (L, Dv)."""
+    for e in range(cb.shape[0]):
+        cb[e] = zero
+    if top == -np.inf:
+        for j in range(wb.shape[0]):
+            wb[j] = zero
+        return
+    total = zero
+    for j in range(wb.shape[0]):
+        wb[j] = exp_nonpos(wb[j] - top)
+        total += wb[j]
+    for j in range(wb.shape[0]):
+        wb[j] = wb[j] / total
+        vj = vb[j]
+        for e in range(cb.shape[0]):
+            cb[e] += wb[j] * vj[e]
+
+
+@kernel
+def dot_forward_at(like, B, L, D, Dv, q, k, v, mask, shift, context, weights):
+    """``context`` (B, Dv) and ``weights`` (B, L) from ``q`` (B, D), ``k`` (B, L, D),
+    ``v`` (B, L, Dv), ``mask`` (B, L) bytes or 0, ``shift`` (B,) or 0."""
+    qa = array_at(q, (B, D), like)
+    ka = array_at(k, (B, L, D), like)
+    va = array_at(v, (B, L, Dv), like)
+    ca = array_at(context, (B, Dv), like)
+    wa = array_at(weights, (B, L), like)
+    ma = array_at(mask, (B, L if mask != 0 else 0), np.uint8(0))
+    sa = array_at(shift, (B if shift != 0 else 0,), like)
+    zero = like - like
+    for b in range(B):
+        qb, wb, cb = qa[b], wa[b], ca[b]
+        top = np.float32(-np.inf)  # (float32: unifies with the data's dtype)
+        for j in range(L):
+            if mask != 0 and ma[b, j] == 0:
+                wb[j] = -np.inf
+                continue
+            kj = ka[b, j]
+            s = zero
+            for d in range(D):
+                s += qb[d] * kj[d]
+            if shift != 0:
+                s += sa[b]
+            wb[j] = s
+            if s > top:
+                top = s
+        _softmax_context(wb, va[b], cb, top, zero)
+
+
+@kernel
+def dot_backward_at(like, B, L, D, Dv, q, k, v, weights, d_context, d_weights, dq, dk, dv, dshift):
+    """The gradients of :func:`dot_forward_at` (its ``q``, ``k``, ``v`` and ``weights``) from
+    ``d_context`` (B, Dv) and ``d_weights`` (B, L) (0 for zero): ``dq`` (B, D), ``dk``
+    (B, L, D), ``dv`` (B, L, Dv), ``dshift`` (B,), each written, or 0 when not wanted."""
+    qa = array_at(q, (B, D), like)
+    ka = array_at(k, (B, L, D), like)
+    va = array_at(v, (B, L, Dv), like)
+    wa = array_at(weights, (B, L), like)
+    dca = array_at(d_context, (B, Dv), like)
+    dwa = array_at(d_weights, (B, L if d_weights != 0 else 0), like)
+    dqa = array_at(dq, (B, D if dq != 0 else 0), like)
+    dka = array_at(dk, (B, L if dk != 0 else 0, D), like)
+    dva = array_at(dv, (B, L if dv != 0 else 0, Dv), like)
+    dsa = array_at(dshift, (B if dshift != 0 else 0,), like)
+    zero = like - like
+    for b in range(B):
+        wb, dcb = wa[b], dca[b]
+        # g_j = dL/dw_j = d_weights_j + d_context · v_j; ds_j = w_j (g_j - Σ_i w_i g_i)
+        mean = zero
+        for j in range(L):
+            g = dwa[b, j] if d_weights != 0 else zero
+            vj = va[b, j]
+            for e in range(Dv):
+                g += dcb[e] * vj[e]
+            mean += wb[j] * g
+        if dq != 0:
+            for d in range(D):
+                dqa[b, d] = zero
+        total = zero
+        for j in range(L):
+            g = dwa[b, j] if d_weights != 0 else zero
+            vj = va[b, j]
+            for e in range(Dv):
+                g += dcb[e] * vj[e]
+            ds = wb[j] * (g - mean)
+            total += ds
+            if dq != 0:
+                kj = ka[b, j]
+                for d in range(D):
+                    dqa[b, d] += ds * kj[d]
+            if dk != 0:
+                for d in range(D):
+                    dka[b, j, d] = ds * qa[b, d]
+            if dv != 0:
+                for e in range(Dv):
+                    dva[b, j, e] = wb[j] * dcb[e]
+        if dshift != 0:
+            dsa[b] = total
+
+
+@kernel
+def additive_forward_at(like, B, L, A, Dv, qp, kp, u, v, mask, context, weights):
+    """``context`` (B, Dv) and ``weights`` (B, L) from the projections ``qp`` (B, A) and
+    ``kp`` (B, L, A), the score vector ``u`` (A,), ``v`` (B, L, Dv), ``mask`` (B, L)
+    bytes or 0."""
+    qa = array_at(qp, (B, A), like)
+    ka = array_at(kp, (B, L, A), like)
+    ua = array_at(u, (A,), like)
+    va = array_at(v, (B, L, Dv), like)
+    ca = array_at(context, (B, Dv), like)
+    wa = array_at(weights, (B, L), like)
+    ma = array_at(mask, (B, L if mask != 0 else 0), np.uint8(0))
+    zero = like - like
+    for b in range(B):
+        qb, wb = qa[b], wa[b]
+        top = np.float32(-np.inf)  # (float32: unifies with the data's dtype)
+        for j in range(L):
+            if mask != 0 and ma[b, j] == 0:
+                wb[j] = -np.inf
+                continue
+            kj = ka[b, j]
+            s = zero
+            for a in range(A):
+                s += ua[a] * tanh(qb[a] + kj[a])
+            wb[j] = s
+            if s > top:
+                top = s
+        _softmax_context(wb, va[b], ca[b], top, zero)
+
+
+@kernel
+def additive_backward_at(
+    like, B, L, A, Dv, qp, kp, u, v, weights, d_context, d_weights, dqp, dkp, du, dv
+):
+    """The gradients of :func:`additive_forward_at` from ``d_context`` (B, Dv) and
+    ``d_weights`` (B, L) (0 for zero): ``dqp`` (B, A), ``dkp`` (B, L, A), ``du`` (A,),
+    ``dv`` (B, L, Dv), each written, or 0 when not wanted. The tanh is recomputed."""
+    qa = array_at(qp, (B, A), like)
+    ka = array_at(kp, (B, L, A), like)
+    ua = array_at(u, (A,), like)
+    va = array_at(v, (B, L, Dv), like)
+    wa = array_at(weights, (B, L), like)
+    dca = array_at(d_context, (B, Dv), like)
+    dwa = array_at(d_weights, (B, L if d_weights != 0 else 0), like)
+    dqa = array_at(dqp, (B, A if dqp != 0 else 0), like)
+    dka = array_at(dkp, (B, L if dkp != 0 else 0, A), like)
+    dua = array_at(du, (A if du != 0 else 0,), like)
+    dva = array_at(dv, (B, L if dv != 0 else 0, Dv), like)
+    zero = like - like
+    one = np.float32(1)  # (float32: unifies with the data's dtype; an int 1 is float64)
+    if du != 0:
+        for a in range(A):
+            dua[a] = zero
+    for b in range(B):
+        wb, dcb, qb = wa[b], dca[b], qa[b]
+        mean = zero
+        for j in range(L):
+            g = dwa[b, j] if d_weights != 0 else zero
+            vj = va[b, j]
+            for e in range(Dv):
+                g += dcb[e] * vj[e]
+            mean += wb[j] * g
+        if dqp != 0:
+            for a in range(A):
+                dqa[b, a] = zero
+        for j in range(L):
+            g = dwa[b, j] if d_weights != 0 else zero
+            vj = va[b, j]
+            for e in range(Dv):
+                g += dcb[e] * vj[e]
+            ds = wb[j] * (g - mean)
+            kj = ka[b, j]
+            for a in range(A):
+                t = tanh(qb[a] + kj[a])
+                pre = ds * ua[a] * (one - t * t)
+                if dqp != 0:
+                    dqa[b, a] += pre
+                if dkp != 0:
+                    dka[b, j, a] = pre
+                if du != 0:
+                    dua[a] += ds * t
+            if dv != 0:
+                for e in range(Dv):
+                    dva[b, j, e] = wb[j] * dcb[e]
