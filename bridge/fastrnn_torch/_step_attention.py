@@ -92,13 +92,16 @@ class _AdditiveAttention(torch.autograd.Function):
         needs = ctx.needs_input_grad
         d_out = qp.new_zeros((B, v.shape[2])) if d_out is None else d_out.contiguous()
         d_w = None if d_w is None else d_w.contiguous()
-        grads = [torch.empty_like(t) if n else None for t, n in zip((qp, kp, u, v), needs)]
+        # the projections' and u's gradients are always computed (the kernel's inner
+        # loop has no branch); the values' only when asked for
+        grads = [torch.empty_like(t) for t in (qp, kp, u)]
+        grads.append(torch.empty_like(v) if needs[3] else None)
         step_at.additive_backward_at(
             _LIKE[qp.dtype], B, L, A, v.shape[2], qp.data_ptr(), kp.data_ptr(), u.data_ptr(),
             v.data_ptr(), w.data_ptr(), d_out.data_ptr(), _address(d_w),
             *(_address(g) for g in grads),
         )  # fmt: skip
-        return (*grads, None)
+        return (*(g if n else None for g, n in zip(grads, needs)), None)
 
 
 def _additive_forward(qp, kp, u, v, mask):
@@ -141,3 +144,48 @@ def additive_attention(qp, kp, u, values, mask):
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _AdditiveAttention.apply(*tensors)
     return _additive_forward(*tensors)
+
+
+class _ConcatProjections(torch.autograd.Function):
+    """Luong ``concat``'s two projections from its one weight ``W`` (A, 2H) = [W_q W_k]:
+    ``qp = q W_qᵀ + b`` (B, A) and ``kp = k W_kᵀ`` (B, L, A). The backward writes
+    ``W``'s gradient as one contiguous (A, 2H) tensor (two column slices or a split
+    would make autograd join two halves, one of them transposed: slower than the
+    attention itself at batch 1)."""
+
+    @staticmethod
+    def forward(ctx, q, k, W, b):
+        ctx.save_for_backward(q, k, W)
+        ctx.has_bias = b is not None
+        return _projections(q, k, W, b)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dqp, dkp):
+        q, k, W = ctx.saved_tensors
+        H, A = q.shape[1], W.shape[0]
+        needs = ctx.needs_input_grad
+        dkp = dkp.reshape(-1, A)
+        dq = dqp @ W[:, :H] if needs[0] else None
+        dk = (dkp @ W[:, H:]).view(k.shape) if needs[1] else None
+        dW = None
+        if needs[2]:
+            dW = W.new_empty(W.shape)
+            dW[:, :H] = dqp.t() @ q
+            dW[:, H:] = dkp.t() @ k.reshape(-1, H)
+        db = dqp.sum(0) if ctx.has_bias and needs[3] else None
+        return dq, dk, dW, db
+
+
+def _projections(q, k, W, b):
+    H = q.shape[1]
+    qp = torch.addmm(b, q, W[:, :H].t()) if b is not None else q @ W[:, :H].t()
+    kp = (k.reshape(-1, H) @ W[:, H:].t()).view(k.shape[0], k.shape[1], W.shape[0])
+    return qp, kp
+
+
+def concat_projections(q, k, W, b):
+    """``(qp, kp)`` of :class:`_ConcatProjections` (``q`` (B, H), ``k`` (B, L, H))."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, W, b)):
+        return _ConcatProjections.apply(q, k.contiguous(), W, b)
+    return _projections(q, k.contiguous(), W, b)

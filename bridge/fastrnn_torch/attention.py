@@ -25,7 +25,7 @@ from fastrnn.linalg import use_gemm
 
 from . import _cuda
 from ._ops import torch_gemm
-from ._step_attention import additive_attention, dot_attention
+from ._step_attention import additive_attention, concat_projections, dot_attention
 
 __all__ = ["scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAttention"]
 
@@ -340,9 +340,8 @@ class LuongAttention(torch.nn.Module):
             W, b = self.attn.weight, self.attn.bias
             fused = dot_attention(query @ W, keys, values, mask, query @ b)
         elif keys.shape[2] == self.hidden_size:  # v · tanh(W_q q + b + W_k k_j)
-            W, H = self.attn.weight, self.hidden_size
-            qp = F.linear(query, W[:, :H], self.attn.bias)
-            fused = additive_attention(qp, F.linear(keys, W[:, H:]), self.v, values, mask)
+            qp, kp = concat_projections(query, keys, self.attn.weight, self.attn.bias)
+            fused = additive_attention(qp, kp, self.v, values, mask)
         if fused is not None:
             return fused
         m, method, n = _np(mask), self.method, len(params)

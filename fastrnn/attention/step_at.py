@@ -162,7 +162,8 @@ def additive_backward_at(
 ):
     """The gradients of :func:`additive_forward_at` from ``d_context`` (B, Dv) and
     ``d_weights`` (B, L) (0 for zero): ``dqp`` (B, A), ``dkp`` (B, L, A), ``du`` (A,),
-    ``dv`` (B, L, Dv), each written, or 0 when not wanted. The tanh is recomputed."""
+    always written (one branch-free, vectorised pass over each row's ``A`` terms), and
+    ``dv`` (B, L, Dv), or 0 when not wanted. The tanh is recomputed."""
     qa = array_at(qp, (B, A), like)
     ka = array_at(kp, (B, L, A), like)
     ua = array_at(u, (A,), like)
@@ -170,17 +171,16 @@ def additive_backward_at(
     wa = array_at(weights, (B, L), like)
     dca = array_at(d_context, (B, Dv), like)
     dwa = array_at(d_weights, (B, L if d_weights != 0 else 0), like)
-    dqa = array_at(dqp, (B, A if dqp != 0 else 0), like)
-    dka = array_at(dkp, (B, L if dkp != 0 else 0, A), like)
-    dua = array_at(du, (A if du != 0 else 0,), like)
+    dqa = array_at(dqp, (B, A), like)
+    dka = array_at(dkp, (B, L, A), like)
+    dua = array_at(du, (A,), like)
     dva = array_at(dv, (B, L if dv != 0 else 0, Dv), like)
     zero = like - like
     one = np.float32(1)  # (float32: unifies with the data's dtype; an int 1 is float64)
-    if du != 0:
-        for a in range(A):
-            dua[a] = zero
+    for a in range(A):
+        dua[a] = zero
     for b in range(B):
-        wb, dcb, qb = wa[b], dca[b], qa[b]
+        wb, dcb, qb, dqb = wa[b], dca[b], qa[b], dqa[b]
         mean = zero
         for j in range(L):
             g = dwa[b, j] if d_weights != 0 else zero
@@ -188,25 +188,21 @@ def additive_backward_at(
             for e in range(Dv):
                 g += dcb[e] * vj[e]
             mean += wb[j] * g
-        if dqp != 0:
-            for a in range(A):
-                dqa[b, a] = zero
+        for a in range(A):
+            dqb[a] = zero
         for j in range(L):
             g = dwa[b, j] if d_weights != 0 else zero
             vj = va[b, j]
             for e in range(Dv):
                 g += dcb[e] * vj[e]
             ds = wb[j] * (g - mean)
-            kj = ka[b, j]
+            kj, dkj = ka[b, j], dka[b, j]
             for a in range(A):
                 t = tanh(qb[a] + kj[a])
                 pre = ds * ua[a] * (one - t * t)
-                if dqp != 0:
-                    dqa[b, a] += pre
-                if dkp != 0:
-                    dka[b, j, a] = pre
-                if du != 0:
-                    dua[a] += ds * t
+                dkj[a] = pre
+                dqb[a] += pre
+                dua[a] += ds * t
             if dv != 0:
                 for e in range(Dv):
                     dva[b, j, e] = wb[j] * dcb[e]
