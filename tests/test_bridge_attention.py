@@ -224,3 +224,31 @@ def test_one_query_kernels_with_masks(kind, dtype):
         got, want = ours(q, k, v, mask), torch_formula(q, k, v)
     for a, b in zip(got, want):
         assert (a - b).abs().max() <= tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_attn_one_kernel_path(dtype):
+    """The tutorial's ``Attn`` on CPU tensors runs one fused kernel each way
+    (``_TutorialAttn``), at sizes that tell every dimension apart, against torch's
+    formula: outputs, every input and parameter gradient, and without autograd."""
+    from fastrnn_torch import _step_attention
+
+    torch.manual_seed(3)
+    ours = frt.Attn(5, 3, 7, 4, 6).to(dtype)
+    ref = frt.Attn(5, 3, 7, 4, 6).to(dtype)
+    ref.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(6)
+    Q = torch.randn(1, 2, 5, generator=g, dtype=dtype)
+    K = torch.randn(1, 2, 3, generator=g, dtype=dtype)
+    V = torch.randn(2, 7, 4, generator=g, dtype=dtype)
+    calls, original = [], _step_attention._TutorialAttn.apply
+    _step_attention._TutorialAttn.apply = lambda *a: calls.append(1) or original(*a)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    try:
+        grads_match(ours, ref._torch_forward, [Q, K, V], params=[(ours, ref)], tol=tol)
+    finally:
+        _step_attention._TutorialAttn.apply = original
+    assert calls, "the fused path did not run"
+    with torch.no_grad():
+        for a, b in zip(ours(Q, K, V), ref._torch_forward(Q, K, V)):
+            assert a.shape == b.shape and (a - b).abs().max() <= tol

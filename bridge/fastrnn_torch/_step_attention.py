@@ -189,3 +189,76 @@ def concat_projections(q, k, W, b):
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, W, b)):
         return _ConcatProjections.apply(q, k.contiguous(), W, b)
     return _projections(q, k.contiguous(), W, b)
+
+
+class _TutorialAttn(torch.autograd.Function):
+    """The seq2seq tutorial's ``Attn`` on the CPU: one
+    :mod:`fastrnn.attention.step_at` kernel call forward (both linear layers, the
+    softmax, the weighted sum), one backward (every gradient). ``Q`` (1, B, Qn) and
+    ``K`` (1, B, Kn) are read as (B, ·): the same memory, no views."""
+
+    @staticmethod
+    def forward(ctx, Q, K, V, wa, ba, wc, bc):
+        out, w, app = _tutorial_forward(Q, K, V, wa, ba, wc, bc)
+        ctx.save_for_backward(Q, K, V, wa, wc, w, app)
+        return out, w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_w):
+        Q, K, V, wa, wc, w, app = ctx.saved_tensors
+        (B, L, Vn), O = V.shape, wc.shape[0]
+        d_out = Q.new_zeros((1, B, O)) if d_out is None else d_out.contiguous()
+        d_w = None if d_w is None else d_w.contiguous()
+        grads = [torch.empty_like(t) for t in (Q, K, V, wa)]
+        grads += [wa.new_empty(L), torch.empty_like(wc), wc.new_empty(O)]
+        scratch = Q.new_empty(L + Vn)
+        step_at.tutorial_backward_at(
+            _LIKE[Q.dtype], B, Q.shape[2], K.shape[2], L, Vn, O,
+            *(t.data_ptr() for t in (Q, K, V, wa, wc, w)), app.data_ptr(),
+            d_out.data_ptr(), _address(d_w), *(g.data_ptr() for g in grads),
+            scratch.data_ptr(),
+        )  # fmt: skip
+        return tuple(g if n else None for g, n in zip(grads, ctx.needs_input_grad))
+
+
+def _tutorial_forward(Q, K, V, wa, ba, wc, bc):
+    (B, L, Vn), O = V.shape, wc.shape[0]
+    out, w, app = Q.new_empty((1, B, O)), Q.new_empty((B, L)), Q.new_empty((B, Vn))
+    step_at.tutorial_forward_at(
+        _LIKE[Q.dtype], B, Q.shape[2], K.shape[2], L, Vn, O,
+        *(t.data_ptr() for t in (Q, K, V, wa, ba, wc, bc, out, w, app)),
+    )  # fmt: skip
+    return out, w, app
+
+
+def tutorial_attn(Q, K, V, wa, ba, wc, bc):
+    """``(output, weights)`` of :class:`_TutorialAttn` for ``Q`` (1, B, Qn), ``K`` (1, B,
+    Kn), ``V`` (B, L, Vn) and the two layers' parameters, where it applies (CPU, no
+    functorch transform, the shapes of the module, biases present); else None."""
+    if (
+        _cuda.on_gpu(Q)
+        or torch._C._are_functorch_transforms_active()
+        or ba is None
+        or bc is None
+        or Q.dim() != 3
+        or K.dim() != 3
+        or V.dim() != 3
+    ):
+        return None
+    (one, B, Qn), (L, Vn) = Q.shape, V.shape[1:]
+    if (
+        one != 1
+        or K.shape[:2] != (1, B)
+        or V.shape[0] != B
+        or wa.shape != (L, Qn + K.shape[2])
+        or ba.shape != (L,)
+        or wc.dim() != 2
+        or wc.shape[1] != Qn + Vn
+        or bc.shape != (wc.shape[0],)
+    ):
+        return None
+    tensors = [t.contiguous() for t in (Q, K, V, wa, ba, wc, bc)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _TutorialAttn.apply(*tensors)
+    return _tutorial_forward(*tensors)[:2]

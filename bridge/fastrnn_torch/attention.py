@@ -25,7 +25,12 @@ from fastrnn.linalg import use_gemm
 
 from . import _cuda
 from ._ops import torch_gemm
-from ._step_attention import additive_attention, concat_projections, dot_attention
+from ._step_attention import (
+    additive_attention,
+    concat_projections,
+    dot_attention,
+    tutorial_attn,
+)
 
 __all__ = ["scaled_dot_product_attention", "Attn", "AdditiveAttention", "LuongAttention"]
 
@@ -207,6 +212,16 @@ class _PlainSDPA(torch.autograd.Function):
 # ----------------------------------------------------------------------------- modules
 
 
+def _linear(layer):
+    """``(weight, bias)`` of a Linear, read from its ``_parameters`` (a parametrized
+    one's through its properties)."""
+    params = layer._parameters
+    w, b = params.get("weight"), params.get("bias")
+    if w is None:
+        return layer.weight, layer.bias
+    return w, b
+
+
 class Attn(torch.nn.Module):
     """The seq2seq tutorial's ``Attn``: ``softmax(attn([Q, K])) · V`` then ``attn_combine``.
 
@@ -226,14 +241,13 @@ class Attn(torch.nn.Module):
         self.attn_combine = torch.nn.Linear(query_size + value_size2, output_size)
 
     def forward(self, Q, K, V):
-        params = (
-            self.attn.weight,
-            self.attn.bias,
-            self.attn_combine.weight,
-            self.attn_combine.bias,
-        )
+        layers = self._modules  # (not ``self.attn``: Module.__getattr__, per call)
+        params = (*_linear(layers["attn"]), *_linear(layers["attn_combine"]))
         if not _kernels_can_run(Q, K, V, *params):
             return self._torch_forward(Q, K, V)
+        fused = tutorial_attn(Q, K, V, *params)
+        if fused is not None:
+            return fused
 
         def train(*arrays):
             out, w, tape = core.concat_attn_train(*arrays)

@@ -206,3 +206,115 @@ def additive_backward_at(
             if dv != 0:
                 for e in range(Dv):
                     dva[b, j, e] = wb[j] * dcb[e]
+
+
+@kernel
+def tutorial_forward_at(like, B, Qn, Kn, L, Vn, O, q, k, v, wa, ba, wc, bc, out, weights, app):
+    """The seq2seq tutorial's ``Attn`` for ``B`` rows: ``weights`` (B, L) = softmax of
+    ``[q, k] W_aᵀ + b_a``, ``app`` (B, Vn) = ``weights · v``, ``out`` (B, O) =
+    ``[q, app] W_cᵀ + b_c``; from ``q`` (B, Qn), ``k`` (B, Kn), ``v`` (B, L, Vn),
+    ``wa`` (L, Qn + Kn), ``ba`` (L,), ``wc`` (O, Qn + Vn), ``bc`` (O,)."""
+    qa = array_at(q, (B, Qn), like)
+    ka = array_at(k, (B, Kn), like)
+    va = array_at(v, (B, L, Vn), like)
+    Wa = array_at(wa, (L, Qn + Kn), like)
+    Ba = array_at(ba, (L,), like)
+    Wc = array_at(wc, (O, Qn + Vn), like)
+    Bc = array_at(bc, (O,), like)
+    oa = array_at(out, (B, O), like)
+    wts = array_at(weights, (B, L), like)
+    aa = array_at(app, (B, Vn), like)
+    zero = like - like
+    for b in range(B):
+        qb, kb, wb, ab = qa[b], ka[b], wts[b], aa[b]
+        top = np.float32(-np.inf)  # (float32: unifies with the data's dtype)
+        for j in range(L):
+            row = Wa[j]
+            s = Ba[j]
+            for i in range(Qn):
+                s += row[i] * qb[i]
+            for i in range(Kn):
+                s += row[Qn + i] * kb[i]
+            wb[j] = s
+            if s > top or s != s:
+                top = s
+        _softmax_context(wb, va[b], ab, top, zero)
+        for o in range(O):
+            row = Wc[o]
+            s = Bc[o]
+            for i in range(Qn):
+                s += row[i] * qb[i]
+            for i in range(Vn):
+                s += row[Qn + i] * ab[i]
+            oa[b, o] = s
+
+
+@kernel
+def tutorial_backward_at(
+    like, B, Qn, Kn, L, Vn, O, q, k, v, wa, wc, weights, app, d_out, d_weights, dq, dk, dv,
+    dwa, dba, dwc, dbc, scratch,
+):  # fmt: skip
+    """The gradients of :func:`tutorial_forward_at` (its inputs, ``weights`` and ``app``)
+    from ``d_out`` (B, O) and ``d_weights`` (B, L) (0 for zero), every one written:
+    ``dq``, ``dk``, ``dv`` and the four parameters' (their shapes). ``scratch`` holds
+    ``L + Vn`` elements."""
+    qa = array_at(q, (B, Qn), like)
+    ka = array_at(k, (B, Kn), like)
+    va = array_at(v, (B, L, Vn), like)
+    Wa = array_at(wa, (L, Qn + Kn), like)
+    Wc = array_at(wc, (O, Qn + Vn), like)
+    wts = array_at(weights, (B, L), like)
+    aa = array_at(app, (B, Vn), like)
+    doa = array_at(d_out, (B, O), like)
+    dwt = array_at(d_weights, (B, L if d_weights != 0 else 0), like)
+    dqa = array_at(dq, (B, Qn), like)
+    dka = array_at(dk, (B, Kn), like)
+    dva = array_at(dv, (B, L, Vn), like)
+    dWa = array_at(dwa, (L, Qn + Kn), like)
+    dBa = array_at(dba, (L,), like)
+    dWc = array_at(dwc, (O, Qn + Vn), like)
+    dBc = array_at(dbc, (O,), like)
+    work = array_at(scratch, (L + Vn,), like)
+    ds, d_app = work[:L], work[L:]
+    zero = like - like
+    dWa[:] = zero
+    dBa[:] = zero
+    dWc[:] = zero
+    dBc[:] = zero
+    for b in range(B):
+        qb, kb, wb, ab, dob = qa[b], ka[b], wts[b], aa[b], doa[b]
+        dqb, dkb = dqa[b], dka[b]
+        # out = [q, app] W_cᵀ + b_c
+        dqb[:] = zero
+        d_app[:] = zero
+        for o in range(O):
+            g, row, drow = dob[o], Wc[o], dWc[o]
+            dBc[o] += g
+            for i in range(Qn):
+                dqb[i] += g * row[i]
+                drow[i] += g * qb[i]
+            for i in range(Vn):
+                d_app[i] += g * row[Qn + i]
+                drow[Qn + i] += g * ab[i]
+        # app = weights · v; weights = softmax(s)
+        mean = zero
+        for j in range(L):
+            vj, dvj = va[b, j], dva[b, j]
+            g = dwt[b, j] if d_weights != 0 else zero
+            for i in range(Vn):
+                g += d_app[i] * vj[i]
+                dvj[i] = wb[j] * d_app[i]
+            ds[j] = g
+            mean += wb[j] * g
+        # s = [q, k] W_aᵀ + b_a
+        dkb[:] = zero
+        for j in range(L):
+            d = wb[j] * (ds[j] - mean)
+            row, drow = Wa[j], dWa[j]
+            dBa[j] += d
+            for i in range(Qn):
+                dqb[i] += d * row[i]
+                drow[i] += d * qb[i]
+            for i in range(Kn):
+                dkb[i] += d * row[Qn + i]
+                drow[Qn + i] += d * kb[i]
