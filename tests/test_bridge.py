@@ -339,22 +339,23 @@ def test_torch_export_and_jit_trace():
 
 def test_bench_workloads_run_and_agree(tmp_path):
     """The `fastrnn bench` measurements run and report parity (tiny sizes, one repeat)."""
-    from fastrnn_torch import bench
+    from fastrnn_torch import bench, bench_attention
 
     results = [
         bench.step_workload("GRU", 8, 1, 1),
         bench.sequence_workload("LSTM", 5, 2, 8, 1, 1),
         bench.training_workload("RNN", 5, 2, 8, 1),
         bench.cell_loop_workload("LSTM", 3, 2, 8, 1),
-        bench.attention_workload(5, True, True, 1),
+        bench_attention.attention_workload(5, True, True, 1),
+        bench_attention.attention_layer_workload("general", 2, 1),
         bench.quantized_workload("LSTM", "step", 8, 1, 1, "int8"),
         bench.quantized_workload("GRU", "seq", 8, 1, 1, "bfloat16"),
     ]
-    for r in results[:5]:
+    for r in results[:6]:
         assert set(r.times) >= {"fastrnn", "torch"} and max(r.max_abs_diff.values()) < 1e-4
-    assert max(r.max_abs_diff["float32"] for r in results[5:]) < 3e-2
+    assert max(r.max_abs_diff["float32"] for r in results[6:]) < 3e-2
     bench.print_table(results)
-    written = bench.save_charts(results[:5], results[5:], str(tmp_path), "test machine")
+    written = bench.save_charts(results[:6], results[6:], str(tmp_path), "test machine")
     assert [os.path.basename(p) for p in written] == ["vs_torch.png", "vs_onnxruntime.png"]
 
 

@@ -105,3 +105,27 @@ class AttentionSpeedup:
         return self._ratio(length, causal, True)
 
     track_speedup_forward_backward.unit = "x faster than torch"
+
+
+class DecoderStepAttention:
+    """A decoder step's attention layer, forward + backward, against the same layer
+    written with torch ops (same parameters): the tutorial's ``Attn`` at its sizes, and
+    additive / Luong with query (B, 256), keys and values (B, 32, 256) — the workload of
+    ``fastrnn bench``'s ``Attn`` rows (``fastrnn_torch.bench_attention``)."""
+
+    params = (["Attn", "additive", "dot", "general", "concat"], [1, 32], ENGINES)
+    param_names = ["kind", "batch", "engine"]
+
+    def setup(self, kind, batch, engine):
+        if kind == "Attn" and batch != 1:
+            raise NotImplementedError("the tutorial's Attn is timed at batch 1")
+        from fastrnn_torch.bench_attention import attention_layer_thunks
+
+        runs = attention_layer_thunks(kind, batch)  # each returns the inputs' gradients
+        ours, theirs = runs["fastrnn"](), runs["torch"]()
+        scale = max(1.0, float(theirs.abs().max()))  # float32 scores of 256 terms
+        check_close(ours.numpy(), theirs, "attention gradients", tol=1e-5 * scale)
+        self.run = runs[engine]
+
+    def time_forward_backward(self, kind, batch, engine):
+        self.run()

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import fastrnn
 from fastrnn.progress import progress
@@ -258,36 +257,10 @@ def cell_loop_workload(mode, T, B, size, repeats):
     return res
 
 
-def attention_workload(L, causal, backward, repeats):
-    """``torch.nn.functional.scaled_dot_product_attention`` against fastrnn_torch's, B=8,
-    4 heads, d=64: a forward under ``no_grad``, or forward + ``.sum().backward()``."""
-    from .attention import scaled_dot_product_attention
-
-    g = torch.Generator().manual_seed(0)
-    qkv = [torch.randn(8, 4, L, 64, generator=g, requires_grad=backward) for _ in range(3)]
-
-    def run(fn):
-        def call():
-            if not backward:
-                with torch.no_grad():
-                    return fn(*qkv, is_causal=causal)
-            for t in qkv:
-                t.grad = None
-            fn(*qkv, is_causal=causal).sum().backward()
-            return torch.cat([t.grad for t in qkv])
-
-        return call
-
-    ours, theirs = run(scaled_dot_product_attention), run(F.scaled_dot_product_attention)
-    res = Result("SDPA", f"{'fwd+bwd' if backward else 'fwd'}{' causal' if causal else ''} L={L}")
-    res.max_abs_diff["torch"] = float((ours() - theirs()).abs().max())
-    res.times["fastrnn"] = best_time(ours, repeats)
-    res.times["torch"] = best_time(theirs, repeats)
-    return res
-
-
 def workloads(modes, hidden, full, repeats, threads):
     """(label, thunk) for the embedded default configuration (``--full``: more sizes)."""
+    from .bench_attention import attention_layer_workload, attention_workload
+
     steps = sorted({64, hidden} | ({512} if full else set()))
     batches = (1, 8, 64) if full else (1, 64)
     jobs = []
@@ -308,6 +281,10 @@ def workloads(modes, hidden, full, repeats, threads):
         for L in (16, 64, 128):
             for causal in (False, True):
                 jobs.append(lambda L=L, c=causal, b=backward: attention_workload(L, c, b, repeats))
+    jobs.append(lambda: attention_layer_workload("Attn", 1, repeats))
+    for kind in ("additive", "dot", "general", "concat"):
+        for B in (1, 32):
+            jobs.append(lambda kind=kind, B=B: attention_layer_workload(kind, B, repeats))
     quantized = [
         lambda mode=mode, kind=kind, w=w: quantized_workload(
             mode, kind, hidden, repeats, threads, w
