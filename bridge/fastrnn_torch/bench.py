@@ -11,6 +11,7 @@ import io
 import json
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -46,26 +47,36 @@ class Result:
 #: Seconds to wait before timing an engine on more than one core: the previous
 #: engine's idle threads (onnxruntime's and OpenMP's pools spin after each call) must
 #: not steal the cores of the next.
-SETTLE = 0.2
+SETTLE = 0.05
 
 
-def best_time(fn, repeats, min_time=0.03):
-    """Best per-call seconds over ``repeats`` rounds of enough calls to last ``min_time``."""
-    if len(os.sched_getaffinity(0)) > 1:
-        time.sleep(SETTLE)
-    fn()
-    start, n = time.perf_counter(), 0
-    while time.perf_counter() - start < min_time / 5:
+def engine_times(fns, repeats, min_time=0.03):
+    """Median per-call seconds of each engine (name -> call) over ``repeats`` rounds
+    in which the engines take turns, each timing enough calls to last ``min_time``:
+    drift on a noisy machine hits every engine alike. On more than one core each turn
+    waits :data:`SETTLE` first, so a peer's spinning thread pool is idle."""
+    settle = len(os.sched_getaffinity(0)) > 1
+    numbers = {}
+    for name, fn in fns.items():  # warm up, then calls per timing
+        if settle:
+            time.sleep(SETTLE)
         fn()
-        n += 1
-    number = max(1, n * 5)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < min_time / 5:
             fn()
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
+            n += 1
+        numbers[name] = max(1, n * 5)
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if settle:
+                time.sleep(SETTLE)
+            number = numbers[name]
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples[name].append((time.perf_counter() - start) / number)
+    return {name: statistics.median(seen) for name, seen in samples.items()}
 
 
 def onnx_session(module, args, names, threads=1):
@@ -124,9 +135,8 @@ def step_workload(mode, size, repeats, threads):
     with torch.inference_mode():
         ref = cell(xt, hx)
         ref = (ref[0] if mode == "LSTM" else ref).numpy()
-        res.times["fastrnn"] = best_time(stream(m, x), repeats)
-        res.times["torch"] = best_time(lambda: cell(xt, hx), repeats)
     res.max_abs_diff["torch"] = float(np.abs(ours() - ref).max())
+    fns = {"fastrnn": stream(m, x), "torch": lambda: cell(xt, hx)}
     layer = TORCH[mode](size, size).eval()
     layer.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
     h0 = torch.zeros(1, 1, size)
@@ -140,7 +150,9 @@ def step_workload(mode, size, repeats, threads):
         res.max_abs_diff["onnxruntime"] = float(
             np.abs(session.run(None, feed)[0][0] - ours()).max()
         )
-        res.times["onnxruntime"] = best_time(lambda: session.run(None, feed), repeats)
+        fns["onnxruntime"] = lambda: session.run(None, feed)
+    with torch.inference_mode():
+        res.times.update(engine_times(fns, repeats))
     return res
 
 
@@ -152,19 +164,26 @@ def sequence_workload(mode, T, B, size, repeats, threads):
     res = Result(mode, f"seq T={T} B={B} H={size}")
     with torch.inference_mode():
         ref = tm(xt)[0].numpy()
-        res.times["fastrnn"] = best_time(lambda: m(x), repeats)
-        res.times["torch"] = best_time(lambda: tm(xt), repeats)
+    fns = {"fastrnn": lambda: m(x), "torch": lambda: tm(xt)}
     if threads > 1:  # fastrnn's own scaling: the same call on one thread
-        fastrnn.set_num_threads(1)
-        res.times[ONE_THREAD] = best_time(lambda: m(x), repeats)
-        fastrnn.set_num_threads(threads)
+
+        def one_thread():
+            fastrnn.set_num_threads(1)
+            try:
+                m(x)
+            finally:
+                fastrnn.set_num_threads(threads)
+
+        fns[ONE_THREAD] = one_thread
     y = m(x)[0]
     res.max_abs_diff["torch"] = float(np.abs(y - ref).max())
     session = onnx_session(tm, (xt,), ["x"], threads)
     if session is not None:
         feed = {"x": x}
         res.max_abs_diff["onnxruntime"] = float(np.abs(session.run(None, feed)[0] - y).max())
-        res.times["onnxruntime"] = best_time(lambda: session.run(None, feed), repeats)
+        fns["onnxruntime"] = lambda: session.run(None, feed)
+    with torch.inference_mode():
+        res.times.update(engine_times(fns, repeats))
     return res
 
 
@@ -182,8 +201,7 @@ def quantized_workload(mode, kind, size, repeats, threads, weights="int8"):
         x = rng.standard_normal((1, size)).astype(np.float32)
         sq, sf = q.initial_state(1), m.initial_state(1)
         res = Result(mode, f"{weights} step H={size}")
-        res.times["fastrnn"] = best_time(stream(q, x), repeats)
-        res.times["torch"] = best_time(stream(m, x), repeats)
+        fns = {"fastrnn": stream(q, x), "torch": stream(m, x)}
         res.max_abs_diff["float32"] = float(np.abs(q.step(x, sq)[0] - m.step(x, sf)[0]).max())
         h0 = torch.zeros(1, 1, size)
         xt = torch.from_numpy(x)[None]
@@ -193,13 +211,13 @@ def quantized_workload(mode, kind, size, repeats, threads, weights="int8"):
     else:
         x = rng.standard_normal((100, 1, size)).astype(np.float32)
         res = Result(mode, f"{weights} seq T=100 B=1 H={size}")
-        res.times["fastrnn"] = best_time(lambda: q(x), repeats)
-        res.times["torch"] = best_time(lambda: m(x), repeats)
+        fns = {"fastrnn": lambda: q(x), "torch": lambda: m(x)}
         res.max_abs_diff["float32"] = float(np.abs(q(x)[0] - m(x)[0]).max())
         args, names, feed = (torch.from_numpy(x),), ["x"], {"x": x}
     session = onnx_session(tm, args, names, threads)
     if session is not None:
-        res.times["onnxruntime"] = best_time(lambda: session.run(None, feed), repeats)
+        fns["onnxruntime"] = lambda: session.run(None, feed)
+    res.times.update(engine_times(fns, repeats))
     return res
 
 
@@ -223,8 +241,7 @@ def training_workload(mode, T, B, size, repeats):
 
     res = Result(mode, f"train T={T} B={B} H={size}")
     res.max_abs_diff["torch"] = float((step(m)() - step(tm)()).abs().max())
-    res.times["fastrnn"] = best_time(step(m), repeats)
-    res.times["torch"] = best_time(step(tm), repeats)
+    res.times.update(engine_times({"fastrnn": step(m), "torch": step(tm)}, repeats))
     return res
 
 
@@ -252,8 +269,7 @@ def cell_loop_workload(mode, T, B, size, repeats):
 
     res = Result(mode, f"cell loop T={T} B={B} H={size}")
     res.max_abs_diff["torch"] = float((loop(m)() - loop(tm)()).abs().max())
-    res.times["fastrnn"] = best_time(loop(m), repeats)
-    res.times["torch"] = best_time(loop(tm), repeats)
+    res.times.update(engine_times({"fastrnn": loop(m), "torch": loop(tm)}, repeats))
     return res
 
 
@@ -373,7 +389,7 @@ def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-r
     print(
         f"fastrnn {fastrnn.__version__} vs torch {torch.__version__}"
         f"{' and onnxruntime' if _has_ort() else ''} — float32, same weights, "
-        f"best of {repeats}; machine: {machine()}"
+        f"median of {repeats} interleaved rounds; machine: {machine()}"
     )
     jobs, int8_jobs = workloads(modes, hidden, full, repeats, threads)
     results = [job() for job in progress(jobs + int8_jobs, desc="fastrnn bench")]

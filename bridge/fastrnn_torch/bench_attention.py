@@ -5,7 +5,7 @@ torch on the same inputs and parameters."""
 import torch
 import torch.nn.functional as F
 
-from .bench import Result, best_time
+from .bench import Result, engine_times
 
 
 def attention_workload(L, causal, backward, repeats):
@@ -31,8 +31,7 @@ def attention_workload(L, causal, backward, repeats):
     ours, theirs = run(scaled_dot_product_attention), run(F.scaled_dot_product_attention)
     res = Result("SDPA", f"{'fwd+bwd' if backward else 'fwd'}{' causal' if causal else ''} L={L}")
     res.max_abs_diff["torch"] = float((ours() - theirs()).abs().max())
-    res.times["fastrnn"] = best_time(ours, repeats)
-    res.times["torch"] = best_time(theirs, repeats)
+    res.times.update(engine_times({"fastrnn": ours, "torch": theirs}, repeats))
     return res
 
 
@@ -86,6 +85,5 @@ def attention_layer_workload(kind, B, repeats):
     name = {"Attn": "tutorial", "additive": "additive"}.get(kind, "Luong " + kind)
     res = Result("Attn", f"{name} fwd+bwd B={B}")
     res.max_abs_diff["torch"] = float((runs["fastrnn"]() - runs["torch"]()).abs().max())
-    for engine, fn in runs.items():
-        res.times[engine] = best_time(fn, repeats)
+    res.times.update(engine_times(runs, repeats))
     return res
