@@ -252,3 +252,37 @@ def test_attn_one_kernel_path(dtype):
     with torch.no_grad():
         for a, b in zip(ours(Q, K, V), ref._torch_forward(Q, K, V)):
             assert a.shape == b.shape and (a - b).abs().max() <= tol
+
+
+@pytest.mark.parametrize("sizes", [(4, 6), (6, 4), (16, 16), (40, 40)])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sdpa_short_sequences_one_kernel(sizes, is_causal, dtype):
+    """Without a mask, short same-shaped sequences (Lq·Lk up to ``SMALL_SCORES``) run
+    one fused kernel each way, longer ones torch's products around fastrnn's softmax:
+    both against torch, every gradient, causal with more queries than keys too, and
+    without autograd."""
+    from fastrnn_torch import _step_attention, attention
+
+    Lq, Lk = sizes
+    g = torch.Generator().manual_seed(9)
+    q = torch.randn(2, 3, Lq, 8, generator=g, dtype=dtype)
+    k = torch.randn(2, 3, Lk, 8, generator=g, dtype=dtype)
+    v = torch.randn(2, 3, Lk, 5, generator=g, dtype=dtype)
+    calls, original = [], _step_attention._SmallSDPA.apply
+    _step_attention._SmallSDPA.apply = lambda *a: calls.append(1) or original(*a)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    try:
+        grads_match(
+            lambda *a: frt.scaled_dot_product_attention(*a, is_causal=is_causal),
+            lambda *a: F.scaled_dot_product_attention(*a, is_causal=is_causal),
+            [q, k, v],
+            tol=tol,
+        )
+    finally:
+        _step_attention._SmallSDPA.apply = original
+    assert bool(calls) == (Lq * Lk <= attention.SMALL_SCORES)
+    with torch.no_grad():
+        got = frt.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        want = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    assert (got - want).abs().max() <= tol

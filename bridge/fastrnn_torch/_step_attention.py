@@ -8,7 +8,7 @@ one backward over the tensors' memory, no NumPy views, no general checks per cal
 import numpy as np
 import torch
 
-from fastrnn.attention import step_at
+from fastrnn.attention import sdpa_at, step_at
 
 from . import _cuda
 
@@ -262,3 +262,54 @@ def tutorial_attn(Q, K, V, wa, ba, wc, bc):
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _TutorialAttn.apply(*tensors)
     return _tutorial_forward(*tensors)[:2]
+
+
+class _SmallSDPA(torch.autograd.Function):
+    """``scaled_dot_product_attention`` without a mask on short same-shaped CPU
+    sequences: one :mod:`fastrnn.attention.sdpa_at` kernel call forward and one
+    backward (recomputing the probabilities from the saved log-sum-exp)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        out, lse = _small_forward(q, k, v, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        *_, Lq, D = q.shape
+        Lk, Dv = v.shape[-2:]
+        d_out = d_out.contiguous()
+        grads = [torch.empty_like(t) for t in (q, k, v)]
+        scratch = q.new_empty(2 * Lq * Lk)
+        sdpa_at.backward_at(
+            _LIKE[q.dtype], lse.numel() // Lq, Lq, Lk, D, Dv,
+            *(t.data_ptr() for t in (q, k, v, out, lse, d_out)), ctx.causal,
+            _LIKE[q.dtype].dtype.type(ctx.scale), *(g.data_ptr() for g in grads),
+            scratch.data_ptr(),
+        )  # fmt: skip
+        return (*grads, None, None)
+
+
+def _small_forward(q, k, v, causal, scale):
+    *lead, Lq, D = q.shape
+    Lk, Dv = v.shape[-2:]
+    out, lse = q.new_empty((*lead, Lq, Dv)), q.new_empty((*lead, Lq))
+    scratch = q.new_empty(Lq * Lk)
+    like = _LIKE[q.dtype]
+    sdpa_at.forward_at(
+        like, lse.numel() // Lq, Lq, Lk, D, Dv, q.data_ptr(), k.data_ptr(), v.data_ptr(),
+        causal, like.dtype.type(scale), out.data_ptr(), lse.data_ptr(), scratch.data_ptr(),
+    )  # fmt: skip
+    return out, lse
+
+
+def small_sdpa(q, k, v, causal, scale):
+    """:class:`_SmallSDPA` of same-shaped CPU tensors (the caller checked them)."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _SmallSDPA.apply(q, k, v, causal, scale)
+    return _small_forward(q, k, v, causal, scale)[0]
