@@ -271,10 +271,7 @@ class _SmallSDPA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
-        out, lse = _small_forward(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return out
+        return save_attention(ctx, _small_forward, q, k, v, causal, scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -292,6 +289,16 @@ class _SmallSDPA(torch.autograd.Function):
             scratch.data_ptr(),
         )  # fmt: skip
         return (*grads, None, None)
+
+
+def save_attention(ctx, forward, q, k, v, causal, scale):
+    """``forward(q, k, v, causal, scale) -> (out, lse)`` in an attention function's
+    forward, keeping what its backward recomputes the probabilities from; returns
+    ``out``."""
+    out, lse = forward(q, k, v, causal, scale)
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.causal, ctx.scale = causal, scale
+    return out
 
 
 def _small_forward(q, k, v, causal, scale):

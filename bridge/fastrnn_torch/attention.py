@@ -29,6 +29,7 @@ from ._step_attention import (
     additive_attention,
     concat_projections,
     dot_attention,
+    save_attention,
     small_sdpa,
     tutorial_attn,
 )
@@ -197,10 +198,7 @@ class _PlainSDPA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
-        out, lse = _plain_forward(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return out
+        return save_attention(ctx, _plain_forward, q, k, v, causal, scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -45,6 +45,38 @@ def _softmax_context(wb, vb, cb, top, zero):
 
 
 @kernel
+def _masked_softmax_context(wb, mrow, masked, vb, cb, zero):
+    """Row ``b``'s raw scores ``wb`` (L,), keys with ``mrow[j] == 0`` left out when
+    ``masked``, into softmax weights and ``cb`` (Dv,) their sum of the rows of ``vb``."""
+    top = np.float32(-np.inf)  # (float32: unifies with the data's dtype)
+    for j in range(wb.shape[0]):
+        if masked and mrow[j] == 0:
+            wb[j] = -np.inf
+        elif wb[j] > top or wb[j] != wb[j]:
+            top = wb[j]
+    _softmax_context(wb, vb, cb, top, zero)
+
+
+@kernel
+def _weight_gradient(j, vb, dcb, dwb, has_dw, zero):
+    """``g_j``, the gradient reaching weight ``j``: ``d_weights_j + d_context · v_j``."""
+    g = dwb[j] if has_dw else zero
+    vj = vb[j]
+    for e in range(dcb.shape[0]):
+        g += dcb[e] * vj[e]
+    return g
+
+
+@kernel
+def _mean_weight_gradient(wb, vb, dcb, dwb, has_dw, zero):
+    """``Σ_j w_j g_j``: with it a score's gradient is ``w_j (g_j - Σ_i w_i g_i)``."""
+    mean = zero
+    for j in range(wb.shape[0]):
+        mean += wb[j] * _weight_gradient(j, vb, dcb, dwb, has_dw, zero)
+    return mean
+
+
+@kernel
 def dot_forward_at(like, B, L, D, Dv, q, k, v, mask, shift, context, weights):
     """``context`` (B, Dv) and ``weights`` (B, L) from ``q`` (B, D), ``k`` (B, L, D),
     ``v`` (B, L, Dv), ``mask`` (B, L) bytes or 0, ``shift`` (B,) or 0."""
@@ -57,22 +89,14 @@ def dot_forward_at(like, B, L, D, Dv, q, k, v, mask, shift, context, weights):
     sa = array_at(shift, (B if shift != 0 else 0,), like)
     zero = like - like
     for b in range(B):
-        qb, wb, cb = qa[b], wa[b], ca[b]
-        top = np.float32(-np.inf)  # (float32: unifies with the data's dtype)
+        qb, wb = qa[b], wa[b]
         for j in range(L):
-            if mask != 0 and ma[b, j] == 0:
-                wb[j] = -np.inf
-                continue
             kj = ka[b, j]
             s = zero
             for d in range(D):
                 s += qb[d] * kj[d]
-            if shift != 0:
-                s += sa[b]
-            wb[j] = s
-            if s > top:
-                top = s
-        _softmax_context(wb, va[b], cb, top, zero)
+            wb[j] = s + sa[b] if shift != 0 else s
+        _masked_softmax_context(wb, ma[b], mask != 0, va[b], ca[b], zero)
 
 
 @kernel
@@ -92,25 +116,14 @@ def dot_backward_at(like, B, L, D, Dv, q, k, v, weights, d_context, d_weights, d
     dsa = array_at(dshift, (B if dshift != 0 else 0,), like)
     zero = like - like
     for b in range(B):
-        wb, dcb = wa[b], dca[b]
-        # g_j = dL/dw_j = d_weights_j + d_context · v_j; ds_j = w_j (g_j - Σ_i w_i g_i)
-        mean = zero
-        for j in range(L):
-            g = dwa[b, j] if d_weights != 0 else zero
-            vj = va[b, j]
-            for e in range(Dv):
-                g += dcb[e] * vj[e]
-            mean += wb[j] * g
+        wb, dcb, vb, dwb = wa[b], dca[b], va[b], dwa[b]
+        mean = _mean_weight_gradient(wb, vb, dcb, dwb, d_weights != 0, zero)
         if dq != 0:
             for d in range(D):
                 dqa[b, d] = zero
         total = zero
         for j in range(L):
-            g = dwa[b, j] if d_weights != 0 else zero
-            vj = va[b, j]
-            for e in range(Dv):
-                g += dcb[e] * vj[e]
-            ds = wb[j] * (g - mean)
+            ds = wb[j] * (_weight_gradient(j, vb, dcb, dwb, d_weights != 0, zero) - mean)
             total += ds
             if dq != 0:
                 kj = ka[b, j]
@@ -141,19 +154,13 @@ def additive_forward_at(like, B, L, A, Dv, qp, kp, u, v, mask, context, weights)
     zero = like - like
     for b in range(B):
         qb, wb = qa[b], wa[b]
-        top = np.float32(-np.inf)  # (float32: unifies with the data's dtype)
         for j in range(L):
-            if mask != 0 and ma[b, j] == 0:
-                wb[j] = -np.inf
-                continue
             kj = ka[b, j]
             s = zero
             for a in range(A):
                 s += ua[a] * tanh(qb[a] + kj[a])
             wb[j] = s
-            if s > top:
-                top = s
-        _softmax_context(wb, va[b], ca[b], top, zero)
+        _masked_softmax_context(wb, ma[b], mask != 0, va[b], ca[b], zero)
 
 
 @kernel
@@ -180,22 +187,12 @@ def additive_backward_at(
     for a in range(A):
         dua[a] = zero
     for b in range(B):
-        wb, dcb, qb, dqb = wa[b], dca[b], qa[b], dqa[b]
-        mean = zero
-        for j in range(L):
-            g = dwa[b, j] if d_weights != 0 else zero
-            vj = va[b, j]
-            for e in range(Dv):
-                g += dcb[e] * vj[e]
-            mean += wb[j] * g
+        wb, dcb, qb, dqb, vb, dwb = wa[b], dca[b], qa[b], dqa[b], va[b], dwa[b]
+        mean = _mean_weight_gradient(wb, vb, dcb, dwb, d_weights != 0, zero)
         for a in range(A):
             dqb[a] = zero
         for j in range(L):
-            g = dwa[b, j] if d_weights != 0 else zero
-            vj = va[b, j]
-            for e in range(Dv):
-                g += dcb[e] * vj[e]
-            ds = wb[j] * (g - mean)
+            ds = wb[j] * (_weight_gradient(j, vb, dcb, dwb, d_weights != 0, zero) - mean)
             kj, dkj = ka[b, j], dka[b, j]
             for a in range(A):
                 t = tanh(qb[a] + kj[a])
