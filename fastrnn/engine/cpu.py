@@ -8,7 +8,7 @@ is large enough that BLAS wins, so a Python loop calls the GEMM and the fused ce
 import numpy as np
 
 from .. import recurrence, team, threads
-from ..linalg import gemm, numpy_gemm, use_gemm
+from ..linalg import gate_columns, gemm, numpy_gemm, use_gemm
 from .tape import Steps
 
 #: Batch size from which the per-step recurrent product goes through BLAS.
@@ -169,6 +169,20 @@ class CPUBackend:
         return results
 
 
+#: (first unit, role) -> array: the team members' packed slices, reused from call to
+#: call (fresh memory costs a page fault per 4 KB on first touch: 130-240 us for an
+#: H=256 LSTM's slice on this project's VM, most of a team's start). Only the running
+#: team (one at a time) touches them.
+_TEAM_BUFFERS = {}
+
+
+def _team_buffer(start, role, shape, dtype):
+    found = _TEAM_BUFFERS.get((start, role))
+    if found is None or found.shape != shape or found.dtype != dtype:
+        found = _TEAM_BUFFERS[start, role] = np.empty(shape, dtype)
+    return found
+
+
 def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse):
     """An inference recurrence of a few rows on a team of threads split by hidden units
     (:mod:`fastrnn.team`). False, having done nothing, where a team does not apply: one
@@ -197,16 +211,20 @@ def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
         c_own = np.ascontiguousarray(c[:, start:stop])
 
         def member(start=start, stop=stop, nu=nu, h_own=h_own, c_own=c_own):
-            def own(a):  # the member's columns of every gate, side by side (a copy)
-                cols = [a[..., g * H + start : g * H + stop] for g in range(G)]
-                return np.concatenate(cols, axis=-1)
+            def own(a, role):  # the member's columns of every gate, side by side (a copy)
+                rows = a.reshape(-1, a.shape[-1])
+                out = _team_buffer(start, role, (rows.shape[0], G * nu), dtype)
+                gate_columns(rows, start, stop, G, H, out)
+                return out.reshape(*a.shape[:-1], G * nu)
 
-            weights = recurrence.RecurrentWeights(own(w_hh_t), None, own(b_ih), own(b_hh), None)
+            weights = recurrence.RecurrentWeights(
+                own(w_hh_t, "w_hh"), None, own(b_ih, "b_ih"), own(b_hh, "b_hh"), None
+            )
             scratch = recurrence.Scratch(
                 np.empty((B, G * nu), dtype), np.empty((B, nu), dtype), np.empty((B, nu), dtype)
             )
             loop(
-                own(gx), weights, hbuf, h_own, c_own, y, start, reverse, spec.activation,
+                own(gx, "gx"), weights, hbuf, h_own, c_own, y, start, reverse, spec.activation,
                 scratch, ones, bar, members,
             )  # fmt: skip
 
