@@ -55,7 +55,8 @@ def ratio_chart(labels, ratios, path, title, versus):
         )
     ax.set_xscale("log")
     ax.set_xlim(1 / span, span)
-    ticks = [t for t in (0.1, 0.2, 0.25, 0.5, 1, 2, 4, 5, 10) if 1 / span <= t <= span]
+    # powers of two: evenly spaced on the log axis, the same either side of 1x
+    ticks = [2.0**k for k in range(-6, 7) if 1 / span <= 2.0**k <= span]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:g}x"))

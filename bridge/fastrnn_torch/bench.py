@@ -1,9 +1,9 @@
 """``fastrnn bench``: fastrnn vs torch.nn (and onnxruntime) on the same weights, side by side.
 
-Every workload is measured for all engines in one process, one after the
-other, on the same inputs; the table reports each engine's best time per call,
-the speed-up of fastrnn over each other engine (> 1 means fastrnn is faster)
-and the max abs difference of the outputs. Results also go to
+Every workload is measured for all engines in one process, on the same inputs, the
+engines taking turns round by round; the table reports each engine's median time per
+call, the speed-up of fastrnn over each other engine (> 1 means fastrnn is faster) and
+the max abs difference of the outputs. Results also go to
 ``bench-results/latest.json`` and, when matplotlib is installed, a PNG chart.
 """
 
