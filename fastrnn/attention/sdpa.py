@@ -12,48 +12,71 @@ from ._common import AttentionTape, _device_twin, _floats, _mask4, _tape, _unbro
 
 
 @kernel
-def _mask_block(S, madd, mbool, causal, scale, B1, q0):
-    """Scale the score block ``S`` (N, b, Lk) for query rows q0..q0+b in place and
-    set masked entries to -inf. Masks are 4-D views (B0, B1, Lq, Lk) or empty."""
-    N, b, Lk = S.shape
-    has_add, has_bool = madd.shape[0] > 0, mbool.shape[0] > 0
-    for n in range(N):
-        b0, b1 = n // B1, n % B1
-        for r in range(b):
-            i = q0 + r
-            row = S[n, r]
-            for j in range(Lk):
-                row[j] *= scale
-            if has_add:
-                for j in range(Lk):
-                    row[j] += madd[b0, b1, i, j]
-            if has_bool:
-                for j in range(Lk):
-                    if not mbool[b0, b1, i, j]:
-                        row[j] = -np.inf
-            if causal:
-                for j in range(i + 1, Lk):
-                    row[j] = -np.inf
+def _mask_row(row, madd, mbool, causal, scale, b0, b1, i):
+    """Scale query row ``i``'s scores ``row`` (Lk,) in place and set its masked entries
+    to -inf. Masks are 4-D views (B0, B1, Lq, Lk) or empty."""
+    Lk = row.shape[0]
+    for j in range(Lk):
+        row[j] *= scale
+    if madd.shape[0] > 0:
+        for j in range(Lk):
+            row[j] += madd[b0, b1, i, j]
+    if mbool.shape[0] > 0:
+        for j in range(Lk):
+            if not mbool[b0, b1, i, j]:
+                row[j] = -np.inf
+    if causal:
+        for j in range(i + 1, Lk):
+            row[j] = -np.inf
+
+
+@kernel
+def _row_max(row):
+    """The largest entry of ``row`` (NaN entries ignored), in eight independent lanes: a
+    single running maximum is a chain of dependent compares that does not vectorise."""
+    n = row.shape[0]
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
+    j = 0
+    while j + 8 <= n:
+        a0, a1, a2, a3 = row[j], row[j + 1], row[j + 2], row[j + 3]
+        a4, a5, a6, a7 = row[j + 4], row[j + 5], row[j + 6], row[j + 7]
+        m0 = a0 if a0 > m0 else m0
+        m1 = a1 if a1 > m1 else m1
+        m2 = a2 if a2 > m2 else m2
+        m3 = a3 if a3 > m3 else m3
+        m4 = a4 if a4 > m4 else m4
+        m5 = a5 if a5 > m5 else m5
+        m6 = a6 if a6 > m6 else m6
+        m7 = a7 if a7 > m7 else m7
+        j += 8
+    while j < n:
+        m0 = row[j] if row[j] > m0 else m0
+        j += 1
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    return m4 if m4 > m0 else m0
 
 
 @kernel
 def _softmax_block(S, madd, mbool, causal, scale, B1, q0, lse):
-    """Scores -> probabilities in place, row by row (max-subtracted); ``lse`` receives
-    each row's log-sum-exp, -inf for a fully masked row (whose probabilities are 0)."""
-    _mask_block(S, madd, mbool, causal, scale, B1, q0)
+    """Scores -> probabilities in place, row by row (scaled and masked, max-subtracted;
+    each row's passes run while it is in L1); ``lse`` receives each row's log-sum-exp,
+    -inf for a fully masked row (whose probabilities are 0)."""
     N, b, Lk = S.shape
     for n in range(N):
         for r in range(b):
             row = S[n, r]
-            m = row[0]  # typed like the scores, so exp_nonpos stays in their precision
-            for j in range(1, Lk):
-                if row[j] > m:
-                    m = row[j]
+            _mask_row(row, madd, mbool, causal, scale, n // B1, n % B1, q0 + r)
+            m = _row_max(row)  # typed like the scores: exp_nonpos stays in their precision
             if m == -np.inf:
                 row[:] = 0
                 lse[n, q0 + r] = -np.inf
                 continue
-            total = m - m  # a zero of the scores' dtype (m * 0 would be a float64); m is finite
+            total = m - m  # a zero of the scores' dtype (m * 0 would be a float64)
             for j in range(Lk):
                 e = exp_nonpos(row[j] - m)
                 row[j] = e
@@ -67,11 +90,11 @@ def _softmax_block(S, madd, mbool, causal, scale, B1, q0, lse):
 @kernel
 def _probs_block(S, madd, mbool, causal, scale, B1, q0, lse):
     """Recompute probabilities from scores and the forward's log-sum-exp, in place."""
-    _mask_block(S, madd, mbool, causal, scale, B1, q0)
     N, b, Lk = S.shape
     for n in range(N):
         for r in range(b):
             row = S[n, r]
+            _mask_row(row, madd, mbool, causal, scale, n // B1, n % B1, q0 + r)
             L = lse[n, q0 + r]
             if L == -np.inf:
                 row[:] = 0
