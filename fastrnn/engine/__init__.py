@@ -216,12 +216,19 @@ class CellAt:
             n = kernel + B * self.tape_width
             found = self._local.spaces = getattr(self._local, "spaces", {})
             array = getattr(self._local, "array", None)
-            if array is None or array.size < n:
-                array = self._local.array = np.empty(n, self._dtype)
+            ones = getattr(self._local, "ones", None)
+            if array is None or array.size < n or ones.size < B:
+                # one buffer and one row of ones per thread, as large as the largest
+                # step seen (the cached entries are views: memory stays O(largest B))
+                array = self._local.array = np.empty(
+                    n if array is None else max(n, array.size), self._dtype
+                )
+                ones = self._local.ones = np.ones(
+                    B if ones is None else max(B, ones.size), np.int64
+                )
                 found.clear()  # (addresses in the old array)
             address = array.ctypes.data
-            ones = np.ones(B, np.int64)
-            found[B, products] = (address, address + kernel * array.itemsize, ones)
+            found[B, products] = (address, address + kernel * array.itemsize, ones[:B])
             return found[B, products]
 
     def forward(self, B, x, h0, c0, w_ih, w_hh, b_ih, b_hh, h1, c1, gates, gx=0, gh=0):
