@@ -81,7 +81,7 @@ def architecture(path):
         13,
         "engine: fastrnn.engine (the one door to the kernels)",
         [
-            "Spec   forward(...) -> (y, state, Tape)   backward(...) -> Gradients   cell_forward",
+            "Spec   forward(...) -> (y, state, Tape)   backward(...) -> Gradients   CellAt",
             "driver.py: the layer x direction loop, written once over a backend",
             "engine/cpu.py CPUBackend (NumPy arrays)   cuda/backend.py CUDABackend (device arrays)",
         ],
