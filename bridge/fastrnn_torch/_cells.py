@@ -22,7 +22,7 @@ import torch
 from fastrnn import engine
 
 from . import _twice
-from ._ops import _batched, spec_for
+from ._ops import _batched, address, spec_for
 
 
 def _at(spec, B):
@@ -31,10 +31,6 @@ def _at(spec, B):
     torch's BLAS even for a tiny step (LSTMCell(1, 64), 0.5 M multiply-adds: 0.91x; a
     (64, 64) GRUCell 0.98x; larger 0.57-0.83x), the per-call savings included."""
     return B < engine.BLAS_MIN_BATCH
-
-
-def _address(t):
-    return 0 if t is None else t.data_ptr()
 
 
 def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
@@ -52,9 +48,9 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
     if not _at(spec, B):  # (in a Function's forward or without grad: no graph recorded)
         gx, gh = torch.mm(x, w_ih.t()), torch.mm(h0, w_hh.t())
     at.forward(
-        B, x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(), w_hh.data_ptr(),
-        _address(b_ih), _address(b_hh), h1.data_ptr(), _address(c1), _address(gates),
-        _address(gx), _address(gh),
+        B, x.data_ptr(), h0.data_ptr(), address(c0), w_ih.data_ptr(), w_hh.data_ptr(),
+        address(b_ih), address(b_hh), h1.data_ptr(), address(c1), address(gates),
+        address(gx), address(gh),
     )  # fmt: skip
     return h1, c1, gates
 
@@ -130,18 +126,18 @@ def _backward_at(spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1,
         dw_ih = torch.empty_like(w_ih) if needs[6] else None
         dw_hh = torch.empty_like(w_hh) if needs[7] else None
         at.backward(
-            B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), _address(c0), w_ih.data_ptr(),
-            w_hh.data_ptr(), _address(grad_h1), _address(grad_c1),
-            _address(dx), _address(dh0), _address(dc0), _address(dw_ih), _address(dw_hh),
-            _address(db_ih), _address(db_hh),
+            B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), address(c0), w_ih.data_ptr(),
+            w_hh.data_ptr(), address(grad_h1), address(grad_c1),
+            address(dx), address(dh0), address(dc0), address(dw_ih), address(dw_hh),
+            address(db_ih), address(db_hh),
         )  # fmt: skip
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
     dgx = h0.new_empty((B, spec.gates * h0.shape[1]))
     dgh = torch.empty_like(dgx) if spec.kernels.SEPARATE_DGH else dgx
     at.backward(
-        B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), _address(c0), 0, 0,
-        _address(grad_h1), _address(grad_c1), 0, _address(dh0), _address(dc0), 0, 0,
-        _address(db_ih), _address(db_hh), dgx.data_ptr(), dgh.data_ptr(),
+        B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), address(c0), 0, 0,
+        address(grad_h1), address(grad_c1), 0, address(dh0), address(dc0), 0, 0,
+        address(db_ih), address(db_hh), dgx.data_ptr(), dgh.data_ptr(),
     )  # fmt: skip
     dx = torch.mm(dgx, w_ih) if needs[3] else None
     if dh0 is not None:

@@ -391,6 +391,16 @@ class RNNTransformFunction(RNNFunction):
         return stacked, (0,) * len(stacked)
 
 
+def needs_grad(tensors):
+    """Whether autograd records a call on ``tensors`` (None entries skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def address(t):
+    """``t.data_ptr()``, 0 for None: how the address kernels take an absent array."""
+    return 0 if t is None else t.data_ptr()
+
+
 def _under_transform(tensors):
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     return any(wrapped(t) for t in tensors)

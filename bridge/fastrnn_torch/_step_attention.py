@@ -11,12 +11,9 @@ import torch
 from fastrnn.attention import sdpa_at, step_at
 
 from . import _cuda
+from ._ops import address, needs_grad
 
 _LIKE = {torch.float32: np.float32(0), torch.float64: np.float64(0)}
-
-
-def _address(t):
-    return 0 if t is None else t.data_ptr()
 
 
 class _DotAttention(torch.autograd.Function):
@@ -45,8 +42,8 @@ class _DotAttention(torch.autograd.Function):
         dshift = q.new_empty(B) if needs[4] else None
         step_at.dot_backward_at(
             _LIKE[q.dtype], B, L, D, v.shape[2], q.data_ptr(), k.data_ptr(), v.data_ptr(),
-            w.data_ptr(), d_out.data_ptr(), _address(d_w), _address(dq), _address(dk),
-            _address(dv), _address(dshift),
+            w.data_ptr(), d_out.data_ptr(), address(d_w), address(dq), address(dk),
+            address(dv), address(dshift),
         )  # fmt: skip
         return dq, dk, dv, None, dshift
 
@@ -56,7 +53,7 @@ def _dot_forward(q, k, v, mask, shift):
     out, w = q.new_empty((B, v.shape[2])), q.new_empty((B, L))
     step_at.dot_forward_at(
         _LIKE[q.dtype], B, L, D, v.shape[2], q.data_ptr(), k.data_ptr(), v.data_ptr(),
-        _address(mask), _address(shift), out.data_ptr(), w.data_ptr(),
+        address(mask), address(shift), out.data_ptr(), w.data_ptr(),
     )  # fmt: skip
     return out, w
 
@@ -68,7 +65,7 @@ def dot_attention(query, keys, values, mask, shift=None):
     if not ok or query.shape[1] != keys.shape[2]:
         return None
     tensors = (query.contiguous(), keys.contiguous(), values.contiguous(), mask, shift)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if needs_grad(tensors):
         return _DotAttention.apply(*tensors)
     return _dot_forward(*tensors)
 
@@ -98,8 +95,8 @@ class _AdditiveAttention(torch.autograd.Function):
         grads.append(torch.empty_like(v) if needs[3] else None)
         step_at.additive_backward_at(
             _LIKE[qp.dtype], B, L, A, v.shape[2], qp.data_ptr(), kp.data_ptr(), u.data_ptr(),
-            v.data_ptr(), w.data_ptr(), d_out.data_ptr(), _address(d_w),
-            *(_address(g) for g in grads),
+            v.data_ptr(), w.data_ptr(), d_out.data_ptr(), address(d_w),
+            *(address(g) for g in grads),
         )  # fmt: skip
         return (*(g if n else None for g, n in zip(grads, needs)), None)
 
@@ -109,7 +106,7 @@ def _additive_forward(qp, kp, u, v, mask):
     out, w = qp.new_empty((B, v.shape[2])), qp.new_empty((B, L))
     step_at.additive_forward_at(
         _LIKE[qp.dtype], B, L, A, v.shape[2], qp.data_ptr(), kp.data_ptr(), u.data_ptr(),
-        v.data_ptr(), _address(mask), out.data_ptr(), w.data_ptr(),
+        v.data_ptr(), address(mask), out.data_ptr(), w.data_ptr(),
     )  # fmt: skip
     return out, w
 
@@ -141,7 +138,7 @@ def additive_attention(qp, kp, u, values, mask):
     if not ok or kp.shape[2] != qp.shape[1] or u.shape != (qp.shape[1],):
         return None
     tensors = (qp.contiguous(), kp.contiguous(), u.contiguous(), values.contiguous(), mask)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if needs_grad(tensors):
         return _AdditiveAttention.apply(*tensors)
     return _additive_forward(*tensors)
 
@@ -186,7 +183,7 @@ def _projections(q, k, W, b):
 
 def concat_projections(q, k, W, b):
     """``(qp, kp)`` of :class:`_ConcatProjections` (``q`` (B, H), ``k`` (B, L, H))."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, W, b)):
+    if needs_grad((q, k, W, b)):
         return _ConcatProjections.apply(q, k.contiguous(), W, b)
     return _projections(q, k.contiguous(), W, b)
 
@@ -216,7 +213,7 @@ class _TutorialAttn(torch.autograd.Function):
         step_at.tutorial_backward_at(
             _LIKE[Q.dtype], B, Q.shape[2], K.shape[2], L, Vn, O,
             *(t.data_ptr() for t in (Q, K, V, wa, wc, w)), app.data_ptr(),
-            d_out.data_ptr(), _address(d_w), *(g.data_ptr() for g in grads),
+            d_out.data_ptr(), address(d_w), *(g.data_ptr() for g in grads),
             scratch.data_ptr(),
         )  # fmt: skip
         return tuple(g if n else None for g, n in zip(grads, ctx.needs_input_grad))
@@ -259,7 +256,7 @@ def tutorial_attn(Q, K, V, wa, ba, wc, bc):
     ):
         return None
     tensors = [t.contiguous() for t in (Q, K, V, wa, ba, wc, bc)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if needs_grad(tensors):
         return _TutorialAttn.apply(*tensors)
     return _tutorial_forward(*tensors)[:2]
 
@@ -317,6 +314,6 @@ def _small_forward(q, k, v, causal, scale):
 def small_sdpa(q, k, v, causal, scale):
     """:class:`_SmallSDPA` of same-shaped CPU tensors (the caller checked them)."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    if needs_grad((q, k, v)):
         return _SmallSDPA.apply(q, k, v, causal, scale)
     return _small_forward(q, k, v, causal, scale)[0]

@@ -24,7 +24,7 @@ from fastrnn.attention import sdpa as core_sdpa
 from fastrnn.linalg import use_gemm
 
 from . import _cuda
-from ._ops import torch_gemm
+from ._ops import needs_grad, torch_gemm
 from ._step_attention import (
     additive_attention,
     concat_projections,
@@ -96,7 +96,7 @@ class _CoreFunction(torch.autograd.Function):
 
 
 def _run(train, backward, *tensors):
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if needs_grad(tensors):
         return _CoreFunction.apply(train, backward, *tensors)
     x = tensors[0]
     with torch.no_grad(), _engine(x):
@@ -136,7 +136,7 @@ def scaled_dot_product_attention(
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
         if query.shape[-2] * key.shape[-2] <= SMALL_SCORES:
             return small_sdpa(query, key, value, bool(is_causal), scale)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        if needs_grad((query, key, value)):
             return _PlainSDPA.apply(query, key, value, bool(is_causal), scale)
         return _plain_forward(query, key, value, bool(is_causal), scale)[0]  # records nothing
     mask = _np(attn_mask)

@@ -34,7 +34,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _cells, _cuda
-from ._ops import _under_transform, graph_capture, rnn
+from ._ops import _under_transform, graph_capture, needs_grad, rnn
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -78,10 +78,6 @@ def _plain_state(h, dtype, B, H):
         and h.shape == (B, H)
         and h.is_contiguous()
     )
-
-
-def _needs_grad(tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 @torch.compiler.assume_constant_result
@@ -232,7 +228,7 @@ class _RNNMixin(_Portable):
                 x.new_empty((x.shape[0], B, D * P)).bernoulli_(1 - self.dropout)
                 for _ in range(self.num_layers - 1)
             ]
-        train = _needs_grad([x, h0, c0] + list(weights))
+        train = needs_grad([x, h0, c0] + list(weights))
         config = _config(self, self._mode, self.num_layers, x.dtype)
         y, hn, cn, _ = rnn(
             x.contiguous(),
@@ -440,7 +436,7 @@ class _CellMixin(_Portable):
         if B == 0 or self.hidden_size == 0:
             return super().forward(input, hx)  # empty results, as torch.nn computes them
         config = _config(self, self._mode, 1, x.dtype)
-        train = _needs_grad([x, *parts] + weights)
+        train = needs_grad([x, *parts] + weights)
         if (
             not _cuda.on_gpu(x) and not graph_capture() and not _under_transform([x, *parts])
         ):  # the eager fast path: one fused step, forward and backward (see _cells.py)
