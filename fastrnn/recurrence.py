@@ -20,9 +20,9 @@ from .linalg import (
     matmul_nn_acc,
     matmul_t,
     matmul_tn,
-    product_t,
 )
 from .team import barrier
+from .tiles import backward_product, recurrent_product
 
 __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 
@@ -49,7 +49,8 @@ GATES = TAPE_GATES = SEPARATE_DGH = CELL_STATE = None
 class RecurrentWeights(NamedTuple):
     """A layer-direction's weights as the sequence loop reads them."""
 
-    w_t: object  # W_hh transposed, (H_out, G·H): float, or int8 in a quantized model
+    w_t: object  # W_hh transposed, (H_out, G·H): float, int8 in a quantized model, or
+    # packed in tiles for batch 1 (``fastrnn.tiles``)
     scales: object  # the int8 rows' scales (None for float weights)
     b_ih: object  # (G·H,)
     b_hh: object  # (G·H,)
@@ -111,7 +112,7 @@ def _sequence(gx, weights, h, c, y, lengths, reverse, activation, scratch, gates
             for n in range(B):
                 for j in range(H):
                     c_prev[t, n, j] = c[n, j]
-        product_t(h, w_hh_t, s_hh, gh)
+        recurrent_product(h, w_hh_t, s_hh, gh, s)
         cell_step(
             gx[t],
             gh,
@@ -166,7 +167,8 @@ def _step_layer(
 ):  # fmt: skip
     """Streaming step of one layer, every row running: the input and recurrent products
     from the transposed weights ``w_*_t`` (I, G·H) and (H_out, G·H) (float with scales
-    None, or int8 with their row scales ``s_*``), then the fused cell step. The state is
+    None, int8 with their row scales ``s_*``, or float seen as tiles for one row: see
+    ``fastrnn.tiles.tile_view``), then the fused cell step. The state is
     read from ``h_in``/``c_in`` and written to ``h``/``c`` (the same arrays to step in
     place): a stream's next buffer is filled without a copy in Python first."""
     for n in range(h.shape[0]):  # (GRU's update reads the old h from ``h``)
@@ -174,8 +176,8 @@ def _step_layer(
             h[n, j] = h_in[n, j]
         for j in range(c.shape[1]):
             c[n, j] = c_in[n, j]
-    matmul_t(x, w_ih_t, s_ih, gx)
-    matmul_t(h, w_hh_t, s_hh, gh)
+    recurrent_product(x, w_ih_t, s_ih, gx, 0)
+    recurrent_product(h, w_hh_t, s_hh, gh, 0)
     cell_step(gx, gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
 
 
@@ -332,7 +334,7 @@ def _backward_sequence(record, w_hh, w_hr, lengths, reverse, activation, dy, dh,
             dm,
             activation,
         )
-        matmul_nn_acc(dgh[t], w_hh, dh)
+        backward_product(dgh[t], w_hh, dh, s)
 
 
 def _specialise(cell):

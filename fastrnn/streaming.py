@@ -66,7 +66,7 @@ class _Workspace:
     def __init__(self, model, B, unbatched):
         self.spec = model.spec
         self.B, self.unbatched = B, unbatched
-        self.params = engine.step_weights(model.spec, model.state_dict(), model._int8)
+        self.params = engine.step_weights(model.spec, model.state_dict(), model._int8, B)
         self.scratch = engine.step_scratch(model.spec, B)
         # the parameters and their shapes, checked at every step (the kernels index with
         # the configured sizes)

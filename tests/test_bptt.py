@@ -6,6 +6,7 @@ import torch
 
 import fastrnn
 from fastrnn import engine
+from fastrnn.engine import cpu
 
 from .helpers import (
     CELLS,
@@ -48,6 +49,16 @@ def test_gradients_match_torch_options(kind, variant, rng):
         ),
     }[variant]
     check_grads(kind, "float64", rng, **opts)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_gradients_match_torch_with_packed_tiles(kind, dtype, rng):
+    # batch 1 over enough steps: the recurrent products run on packed tiles both ways
+    # (``fastrnn.tiles``); H=20 leaves every gate matrix a partial last tile
+    T = cpu.TILES_MIN_STEPS + 3
+    check_grads(kind, dtype, rng, T=T, B=1, I=6, H=20, num_layers=2, bidirectional=True)
+    check_grads(kind, dtype, rng, T=T, B=1, I=6, H=20, with_lengths=True, with_hx=False)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -115,3 +115,30 @@ def test_step_from_threads_equals_serial(rng):
         th.join()
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind, hidden", [("lstm", 16), ("gru", 64), ("rnn_tanh", 64)])
+def test_step_on_tile_views_equals_sequence_and_sees_weight_edits(kind, hidden, dtype, rng):
+    # one row and gate widths that are whole tiles: the step reads its weights as tile
+    # views (``fastrnn.tiles.tile_view``) of the model's own arrays
+    from fastrnn.tiles import tile_view
+
+    m, _ = make_pair(kind, hidden, hidden, dtype, num_layers=2)
+    assert tile_view(np.ascontiguousarray(m.state_dict()["weight_hh_l0"].T)) is not None
+    x = rng.standard_normal((6, 1, hidden)).astype(dtype)
+    atol = 1e-5 if dtype == "float32" else 1e-12
+    y_full, _ = m(x[:3])
+    state = None
+    for t in range(3):
+        y_t, state = m.step(x[t], state)
+        np.testing.assert_allclose(y_t, y_full[t], rtol=0, atol=atol)
+    m.state_dict()["weight_hh_l1"][...] *= 0.5  # in place: the next step must see it
+    twin, _ = make_pair(kind, hidden, hidden, dtype, num_layers=2)
+    twin.load_state_dict(m.state_dict())
+    y_twin, _ = twin(
+        x[3:], tuple(s.copy() for s in _states(state)) if kind == "lstm" else state.copy()
+    )
+    for t in range(3, 6):
+        y_t, state = m.step(x[t], state)
+        np.testing.assert_allclose(y_t, y_twin[t - 3], rtol=0, atol=atol)

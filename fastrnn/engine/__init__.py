@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 from .. import recurrence
+from ..tiles import tile_view
 from . import driver
 from .cpu import BLAS_MIN_BATCH, CPU
 from .spec import Spec, suffix
@@ -130,14 +131,17 @@ def scaled_masks(spec, keep_masks):
     return [np.ascontiguousarray((m != 0).astype(spec.dtype) * scale) for m in keep_masks]
 
 
-def step_weights(spec, params, int8=None):
+def step_weights(spec, params, int8=None, batch=None):
     """Per layer, the arrays :func:`step` reads, for the forward direction: the input and
     recurrent weights transposed, each with its row scales (float weights: scales None;
     a quantized model, ``int8`` as in :func:`forward`: int8 weights), the biases and the
     projection (None without one).
 
     The models store ``W_ih``/``W_hh`` column-major, so the float transposes are views
-    of the model's own memory (weights of another layout are copied here)."""
+    of the model's own memory (weights of another layout are copied here); for steps of
+    one row (``batch`` 1) they are seen as column tiles where that pays
+    (:func:`fastrnn.tiles.tile_view`: still views, so editing a model's weights in place
+    still changes its steps)."""
     layers = []
     for layer in range(spec.num_layers):
         w_ih, w_hh, b_ih, b_hh, w_hr = driver.layer_params(spec, params, layer, 0, CPU)
@@ -145,6 +149,10 @@ def step_weights(spec, params, int8=None):
             products = int8[f"weight_ih_l{layer}"] + int8[f"weight_hh_l{layer}"]
         else:
             products = (np.ascontiguousarray(w_ih.T), None, np.ascontiguousarray(w_hh.T), None)
+            if batch == 1:
+                products = tuple(
+                    a if a is None or tile_view(a) is None else tile_view(a) for a in products
+                )
         layers.append(products + (b_ih, b_hh, w_hr if spec.proj_size else None))
     return layers
 

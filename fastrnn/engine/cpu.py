@@ -5,10 +5,13 @@ For small batches a layer-direction's whole recurrence runs inside one Numba ker
 is large enough that BLAS wins, so a Python loop calls the GEMM and the fused cell step.
 """
 
+import threading
+
 import numpy as np
 
 from .. import recurrence, team, threads
 from ..linalg import gate_columns, gemm, numpy_gemm, use_gemm
+from ..tiles import pack_tiles, tile_width
 from .tape import Steps
 
 #: Batch size from which the per-step recurrent product goes through BLAS.
@@ -22,6 +25,12 @@ MIN_THREAD_ROWS = 4
 #: 1.15-1.5x faster).
 TEAM_MIN_UNITS = 64
 TEAM_MIN_WORK = 1 << 19
+#: Fewest steps of a batch-1 recurrence for which its recurrent weight is packed in tiles
+#: (``fastrnn.tiles``): packing costs about three products (68 us for 1 MB here), each
+#: step then saves a quarter to a third of one.
+TILES_MIN_STEPS = 12
+#: Packed weights kept per thread (the most recent shapes).
+TILES_KEPT = 4
 
 
 def batch_pieces(B):
@@ -238,6 +247,31 @@ def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
     return True
 
 
+_TILES = threading.local()
+
+
+def _tiles(wt, T):
+    """``wt`` (K, N), a float matrix stored C-contiguous, packed for
+    :func:`fastrnn.tiles.tiles_product` in this thread's buffer of that shape (reused:
+    fresh memory costs a page fault per 4 KB); ``wt`` itself where packing does not pay
+    (fewer than ``TILES_MIN_STEPS`` steps) or does not apply (int8 weights, another
+    layout: a transposing pack costs more than it saves)."""
+    if T < TILES_MIN_STEPS or wt.dtype.kind != "f" or not wt.flags.c_contiguous:
+        return wt
+    W = tile_width(wt.dtype)
+    shape = (-(-wt.shape[1] // W), wt.shape[0], W)
+    kept = _TILES.__dict__.setdefault("buffers", {})
+    key = (shape, wt.dtype.str)
+    p = kept.pop(key, None)
+    if p is None:
+        p = np.empty(shape, wt.dtype)
+    kept[key] = p  # most recently used last
+    while len(kept) > TILES_KEPT:
+        del kept[next(iter(kept))]
+    pack_tiles(wt, p)
+    return p
+
+
 def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
     T, B, GH = gx.shape
     kern = spec.kernels
@@ -256,6 +290,8 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
         # rows through the transposed view (``linalg.product_t``); others are copied.
         w_t = w_hh.T if w_hh.flags.c_contiguous else np.ascontiguousarray(w_hh.T)
         w_t, s_hh = int8 if int8 is not None else (w_t, None)
+        if B == 1 and s_hh is None:
+            w_t = _tiles(w_t, T)
         recurrence.LOOPS[kern].sequence(
             gx,
             recurrence.RecurrentWeights(w_t, s_hh, b_ih, b_hh, w_hr),
@@ -314,9 +350,10 @@ def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
     if c_prev.shape[0] == 0:
         c_prev = _placeholder(dtype)
     if B < BLAS_MIN_BATCH:
+        w_rows = np.ascontiguousarray(w_hh)  # rows of W_hh (the models store it column-major)
         recurrence.LOOPS[kern].backward_sequence(
             (gates, h_prev, c_prev),
-            np.ascontiguousarray(w_hh),  # rows of W_hh (the models store it column-major)
+            _tiles(w_rows, T) if B == 1 else w_rows,
             w_hr,
             lengths,
             reverse,

@@ -1,0 +1,41 @@
+"""Products over packed tiles (``fastrnn.tiles``) against NumPy's."""
+
+import numpy as np
+import pytest
+
+from fastrnn.tiles import pack_tiles, tile_width, tiles_product
+
+from .helpers import tolerance
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(7, 5), (33, 64), (20, 80), (3, 130), (0, 9), (40, 1)])
+@pytest.mark.parametrize("rows", [1, 2, 7])
+def test_tiles_product_matches_numpy(shape, rows, dtype, rng):
+    K, N = shape
+    wt = rng.standard_normal((K, N)).astype(dtype)
+    a = rng.standard_normal((rows, K)).astype(dtype)
+    W = tile_width(np.dtype(dtype))
+    p = np.full((-(-N // W), K, W), np.nan, dtype)
+    pack_tiles(np.asfortranarray(wt) if rows == 2 else wt, p)  # any layout packs
+    expected = a.astype(np.float64) @ wt.astype(np.float64)
+    tol = dict(rtol=0, atol=tolerance(dtype, magnitude=np.sqrt(max(K, 1))))
+    for back in (False, True):
+        out = np.full((rows, N), 7, dtype)
+        tiles_product(a, p, out, False, back)
+        np.testing.assert_allclose(out, expected, **tol)
+        acc = np.tile(np.arange(N, dtype=dtype), (rows, 1))
+        tiles_product(a, p, acc, True, back)
+        np.testing.assert_allclose(acc, expected + np.arange(N), **tol)
+
+
+def test_partial_tile_leaves_memory_past_the_row_alone(rng):
+    # the last tile's masked stores: a row of 70 columns inside a larger buffer
+    wt = rng.standard_normal((9, 70)).astype(np.float32)
+    p = np.empty((2, 9, 64), np.float32)
+    pack_tiles(wt, p)
+    a = rng.standard_normal((1, 9)).astype(np.float32)
+    buf = np.full(200, 7, np.float32)
+    tiles_product(a, p, buf[:70].reshape(1, 70), False, True)
+    np.testing.assert_array_equal(buf[70:], 7)
+    np.testing.assert_allclose(buf[:70], (a @ wt)[0], rtol=0, atol=tolerance("float32", 3))
