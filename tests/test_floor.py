@@ -17,8 +17,10 @@ def _tool():
 
 def test_floor_reads_every_weight_and_reports_every_row(capsys):
     floor = _tool()
-    w = np.random.default_rng(0).standard_normal((7, 33)).astype(np.float32)
-    assert abs(floor._read_all(w) - w.astype(np.float64).sum()) < 1e-4
+    for n in (7, 4096, 9000):  # within a block, one block, blocks and a partial one
+        flat = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+        for back in (False, True):
+            assert abs(floor._read_all(flat, back) - flat.astype(np.float64).sum()) < 1e-3
     table, rate = floor.rows(hidden=8, repeats=1)
     assert rate > 0
     labels = [label for label, _, _ in table]

@@ -5,9 +5,10 @@ A batch-1 ``step`` must read every input and recurrent weight once (2 MB for an 
 LSTM in float32), and a batch-1 sequence must read ``W_hh`` once per time step, after
 one product of the whole input with ``W_ih``. The floor of a row is:
 
-- bytes: a Numba loop that only sums the weights, run over the model's own stored
-  transposes as a stream of calls (so the weights sit where a stream leaves them:
-  in L2 when they fit, else in L3); the weights are read once per step, nothing more;
+- bytes: a Numba loop that only sums the weights, contiguous, as a stream of calls that
+  alternate direction as the batch-1 kernels do (so the weights sit where such a stream
+  leaves them: in L2 when they fit, else partly in L2, the rest in L3); the weights are
+  read once per step, nothing more;
 - multiply-adds: the input projection's ``T·I·G·H`` at the best rate this core's BLAS
   reaches (NumPy's OpenBLAS on a 1024x1024 product, single-threaded).
 
@@ -33,14 +34,35 @@ from fastrnn._jit import KERNEL_OPTIONS
 # The kernels' options, not their disk cache: a tool loaded by path (as the tests do) is
 # a module Numba cannot import again to load a cached function.
 @numba.njit(**KERNEL_OPTIONS)
-def _read_all(w):
-    """The sum of every element of ``w`` (K, N): each weight read once, vectorised."""
-    acc = w[0, 0] - w[0, 0]
-    for k in range(w.shape[0]):
-        row = w[k]
-        for n in range(row.shape[0]):
-            acc += row[n]
+def _read_all(flat, back):
+    """The sum of every element of ``flat`` (a weight matrix's elements, contiguous): each
+    read once, vectorised; with ``back`` in blocks of 16 KB from last to first (each
+    block forwards), as the batch-1 kernels walk their tiles when they alternate
+    direction between calls: each read starts where the last one ended, in L2."""
+    acc = flat[0] - flat[0]
+    n = flat.shape[0]
+    block = 4096
+    blocks = (n + block - 1) // block
+    for i in range(blocks):
+        b = blocks - 1 - i if back else i
+        part = flat[b * block : min(n, (b + 1) * block)]
+        for j in range(part.shape[0]):
+            acc += part[j]
     return acc
+
+
+def _reader(*weights):
+    """A call that reads ``weights`` once each, in the order opposite to the last call's."""
+    flats = [np.ascontiguousarray(w).ravel() for w in weights]
+    calls = [0]
+
+    def read():
+        back = calls[0] % 2 == 1
+        calls[0] += 1
+        for flat in flats[::-1] if back else flats:
+            _read_all(flat, back)
+
+    return read
 
 
 def _median_seconds(fn, repeats, calls):
@@ -78,13 +100,11 @@ def rows(hidden, repeats):
             _, state[0] = m.step(x[0], state[0])
 
         step = _median_seconds(advance, repeats, 200)
-        read = _median_seconds(
-            lambda a=w_ih_t, b=w_hh_t: (_read_all(a), _read_all(b)), repeats, 200
-        )
+        read = _median_seconds(_reader(w_ih_t, w_hh_t), repeats, 200)
         out.append((f"{cell:5} step B=1 H={hidden}", read, step))
 
         seq = _median_seconds(lambda m=m, x=x: m(x), repeats, 5)
-        recurrent = _median_seconds(lambda b=w_hh_t: _read_all(b), repeats, 200)
+        recurrent = _median_seconds(_reader(w_hh_t), repeats, 200)
         projection = T * w_ih_t.shape[0] * w_ih_t.shape[1] / rate
         out.append((f"{cell:5} seq T={T} B=1 H={hidden}", T * recurrent + projection, seq))
     return out, rate
