@@ -18,7 +18,6 @@ from .linalg import (
     column_sums,
     matmul2_nt,
     matmul_nn_acc,
-    matmul_t,
     matmul_tn,
 )
 from .team import barrier
@@ -150,7 +149,7 @@ def _team_sequence(
     nu = h.shape[1]
     for s in range(T):
         t = T - 1 - s if reverse else s
-        matmul_t(hbuf[s % 2], w_t, s_hh, gh)
+        recurrent_product(hbuf[s % 2], w_t, s_hh, gh, s)
         cell_step(gx[t], gh, b_ih, b_hh, w_hr, h, c, h, 0, ones, activation, m, hp, None)
         nxt = hbuf[(s + 1) % 2]
         for n in range(h.shape[0]):

@@ -38,6 +38,11 @@ class CUDABackend:
         return out
 
     @staticmethod
+    def input_projection(X, w_ih, shape):
+        """A recurrence's ``X W_ih^T`` as ``shape`` (T, B, G·H) (computed now)."""
+        return CUDABackend.project(X, w_ih).reshape(shape)
+
+    @staticmethod
     def product_tn(a, b, out):
         linalg.gemm(a, b, out, trans_a=True)
 

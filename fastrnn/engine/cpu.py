@@ -6,6 +6,7 @@ is large enough that BLAS wins, so a Python loop calls the GEMM and the fused ce
 """
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,13 +19,14 @@ from .tape import Steps
 BLAS_MIN_BATCH = 16
 #: Fewest batch rows worth a thread of their own below ``BLAS_MIN_BATCH``.
 MIN_THREAD_ROWS = 4
-#: Fewest hidden units a team member owns, and fewest multiply-adds per step and row (of
-#: ``h W_hh^T``) for a small batch to go to a team: below, starting the team and packing
-#: each member's weights cost more than the split saves (docs/performance.md, "Threads":
-#: an LSTM at H=256, 262 k per step, is no faster on two threads here; at H=512 it is
-#: 1.15-1.5x faster).
+#: Fewest hidden units a team member owns, fewest multiply-adds per step and row (of
+#: ``h W_hh^T``) for a small batch to go to a team, and fewest over the whole sequence:
+#: below, starting the team (waking a core, packing each member's weights, 400-600 us
+#: here) costs more than the split saves (docs/performance.md, "Threads": an H=256
+#: LSTM, 262 k per step, is 1.0x on two threads at T=50, 1.4x at T=100).
 TEAM_MIN_UNITS = 64
-TEAM_MIN_WORK = 1 << 19
+TEAM_MIN_WORK = 1 << 17
+TEAM_MIN_SEQUENCE = 1 << 24
 #: Fewest steps of a batch-1 recurrence for which its recurrent weight is packed in tiles
 #: (``fastrnn.tiles``): packing costs about three products (68 us for 1 MB here), each
 #: step then saves a quarter to a third of one.
@@ -42,6 +44,23 @@ def batch_pieces(B):
     about 1e-6 relative; see docs/performance.md, "Threads").
     """
     return threads.split(B, BLAS_MIN_BATCH if B >= BLAS_MIN_BATCH else MIN_THREAD_ROWS)
+
+
+class Projection(NamedTuple):
+    """``X @ w_ih.T`` (``X`` (T·B, I), ``w_ih`` (G·H, I)) as ``shape`` (T, B, G·H), not
+    computed yet (:meth:`CPUBackend.input_projection`)."""
+
+    X: object
+    w_ih: object
+    shape: tuple
+
+    def compute(self):
+        return gemm(self.X, self.w_ih.T).reshape(self.shape)
+
+
+def _computed(gx):
+    """``gx`` as an array (a :class:`Projection` computed)."""
+    return gx.compute() if isinstance(gx, Projection) else gx
 
 
 def _rows(a, b0, b1):
@@ -76,6 +95,13 @@ class CPUBackend:
     def project(X, w):
         """``X @ w.T`` as a new array."""
         return gemm(X, w.T)
+
+    @staticmethod
+    def input_projection(X, w_ih, shape):
+        """A recurrence's ``X W_ih^T`` seen as ``shape`` (T, B, G·H), computed when the
+        recurrence needs it: a thread team computes each member's gate columns of it on
+        the member's own core (:func:`_team_recurrence`)."""
+        return Projection(X, w_ih, shape)
 
     @staticmethod
     def product_tn(a, b, out):
@@ -121,6 +147,8 @@ class CPUBackend:
         pieces = batch_pieces(gx.shape[1])
         if len(pieces) == 1:
             out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
+            if steps is not None or int8 is not None:
+                gx = _computed(gx)
             teamed = (
                 steps is None
                 and int8 is None
@@ -128,11 +156,25 @@ class CPUBackend:
             )
             if not teamed:
                 _recurrence(
-                    spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8
+                    spec,
+                    _computed(gx),
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                    w_hr,
+                    h,
+                    c,
+                    out,
+                    lengths,
+                    reverse,
+                    steps,
+                    int8,
                 )
             if out is not y:
                 y[...] = out
             return
+
+        gx = _computed(gx)
 
         def piece(b0, b1):
             # A contiguous copy of the piece's rows; the state rows are views (updated
@@ -196,12 +238,16 @@ def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
     """An inference recurrence of a few rows on a team of threads split by hidden units
     (:mod:`fastrnn.team`). False, having done nothing, where a team does not apply: one
     thread, a batch for BLAS, projection, a shortened row, little work per step and row,
-    a busy team. Each member packs its own slice of the weights (in parallel)."""
+    a busy team. Each member packs its own slice of the weights (in parallel) and, given
+    a :class:`Projection`, computes its own gate columns of the input projection."""
     T, B, GH = gx.shape
     H = spec.hidden_size
     G = GH // H
     members = len(threads.split(H, TEAM_MIN_UNITS))
-    if members < 2 or B >= BLAS_MIN_BATCH or w_hr.shape[0] or GH * h.shape[1] < TEAM_MIN_WORK:
+    work = GH * h.shape[1]
+    if members < 2 or B >= BLAS_MIN_BATCH or w_hr.shape[0] or work < TEAM_MIN_WORK:
+        return False
+    if T * work < TEAM_MIN_SEQUENCE:
         return False
     if int(lengths.min()) != T:
         return False
@@ -226,14 +272,26 @@ def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
                 gate_columns(rows, start, stop, G, H, out)
                 return out.reshape(*a.shape[:-1], G * nu)
 
+            w_own = own(w_hh_t, "w_hh")
+            if B == 1:  # in tiles (``fastrnn.tiles``), from this member's core's cache
+                W = tile_width(dtype)
+                tiles = _team_buffer(start, "w_tiles", (-(-G * nu // W), H, W), dtype)
+                pack_tiles(w_own, tiles)
+                w_own = tiles
             weights = recurrence.RecurrentWeights(
-                own(w_hh_t, "w_hh"), None, own(b_ih, "b_ih"), own(b_hh, "b_hh"), None
+                w_own, None, own(b_ih, "b_ih"), own(b_hh, "b_hh"), None
             )
             scratch = recurrence.Scratch(
                 np.empty((B, G * nu), dtype), np.empty((B, nu), dtype), np.empty((B, nu), dtype)
             )
+            if isinstance(gx, Projection):  # the member's columns of x W_ih^T, computed here
+                gx_own = _team_buffer(start, "gx", (T * B, G * nu), dtype)
+                np.matmul(gx.X, own(gx.w_ih.T, "w_ih"), out=gx_own)
+                gx_own = gx_own.reshape(T, B, G * nu)
+            else:
+                gx_own = own(gx, "gx")
             loop(
-                own(gx, "gx"), weights, hbuf, h_own, c_own, y, start, reverse, spec.activation,
+                gx_own, weights, hbuf, h_own, c_own, y, start, reverse, spec.activation,
                 scratch, ones, bar, members,
             )  # fmt: skip
 
