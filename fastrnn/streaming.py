@@ -37,7 +37,7 @@ _BUFFERS = 3
 class _Stream:
     """Three state buffers, the objects handed out for them, and the latest one used."""
 
-    __slots__ = ("buffers", "outputs", "returned", "latest", "anchor")
+    __slots__ = ("buffers", "outputs", "returned", "latest", "anchor", "plans")
 
     def __init__(self, model, B, unbatched, anchor):
         L = model.num_layers
@@ -51,6 +51,19 @@ class _Stream:
         self.returned = [v if model.mode == "LSTM" else v[0] for v in views]
         self.latest = -1
         self.anchor = anchor  # the caller's state this stream started from (kept alive)
+        self.plans = {}  # (source buffer, target buffer) -> engine.StepPlan
+
+    def plan(self, workspace, source, target):
+        """The step from buffer ``source`` into ``target`` (``source`` -1: the target
+        holds the state already, stepped in place), its argument lists made once."""
+        found = self.plans.get((source, target))
+        if found is None:
+            h, c = self.buffers[target]
+            h_in, c_in = self.buffers[source] if source >= 0 else (h, c)
+            found = self.plans[source, target] = engine.step_plan(
+                workspace.spec, workspace.params, h, c, workspace.scratch, h_in, c_in
+            )
+        return found
 
     def target(self, source):
         """The buffer to write: neither the input ``source`` nor the latest result."""
@@ -70,7 +83,8 @@ class _Workspace:
         self.scratch = engine.step_scratch(model.spec, B)
         # the parameters and their shapes, checked at every step (the kernels index with
         # the configured sizes)
-        self.shapes = [(a, a.shape) for a in model.state_dict().values()]
+        self.arrays = list(model.state_dict().values())
+        self.array_shapes = [a.shape for a in self.arrays]
         self.streams = OrderedDict()  # key -> _Stream, least recently used first
         self.owner = {}  # id(object handed out) -> (stream key, buffer index)
 
@@ -89,17 +103,17 @@ class _Workspace:
         return stream
 
     def step(self, model, x, state):
-        for a, shape in self.shapes:
-            if a.shape != shape:
-                raise ValueError(
-                    f"a parameter of {model!r} changed shape to {a.shape} (expected "
-                    f"{shape}); restore it or load_state_dict() a matching one"
-                )
+        if [a.shape for a in self.arrays] != self.array_shapes:
+            for a, shape in zip(self.arrays, self.array_shapes):
+                if a.shape != shape:
+                    raise ValueError(
+                        f"a parameter of {model!r} changed shape to {a.shape} (expected "
+                        f"{shape}); restore it or load_state_dict() a matching one"
+                    )
         found = None if state is None else self.owner.get(id(state))
         if found is not None and self.streams[found[0]].returned[found[1]] is state:
             stream = self._stream(model, found[0], None)
             source = found[1]
-            h_in, c_in = stream.buffers[source]
         else:
             h_in, c_in = _inputs.streaming_state(model, state, self.B, self.unbatched)
             # a caller's state object starts (or continues) the stream keyed by it
@@ -107,20 +121,20 @@ class _Workspace:
             stream = self._stream(model, key, state)
             source = -1
         out = stream.target(source)
-        h, c = stream.buffers[out]
         if source < 0:  # a caller's state (or zeros): into the target buffer first
+            h, c = stream.buffers[out]
             if h_in is None:
                 h.fill(0)
                 c.fill(0)
             else:
                 h[...] = h_in.reshape(h.shape)
                 c[...] = c_in.reshape(c.shape)
-            h_in, c_in = h, c
         # else the stream's own last state (the common case), read where it is
         inp = x if x.ndim == 2 else x.reshape(1, -1)
-        if not inp.flags.c_contiguous:
-            inp = np.ascontiguousarray(inp)
-        engine.step(self.spec, self.params, inp, h, c, self.scratch, h_in, c_in)
+        flags = inp.flags
+        if not (flags.c_contiguous and flags.aligned and flags.writeable):
+            inp = np.array(inp, order="C")  # the plan's kernels take this one layout
+        stream.plan(self, source, out)(inp)
         stream.latest = out
         return stream.outputs[out], stream.returned[out]
 

@@ -30,6 +30,8 @@ __all__ = [
     "forward",
     "backward",
     "step",
+    "step_plan",
+    "StepPlan",
     "step_weights",
     "step_scratch",
     "scaled_masks",
@@ -178,13 +180,64 @@ def step(spec, weights, x, h, c, scratch, h_in=None, c_in=None):
     read from ``h_in``/``c_in`` (same shapes; None: ``h``/``c``, updated in place), and
     ``h[-1]`` is the step's output.
     """
+    step_plan(spec, weights, h, c, scratch, h_in, c_in)(x)
+
+
+class StepPlan:
+    """:func:`step` with everything but the input bound (:func:`step_plan`): calling it
+    with ``x`` runs the kernels on argument lists made once, so a stream's step makes no
+    array views and reads no attributes (a few microseconds of a batch-1 step).
+
+    From the second call the compiled kernel is entered directly, without the
+    dispatcher's typing of its 18 arguments (about 1 us per layer here): the bound
+    arrays are the plan's own, and ``x`` must be what the first call was given, a
+    C-contiguous, aligned 2-D array of the model's dtype (the streaming path checks).
+    """
+
+    __slots__ = ("kernel", "first", "rest", "entry")
+
+    def __init__(self, kernel, first, rest):
+        self.kernel, self.first, self.rest = kernel, first, rest
+        self.entry = None
+
+    def __call__(self, x):
+        entry = self.entry
+        if entry is None:
+            kernel = self.kernel
+            kernel(x, *self.first)
+            for args in self.rest:
+                kernel(*args)
+            self.entry = _entry_point(kernel, (x, *self.first), self.rest) or kernel
+            return
+        entry(x, *self.first)
+        for args in self.rest:
+            entry(*args)
+
+
+def _entry_point(kernel, first, rest):
+    """The compiled overload ``kernel`` runs for every argument list of a plan (all of
+    one signature), or None (keep calling through the dispatcher: a layer whose
+    arguments differ in type, or Numba without compiled overloads)."""
+    from numba import typeof
+
+    signatures = {tuple(typeof(a) for a in args) for args in (first, *rest)}
+    found = kernel.overloads.get(signatures.pop()) if len(signatures) == 1 else None
+    return None if found is None else found.entry_point
+
+
+def step_plan(spec, weights, h, c, scratch, h_in=None, c_in=None):
+    """The :class:`StepPlan` of :func:`step` over these arrays (same arguments, ``x``
+    given at each call; the arrays must stay the ones bound here)."""
     kernel = recurrence.LOOPS[spec.kernels].step_layer
     activation = spec.activation
     h_in = h if h_in is None else h_in
     c_in = c if c_in is None else c_in
-    for layer, arrays in enumerate(weights):
-        kernel(x, *arrays, h_in[layer], c_in[layer], h[layer], c[layer], activation, *scratch)
-        x = h[layer]
+    calls = [
+        (*arrays, h_in[layer], c_in[layer], h[layer], c[layer], activation, *scratch)
+        for layer, arrays in enumerate(weights)
+    ]
+    rest = tuple((h[layer - 1], *calls[layer]) for layer in range(1, len(calls)))
+    return StepPlan(kernel, calls[0], rest)
 
 
 class CellAt:
