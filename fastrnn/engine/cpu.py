@@ -22,10 +22,14 @@ MIN_THREAD_ROWS = 4
 #: Fewest hidden units a team member owns, fewest multiply-adds per step and row (of
 #: ``h W_hh^T``) for a small batch to go to a team, and fewest over the whole sequence:
 #: below, starting the team (waking a core, packing each member's weights, 400-600 us
-#: here) costs more than the split saves (docs/performance.md, "Threads": an H=256
-#: LSTM, 262 k per step, is 1.0x on two threads at T=50, 1.4x at T=100).
+#: here) costs more than the split saves. An H=256 LSTM (262 k per step) measured 1.37x
+#: faster on two threads than one in a loop of calls here, but slower than one thread in
+#: ``fastrnn bench``'s pattern (calls after idle gaps, torch and onnxruntime between):
+#: this VM's second vCPU runs slowly for milliseconds after idling, and a team waits for
+#: it every step (docs/performance.md, "Threads"). From 524 k (an H=512 LSTM) the team
+#: gains in both.
 TEAM_MIN_UNITS = 64
-TEAM_MIN_WORK = 1 << 17
+TEAM_MIN_WORK = 1 << 19
 TEAM_MIN_SEQUENCE = 1 << 24
 #: Fewest steps of a batch-1 recurrence for which its recurrent weight is packed in tiles
 #: (``fastrnn.tiles``): packing costs about three products (68 us for 1 MB here), each
