@@ -66,7 +66,7 @@ def test_split_keeps_every_piece_at_least_min_rows():
 
 # Batches that split on 2 threads, below BLAS_MIN_BATCH (kernel loop) and above (BLAS),
 # and one too small to split (the directions run on threads of their own instead).
-SPLIT_BATCHES = [1, 2 * engine.cpu.MIN_THREAD_ROWS, 2 * engine.BLAS_MIN_BATCH + 3]
+SPLIT_BATCHES = [1, 2 * engine.cpu.MIN_THREAD_ROWS, 2 * engine.cpu.BLAS_MIN_PIECE + 3]
 
 
 @pytest.mark.parametrize("B", SPLIT_BATCHES)
@@ -216,12 +216,12 @@ def test_an_error_in_a_piece_reaches_the_caller_and_the_pool_goes_on(four_cpus):
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_blas_pieces_agree_with_one_thread_within_float32_rounding(kind, rng, four_cpus):
-    """Pieces of 16+ rows go through OpenBLAS, whose result for a row depends on how many
+    """Pieces of 32+ rows go through OpenBLAS, whose result for a row depends on how many
     rows it is given: equal within float32 rounding, not bit for bit."""
     from .helpers import tolerance
 
     m = getattr(fastrnn, kind)(96, 128, num_layers=2, bidirectional=True)
-    B = 2 * engine.BLAS_MIN_BATCH + 3
+    B = 2 * engine.cpu.BLAS_MIN_PIECE + 3
     x = rng.standard_normal((6, B, 96)).astype(np.float32)
     gy = rng.standard_normal((6, B, 256)).astype(np.float32)
     runs = []

@@ -19,6 +19,12 @@ from .tape import Steps
 BLAS_MIN_BATCH = 16
 #: Fewest batch rows worth a thread of their own below ``BLAS_MIN_BATCH``.
 MIN_THREAD_ROWS = 4
+#: Fewest rows of a piece that calls BLAS per step: the per-step product loses so much
+#: on fewer rows that two 16-row pieces of a 32-row batch trained slower than one thread
+#: (through the bridge on two cores here, T=50, H=256: LSTM 128 vs 102 ms, GRU 98 vs
+#: 79 ms, RNN 53 vs 40 ms); such a batch keeps one recurrence and splits its large
+#: products (input projection, weight gradients) instead.
+BLAS_MIN_PIECE = 32
 #: Fewest hidden units a team member owns, fewest multiply-adds per step and row (of
 #: ``h W_hh^T``) for a small batch to go to a team, and fewest over the whole sequence:
 #: below, starting the team (waking a core, packing each member's weights, 400-600 us
@@ -47,7 +53,7 @@ def batch_pieces(B):
     kernel loop; through BLAS, a product of fewer rows may round differently (float32,
     about 1e-6 relative; see docs/performance.md, "Threads").
     """
-    return threads.split(B, BLAS_MIN_BATCH if B >= BLAS_MIN_BATCH else MIN_THREAD_ROWS)
+    return threads.split(B, BLAS_MIN_PIECE if B >= BLAS_MIN_BATCH else MIN_THREAD_ROWS)
 
 
 class Projection(NamedTuple):
