@@ -148,3 +148,28 @@ def test_bfloat16_tensors_only_where_bfloat16_weights_are_expected(tmp_path):
         with pytest.raises(ValueError, match="bias_hh_l0") as info:
             fastrnn.load(path)
         assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_bfloat16_batch1_sequence_and_step_on_tiles(kind, rng):
+    # one row over enough steps: the recurrent product reads the bfloat16 weights packed
+    # in tiles (sequence) or as tile views (step); both agree with the untiled path
+    from fastrnn.engine import cpu
+
+    m = getattr(fastrnn, kind)(40, 64, num_layers=2)
+    q = m.quantize("bfloat16")
+    T = cpu.TILES_MIN_STEPS + 4
+    x = rng.standard_normal((T, 1, 40)).astype(np.float32)
+    y_tiles, _ = q(x)
+    keep = cpu.TILES_MIN_STEPS
+    cpu.TILES_MIN_STEPS = T + 1
+    try:
+        y_plain, _ = q(x)
+    finally:
+        cpu.TILES_MIN_STEPS = keep
+    np.testing.assert_allclose(y_tiles, y_plain, rtol=0, atol=1e-5)
+    state, steps = None, []
+    for t in range(T):
+        y_t, state = q.step(x[t], state)
+        steps.append(y_t.copy())
+    np.testing.assert_allclose(np.stack(steps), y_plain, rtol=0, atol=1e-5)

@@ -39,3 +39,20 @@ def test_partial_tile_leaves_memory_past_the_row_alone(rng):
     tiles_product(a, p, buf[:70].reshape(1, 70), False, True)
     np.testing.assert_array_equal(buf[70:], 7)
     np.testing.assert_allclose(buf[:70], (a @ wt)[0], rtol=0, atol=tolerance("float32", 3))
+
+
+@pytest.mark.parametrize("shape", [(20, 70), (64, 128), (3, 5)])
+def test_bfloat16_tiles_widen_each_weight_exactly(shape, rng):
+    # bfloat16 bits (uint16) in tiles, summed in float32: the product of the widened
+    # weights, rounded as float32 sums are
+    wt = rng.standard_normal(shape).astype(np.float32)
+    bits = (wt.view(np.uint32) >> 16).astype(np.uint16)
+    widened = (bits.astype(np.uint32) << 16).view(np.float32)
+    p = np.full((-(-shape[1] // 64), shape[0], 64), 0xFFFF, np.uint16)
+    pack_tiles(bits, p)
+    a = rng.standard_normal((1, shape[0])).astype(np.float32)
+    out = np.empty((1, shape[1]), np.float32)
+    tiles_product(a, p, out, False, False)
+    expected = a.astype(np.float64) @ widened.astype(np.float64)
+    atol = tolerance("float32", magnitude=np.sqrt(shape[0]))
+    np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
