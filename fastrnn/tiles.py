@@ -35,10 +35,14 @@ VECTORS = 8
 VECTOR_BYTES = 32
 
 
+#: Narrow stored weights the tiles widen to float32: bfloat16 bits, int8.
+_NARROW = (types.uint16, types.int8)
+
+
 def tile_width(dtype):
-    """Columns per tile for weights of ``dtype`` (a NumPy dtype): 64 float32 and bfloat16
-    bits (uint16, summed in float32), 32 float64."""
-    sums = 4 if dtype.kind == "u" else dtype.itemsize
+    """Columns per tile for weights of ``dtype`` (a NumPy dtype): 64 float32, bfloat16
+    bits (uint16) and int8 (summed in float32), 32 float64."""
+    sums = 4 if dtype.kind in "ui" else dtype.itemsize
     return VECTORS * VECTOR_BYTES // sums
 
 
@@ -56,7 +60,7 @@ def _splat(builder, value, lanes):
 
 
 @intrinsic
-def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors):
+def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors, scale):
     """``out[r0 + i, c0 + j] (+)= Σ_k x[r0 + i, k] p[t, k, v0·L + j]`` for ``i < rows``,
     ``j < vectors·L`` and ``c0 + j < count + c0`` (``c0 = t·W + v0·L``, ``L`` lanes per
     SIMD vector): a block of sums kept in ``rows × vectors`` registers while ``k`` runs,
@@ -64,9 +68,11 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors):
     left alone (masked stores: a last, partial tile).
 
     ``x`` (M, K) and ``out`` (M, N) C-contiguous, ``p`` (tiles, K, W) with unit stride
-    along its last axis (packed tiles, or a :func:`tile_view`), one float type, or ``p``
-    bfloat16 bits (uint16) with float32 ``x`` and ``out`` (each weight widened to float32
-    in registers: a shift); ``rows`` and ``vectors`` are literal ints.
+    along its last axis (packed tiles, or a :func:`tile_view`), one float type; or ``p``
+    of bfloat16 bits (uint16) or int8 with float32 ``x`` and ``out``, each weight widened
+    to float32 in registers (a shift; a conversion). ``scale`` is None, or (N,) float32
+    factors of the sums' columns (int8 weights' row scales). ``rows`` and ``vectors`` are
+    literal ints.
     """
     arrays = (x, p, out)
     if not (
@@ -74,20 +80,25 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors):
         and x.layout == out.layout == "C"
         and isinstance(x.dtype, types.Float)
         and x.dtype == out.dtype
-        and (p.dtype == x.dtype or (p.dtype == types.uint16 and x.dtype == types.float32))
+        and (p.dtype == x.dtype or (p.dtype in _NARROW and x.dtype == types.float32))
         and (x.ndim, p.ndim, out.ndim) == (2, 3, 2)
         and isinstance(rows, types.IntegerLiteral)
         and isinstance(vectors, types.IntegerLiteral)
+        and (
+            scale in (None, types.none)
+            or (isinstance(scale, types.Array) and scale.dtype == x.dtype and scale.ndim == 1)
+        )
     ):
         return None
     dtype, R, V = x.dtype, rows.literal_value, vectors.literal_value
-    bf16 = p.dtype == types.uint16
+    bf16, int8 = p.dtype == types.uint16, p.dtype == types.int8
+    scaled = isinstance(scale, types.Array)
 
     def codegen(context, builder, signature, args):
         xa, pa, oa = (
             context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 5)
         )
-        _, r0, _, t, v0, _, n_valid, add_flag, _, _ = args
+        _, r0, _, t, v0, _, n_valid, add_flag, _, _, scale_arg = args
         nbytes = dtype.bitwidth // 8
         lanes = VECTOR_BYTES // nbytes
         vec = ir.VectorType(context.get_data_type(dtype), lanes)
@@ -117,7 +128,7 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors):
         bytes_ptr = ir.IntType(8).as_pointer()
         tile_stride = builder.extract_value(pa.strides, 0)
         row_stride = builder.extract_value(pa.strides, 1)
-        p_bytes = 2 if bf16 else nbytes  # bytes per stored weight
+        p_bytes = 2 if bf16 else 1 if int8 else nbytes  # bytes per stored weight
         p_base = builder.gep(
             builder.bitcast(pa.data, bytes_ptr),
             [builder.add(builder.mul(t, tile_stride), builder.mul(offset, _const(p_bytes)))],
@@ -136,7 +147,7 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors):
             for s in row:
                 s.add_incoming(zero, entry)
         p_row = builder.bitcast(builder.gep(p_base, [builder.mul(k, row_stride)]), pa.data.type)
-        stored = ir.VectorType(ir.IntType(16), lanes) if bf16 else vec
+        stored = ir.VectorType(ir.IntType(8 * p_bytes), lanes) if bf16 or int8 else vec
         weights = [
             builder.load(
                 builder.bitcast(builder.gep(p_row, [_const(v * lanes)]), stored.as_pointer()),
@@ -150,6 +161,8 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors):
             weights = [
                 builder.bitcast(builder.shl(builder.zext(w, wide), sixteen), vec) for w in weights
             ]
+        elif int8:
+            weights = [builder.sitofp(w, vec) for w in weights]
         updated = []
         for i in range(R):
             xs = _splat(builder, builder.load(builder.gep(x_rows[i], [k])), lanes)
@@ -175,6 +188,16 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors):
         lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
         limit = _splat(builder, n_valid, lanes)
         full = builder.icmp_signed(">=", n_valid, _const(V * lanes))
+        if scaled:  # the columns' factors, loaded like the output's lanes
+            sa = context.make_array(signature.args[10])(context, builder, scale_arg)
+            s_base = builder.gep(sa.data, [c0])
+            factors = []
+            for v in range(V):
+                ptr = builder.bitcast(builder.gep(s_base, [_const(v * lanes)]), vec.as_pointer())
+                ids = builder.add(lane_ids, _splat(builder, _const(v * lanes), lanes))
+                mask = builder.icmp_signed("<", ids, limit)
+                factors.append(builder.call(masked_load, [ptr, _const(nbytes, 32), mask, zero]))
+            totals = [[builder.fmul(total, f) for total, f in zip(row, factors)] for row in totals]
         for i in range(R):
             o_row = builder.gep(
                 oa.data, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)]
@@ -196,8 +219,9 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors):
         return context.get_dummy_value()
 
     return types.void(
-        x, types.intp, p, types.intp, types.intp, out, types.intp, types.boolean, rows, vectors
-    ), codegen
+        x, types.intp, p, types.intp, types.intp, out, types.intp, types.boolean, rows, vectors,
+        scale,
+    ), codegen  # fmt: skip
 
 
 def tile_view(wt):
@@ -242,9 +266,10 @@ def pack_tiles(wt, p):
 
 
 @kernel
-def tiles_product(a, p, out, add, back):
-    """``out[:] (+)= a @ wt`` for ``a`` (M, K) and ``out`` (M, N), ``wt`` (K, N) packed in
-    ``p`` by :func:`pack_tiles`: per row, a tile's :data:`VECTORS` sums per pass, the
+def tiles_product(a, p, scale, out, add, back):
+    """``out[:] (+)= (a @ wt) * scale`` for ``a`` (M, K) and ``out`` (M, N), ``wt`` (K, N)
+    packed in ``p`` by :func:`pack_tiles` (float, bfloat16 bits, or int8 with its (N,)
+    ``scale``; None: no factor): per row, a tile's :data:`VECTORS` sums per pass, the
     tiles walked last to first with ``back`` (alternate it between calls over the same
     weights). Made for one row: each further row reads the weights again."""
     N = out.shape[1]
@@ -253,7 +278,7 @@ def tiles_product(a, p, out, add, back):
     for r in range(a.shape[0]):
         for i in range(tiles):
             t = tiles - 1 - i if back else i
-            _block_product(a, r, p, t, 0, out, N - t * W, add, 1, VECTORS)
+            _block_product(a, r, p, t, 0, out, N - t * W, add, 1, VECTORS, scale)
 
 
 def recurrent_product(a, w, scale, out, s):
@@ -266,7 +291,7 @@ def recurrent_product(a, w, scale, out, s):
 @overload(recurrent_product)
 def _recurrent_product_overload(a, w, scale, out, s):
     if isinstance(w, types.Array) and w.ndim == 3:
-        return lambda a, w, scale, out, s: tiles_product(a, w, out, False, s % 2 == 1)
+        return lambda a, w, scale, out, s: tiles_product(a, w, scale, out, False, s % 2 == 1)
     return lambda a, w, scale, out, s: product_t(a, w, scale, out)
 
 
@@ -279,5 +304,5 @@ def backward_product(a, w, out, s):
 @overload(backward_product)
 def _backward_product_overload(a, w, out, s):
     if isinstance(w, types.Array) and w.ndim == 3:
-        return lambda a, w, out, s: tiles_product(a, w, out, True, s % 2 == 1)
+        return lambda a, w, out, s: tiles_product(a, w, None, out, True, s % 2 == 1)
     return lambda a, w, out, s: matmul_nn_acc(a, w, out)

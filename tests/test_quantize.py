@@ -150,14 +150,15 @@ def test_bfloat16_tensors_only_where_bfloat16_weights_are_expected(tmp_path):
         assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_bfloat16_batch1_sequence_and_step_on_tiles(kind, rng):
-    # one row over enough steps: the recurrent product reads the bfloat16 weights packed
+def test_batch1_sequence_and_step_on_tiles(kind, weights, rng):
+    # one row over enough steps: the recurrent product reads the quantized weights packed
     # in tiles (sequence) or as tile views (step); both agree with the untiled path
     from fastrnn.engine import cpu
 
     m = getattr(fastrnn, kind)(40, 64, num_layers=2)
-    q = m.quantize("bfloat16")
+    q = m.quantize(weights)
     T = cpu.TILES_MIN_STEPS + 4
     x = rng.standard_normal((T, 1, 40)).astype(np.float32)
     y_tiles, _ = q(x)

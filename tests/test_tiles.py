@@ -22,10 +22,10 @@ def test_tiles_product_matches_numpy(shape, rows, dtype, rng):
     tol = dict(rtol=0, atol=tolerance(dtype, magnitude=np.sqrt(max(K, 1))))
     for back in (False, True):
         out = np.full((rows, N), 7, dtype)
-        tiles_product(a, p, out, False, back)
+        tiles_product(a, p, None, out, False, back)
         np.testing.assert_allclose(out, expected, **tol)
         acc = np.tile(np.arange(N, dtype=dtype), (rows, 1))
-        tiles_product(a, p, acc, True, back)
+        tiles_product(a, p, None, acc, True, back)
         np.testing.assert_allclose(acc, expected + np.arange(N), **tol)
 
 
@@ -36,7 +36,7 @@ def test_partial_tile_leaves_memory_past_the_row_alone(rng):
     pack_tiles(wt, p)
     a = rng.standard_normal((1, 9)).astype(np.float32)
     buf = np.full(200, 7, np.float32)
-    tiles_product(a, p, buf[:70].reshape(1, 70), False, True)
+    tiles_product(a, p, None, buf[:70].reshape(1, 70), False, True)
     np.testing.assert_array_equal(buf[70:], 7)
     np.testing.assert_allclose(buf[:70], (a @ wt)[0], rtol=0, atol=tolerance("float32", 3))
 
@@ -52,7 +52,22 @@ def test_bfloat16_tiles_widen_each_weight_exactly(shape, rng):
     pack_tiles(bits, p)
     a = rng.standard_normal((1, shape[0])).astype(np.float32)
     out = np.empty((1, shape[1]), np.float32)
-    tiles_product(a, p, out, False, False)
+    tiles_product(a, p, None, out, False, False)
     expected = a.astype(np.float64) @ widened.astype(np.float64)
     atol = tolerance("float32", magnitude=np.sqrt(shape[0]))
+    np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
+
+
+def test_int8_tiles_scale_each_column(rng):
+    # int8 weights with a factor per column of the product (a quantized row's scale)
+    K, N = 33, 70
+    q = rng.integers(-127, 128, (K, N)).astype(np.int8)
+    scale = rng.uniform(0.001, 0.02, N).astype(np.float32)
+    p = np.zeros((2, K, 64), np.int8)
+    pack_tiles(q, p)
+    a = rng.standard_normal((1, K)).astype(np.float32)
+    out = np.full((1, N), np.nan, np.float32)
+    tiles_product(a, p, scale, out, False, True)
+    expected = (a.astype(np.float64) @ q.astype(np.float64)) * scale
+    atol = tolerance("float32", magnitude=np.abs(expected).max() * np.sqrt(K))
     np.testing.assert_allclose(out, expected, rtol=0, atol=atol)

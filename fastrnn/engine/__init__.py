@@ -141,9 +141,9 @@ def step_weights(spec, params, int8=None, batch=None):
 
     The models store ``W_ih``/``W_hh`` column-major, so the float transposes are views
     of the model's own memory (weights of another layout are copied here); for steps of
-    one row (``batch`` 1) float and bfloat16 weights are seen as column tiles where that
-    pays (:func:`fastrnn.tiles.tile_view`: still views, so editing a model's weights in
-    place still changes its steps)."""
+    one row (``batch`` 1) the weights are seen as column tiles where that pays
+    (:func:`fastrnn.tiles.tile_view`: still views, so editing a model's weights in place
+    still changes its steps)."""
     layers = []
     for layer in range(spec.num_layers):
         w_ih, w_hh, b_ih, b_hh, w_hr = driver.layer_params(spec, params, layer, 0, CPU)
@@ -151,11 +151,8 @@ def step_weights(spec, params, int8=None, batch=None):
             products = int8[f"weight_ih_l{layer}"] + int8[f"weight_hh_l{layer}"]
         else:
             products = (np.ascontiguousarray(w_ih.T), None, np.ascontiguousarray(w_hh.T), None)
-        if batch == 1:  # float or bfloat16 weights (no scales) as tiles where they fit
-            products = tuple(
-                _as_tiles(a) if i % 2 == 0 and products[i + 1] is None else a
-                for i, a in enumerate(products)
-            )
+        if batch == 1:  # weights (each followed by its scales) as tiles where they fit
+            products = tuple(_as_tiles(a) if i % 2 == 0 else a for i, a in enumerate(products))
         layers.append(products + (b_ih, b_hh, w_hr if spec.proj_size else None))
     return layers
 

@@ -319,13 +319,13 @@ _TILES = threading.local()
 
 
 def _tiles(wt, T):
-    """``wt`` (K, N), a float (or bfloat16-bits) matrix stored C-contiguous, packed for
+    """``wt`` (K, N), a float, bfloat16-bits or int8 matrix stored C-contiguous, packed for
     :func:`fastrnn.tiles.tiles_product` in this thread's buffer of that shape (reused:
     fresh memory costs a page fault per 4 KB); ``wt`` itself where packing does not pay
-    (fewer than ``TILES_MIN_STEPS`` steps) or does not apply (int8 weights, another
-    layout: a transposing pack costs more than it saves)."""
-    if T < TILES_MIN_STEPS or wt.dtype.kind not in "fu" or not wt.flags.c_contiguous:
-        return wt  # (float weights, or bfloat16 bits: uint16)
+    (fewer than ``TILES_MIN_STEPS`` steps) or does not apply (another layout: a
+    transposing pack costs more than it saves)."""
+    if T < TILES_MIN_STEPS or wt.dtype.kind not in "fui" or not wt.flags.c_contiguous:
+        return wt  # (float weights, bfloat16 bits (uint16) or int8)
     W = tile_width(wt.dtype)
     shape = (-(-wt.shape[1] // W), wt.shape[0], W)
     kept = _TILES.__dict__.setdefault("buffers", {})
@@ -358,7 +358,7 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
         # rows through the transposed view (``linalg.product_t``); others are copied.
         w_t = w_hh.T if w_hh.flags.c_contiguous else np.ascontiguousarray(w_hh.T)
         w_t, s_hh = int8 if int8 is not None else (w_t, None)
-        if B == 1 and s_hh is None:  # float or bfloat16 weights (int8 has scales)
+        if B == 1:
             w_t = _tiles(w_t, T)
         recurrence.LOOPS[kern].sequence(
             gx,
