@@ -223,8 +223,11 @@ def _entry_point(kernel, first, rest):
     arguments differ in type, or Numba without compiled overloads)."""
     from numba import typeof
 
+    overloads = getattr(kernel, "overloads", None)  # (none with NUMBA_DISABLE_JIT)
     signatures = {tuple(typeof(a) for a in args) for args in (first, *rest)}
-    found = kernel.overloads.get(signatures.pop()) if len(signatures) == 1 else None
+    if overloads is None or len(signatures) != 1:
+        return None
+    found = overloads.get(signatures.pop())
     return None if found is None else found.entry_point
 
 
