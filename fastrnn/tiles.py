@@ -60,45 +60,41 @@ def _splat(builder, value, lanes):
 
 
 @intrinsic
-def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors, scale):
-    """``out[r0 + i, c0 + j] (+)= Σ_k x[r0 + i, k] p[t, k, v0·L + j]`` for ``i < rows``,
-    ``j < vectors·L`` and ``c0 + j < count + c0`` (``c0 = t·W + v0·L``, ``L`` lanes per
-    SIMD vector): a block of sums kept in ``rows × vectors`` registers while ``k`` runs,
-    then stored, or added to ``out`` with ``add``; lanes at or past ``count`` columns are
-    left alone (masked stores: a last, partial tile).
+def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
+    """``out[r, c0 + j] (+)= (Σ_k x[r, k] p[t, k, j]) · scale[c0 + j]`` for ``j <
+    min(W, count)`` (``c0 = t·W``): one row's sums over tile ``t``, kept in
+    :data:`VECTORS` SIMD registers while ``k`` runs, then stored, or added to ``out`` with
+    ``add``; columns at or past ``count`` are left alone (masked stores: a last, partial
+    tile).
 
     ``x`` (M, K) and ``out`` (M, N) C-contiguous, ``p`` (tiles, K, W) with unit stride
     along its last axis (packed tiles, or a :func:`tile_view`), one float type; or ``p``
     of bfloat16 bits (uint16) or int8 with float32 ``x`` and ``out``, each weight widened
-    to float32 in registers (a shift; a conversion). ``scale`` is None, or (N,) float32
-    factors of the sums' columns (int8 weights' row scales). ``rows`` and ``vectors`` are
-    literal ints.
+    to float32 in registers (a shift; a conversion). ``scale`` is None (no factor), or
+    (N,) float32 factors of the sums' columns (int8 weights' row scales).
     """
-    arrays = (x, p, out)
     if not (
-        all(isinstance(a, types.Array) for a in arrays)
+        all(isinstance(a, types.Array) for a in (x, p, out))
         and x.layout == out.layout == "C"
         and isinstance(x.dtype, types.Float)
         and x.dtype == out.dtype
         and (p.dtype == x.dtype or (p.dtype in _NARROW and x.dtype == types.float32))
         and (x.ndim, p.ndim, out.ndim) == (2, 3, 2)
-        and isinstance(rows, types.IntegerLiteral)
-        and isinstance(vectors, types.IntegerLiteral)
         and (
             scale in (None, types.none)
             or (isinstance(scale, types.Array) and scale.dtype == x.dtype and scale.ndim == 1)
         )
     ):
         return None
-    dtype, R, V = x.dtype, rows.literal_value, vectors.literal_value
+    dtype = x.dtype
     bf16, int8 = p.dtype == types.uint16, p.dtype == types.int8
     scaled = isinstance(scale, types.Array)
 
     def codegen(context, builder, signature, args):
         xa, pa, oa = (
-            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 5)
+            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 4)
         )
-        _, r0, _, t, v0, _, n_valid, add_flag, _, _, scale_arg = args
+        _, r, _, t, _, n_valid, add_flag, scale_arg = args
         nbytes = dtype.bitwidth // 8
         lanes = VECTOR_BYTES // nbytes
         vec = ir.VectorType(context.get_data_type(dtype), lanes)
@@ -119,33 +115,27 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors, s
         K = builder.extract_value(xa.shape, 1)
         N = builder.extract_value(oa.shape, 1)
         W = builder.extract_value(pa.shape, 2)
-        offset = builder.mul(v0, _const(lanes))
-        x_rows = [
-            builder.gep(xa.data, [builder.mul(builder.add(r0, _const(i)), K)]) for i in range(R)
-        ]
+        x_row = builder.gep(xa.data, [builder.mul(r, K)])
         # p by its strides (bytes): packed tiles, or a view of a row-major (K, N) matrix
         # as (N / W, K, W) tiles (see :func:`tile_view`)
-        bytes_ptr = ir.IntType(8).as_pointer()
         tile_stride = builder.extract_value(pa.strides, 0)
         row_stride = builder.extract_value(pa.strides, 1)
         p_bytes = 2 if bf16 else 1 if int8 else nbytes  # bytes per stored weight
         p_base = builder.gep(
-            builder.bitcast(pa.data, bytes_ptr),
-            [builder.add(builder.mul(t, tile_stride), builder.mul(offset, _const(p_bytes)))],
+            builder.bitcast(pa.data, ir.IntType(8).as_pointer()), [builder.mul(t, tile_stride)]
         )
         zero = ir.Constant(vec, [0.0] * lanes)
 
         entry = builder.block
-        loop = builder.append_basic_block("block.loop")
-        done = builder.append_basic_block("block.done")
+        loop = builder.append_basic_block("tile.loop")
+        done = builder.append_basic_block("tile.done")
         builder.cbranch(builder.icmp_signed(">", K, _const(0)), loop, done)
         builder.position_at_end(loop)
         k = builder.phi(ir.IntType(64))
         k.add_incoming(_const(0), entry)
-        sums = [[builder.phi(vec) for _ in range(V)] for _ in range(R)]
-        for row in sums:
-            for s in row:
-                s.add_incoming(zero, entry)
+        sums = [builder.phi(vec) for _ in range(VECTORS)]
+        for s in sums:
+            s.add_incoming(zero, entry)
         p_row = builder.bitcast(builder.gep(p_base, [builder.mul(k, row_stride)]), pa.data.type)
         stored = ir.VectorType(ir.IntType(8 * p_bytes), lanes) if bf16 or int8 else vec
         weights = [
@@ -153,7 +143,7 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors, s
                 builder.bitcast(builder.gep(p_row, [_const(v * lanes)]), stored.as_pointer()),
                 align=p_bytes,
             )
-            for v in range(V)
+            for v in range(VECTORS)
         ]
         if bf16:  # bfloat16 bits are float32's upper half: widen, shift, reinterpret
             wide = ir.VectorType(ir.IntType(32), lanes)
@@ -163,65 +153,66 @@ def _block_product(typingctx, x, r0, p, t, v0, out, count, add, rows, vectors, s
             ]
         elif int8:
             weights = [builder.sitofp(w, vec) for w in weights]
-        updated = []
-        for i in range(R):
-            xs = _splat(builder, builder.load(builder.gep(x_rows[i], [k])), lanes)
-            updated.append([builder.call(fma, [xs, w, s]) for w, s in zip(weights, sums[i])])
+        xs = _splat(builder, builder.load(builder.gep(x_row, [k])), lanes)
+        updated = [builder.call(fma, [xs, w, s]) for w, s in zip(weights, sums)]
         k_next = builder.add(k, _const(1))
         last = builder.block
         k.add_incoming(k_next, last)
-        for row, new in zip(sums, updated):
-            for s, u in zip(row, new):
-                s.add_incoming(u, last)
+        for s, u in zip(sums, updated):
+            s.add_incoming(u, last)
         builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
 
         builder.position_at_end(done)
         totals = []
-        for new in updated:
-            totals.append([])
-            for u in new:
-                total = builder.phi(vec)
-                total.add_incoming(zero, entry)
-                total.add_incoming(u, last)
-                totals[-1].append(total)
-        c0 = builder.add(builder.mul(t, W), offset)
+        for u in updated:
+            total = builder.phi(vec)
+            total.add_incoming(zero, entry)
+            total.add_incoming(u, last)
+            totals.append(total)
+        c0 = builder.mul(t, W)
         lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
         limit = _splat(builder, n_valid, lanes)
-        full = builder.icmp_signed(">=", n_valid, _const(V * lanes))
-        if scaled:  # the columns' factors, loaded like the output's lanes
-            sa = context.make_array(signature.args[10])(context, builder, scale_arg)
-            s_base = builder.gep(sa.data, [c0])
-            factors = []
-            for v in range(V):
-                ptr = builder.bitcast(builder.gep(s_base, [_const(v * lanes)]), vec.as_pointer())
-                ids = builder.add(lane_ids, _splat(builder, _const(v * lanes), lanes))
-                mask = builder.icmp_signed("<", ids, limit)
-                factors.append(builder.call(masked_load, [ptr, _const(nbytes, 32), mask, zero]))
-            totals = [[builder.fmul(total, f) for total, f in zip(row, factors)] for row in totals]
-        for i in range(R):
-            o_row = builder.gep(
-                oa.data, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)]
+        masks = [  # the lanes of each vector that are columns of ``out``
+            builder.icmp_signed(
+                "<", builder.add(lane_ids, _splat(builder, _const(v * lanes), lanes)), limit
             )
-            for v in range(V):
-                ptr = builder.bitcast(builder.gep(o_row, [_const(v * lanes)]), vec.as_pointer())
-                total = totals[i][v]
-                with builder.if_else(full) as (whole, part):
-                    with whole:
-                        old = builder.load(ptr, align=nbytes)
-                        value = builder.select(add_flag, builder.fadd(total, old), total)
-                        builder.store(value, ptr, align=nbytes)
-                    with part:  # only the lanes that are columns of ``out``
-                        ids = builder.add(lane_ids, _splat(builder, _const(v * lanes), lanes))
-                        mask = builder.icmp_signed("<", ids, limit)
-                        old = builder.call(masked_load, [ptr, _const(nbytes, 32), mask, zero])
-                        value = builder.select(add_flag, builder.fadd(total, old), total)
-                        builder.call(masked_store, [value, ptr, _const(nbytes, 32), mask])
+            for v in range(VECTORS)
+        ]
+        align = _const(nbytes, 32)
+        if scaled:  # the columns' factors, loaded like the output's lanes
+            sa = context.make_array(signature.args[7])(context, builder, scale_arg)
+            s_base = builder.gep(sa.data, [c0])
+            totals = [
+                builder.fmul(
+                    total,
+                    builder.call(
+                        masked_load,
+                        [
+                            builder.bitcast(builder.gep(s_base, [_const(v * lanes)]), ptr_type),
+                            align,
+                            mask,
+                            zero,
+                        ],
+                    ),
+                )
+                for v, (total, mask) in enumerate(zip(totals, masks))
+            ]
+        o_base = builder.gep(oa.data, [builder.add(builder.mul(r, N), c0)])
+        full = builder.icmp_signed(">=", n_valid, _const(VECTORS * lanes))
+        for v, (total, mask) in enumerate(zip(totals, masks)):
+            ptr = builder.bitcast(builder.gep(o_base, [_const(v * lanes)]), ptr_type)
+            with builder.if_else(full) as (whole, part):
+                with whole:
+                    old = builder.load(ptr, align=nbytes)
+                    value = builder.select(add_flag, builder.fadd(total, old), total)
+                    builder.store(value, ptr, align=nbytes)
+                with part:
+                    old = builder.call(masked_load, [ptr, align, mask, zero])
+                    value = builder.select(add_flag, builder.fadd(total, old), total)
+                    builder.call(masked_store, [value, ptr, align, mask])
         return context.get_dummy_value()
 
-    return types.void(
-        x, types.intp, p, types.intp, types.intp, out, types.intp, types.boolean, rows, vectors,
-        scale,
-    ), codegen  # fmt: skip
+    return types.void(x, types.intp, p, types.intp, out, types.intp, types.boolean, scale), codegen
 
 
 def tile_view(wt):
@@ -278,7 +269,7 @@ def tiles_product(a, p, scale, out, add, back):
     for r in range(a.shape[0]):
         for i in range(tiles):
             t = tiles - 1 - i if back else i
-            _block_product(a, r, p, t, 0, out, N - t * W, add, 1, VECTORS, scale)
+            _tile_product(a, r, p, t, out, N - t * W, add, scale)
 
 
 def recurrent_product(a, w, scale, out, s):

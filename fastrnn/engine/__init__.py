@@ -183,7 +183,7 @@ def step(spec, weights, x, h, c, scratch, h_in=None, c_in=None):
     read from ``h_in``/``c_in`` (same shapes; None: ``h``/``c``, updated in place), and
     ``h[-1]`` is the step's output.
     """
-    step_plan(spec, weights, h, c, scratch, h_in, c_in)(x)
+    step_plan(spec, weights, h, c, scratch, h_in, c_in).dispatch(x)
 
 
 class StepPlan:
@@ -206,15 +206,19 @@ class StepPlan:
     def __call__(self, x):
         entry = self.entry
         if entry is None:
-            kernel = self.kernel
-            kernel(x, *self.first)
-            for args in self.rest:
-                kernel(*args)
-            self.entry = _entry_point(kernel, (x, *self.first), self.rest) or kernel
+            self.dispatch(x)
+            self.entry = _entry_point(self.kernel, (x, *self.first), self.rest) or self.kernel
             return
         entry(x, *self.first)
         for args in self.rest:
             entry(*args)
+
+    def dispatch(self, x):
+        """One step through Numba's dispatcher (every argument typed: a plan used once)."""
+        kernel = self.kernel
+        kernel(x, *self.first)
+        for args in self.rest:
+            kernel(*args)
 
 
 def _entry_point(kernel, first, rest):

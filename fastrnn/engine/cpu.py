@@ -157,28 +157,15 @@ class CPUBackend:
         pieces = batch_pieces(gx.shape[1])
         if len(pieces) == 1:
             out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
-            if steps is not None or int8 is not None:
-                gx = _computed(gx)
             teamed = (
                 steps is None
                 and int8 is None
                 and _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse)
             )
-            if not teamed:
+            if not teamed:  # (a deferred projection is computed here, whole)
+                gx = _computed(gx)
                 _recurrence(
-                    spec,
-                    _computed(gx),
-                    w_hh,
-                    b_ih,
-                    b_hh,
-                    w_hr,
-                    h,
-                    c,
-                    out,
-                    lengths,
-                    reverse,
-                    steps,
-                    int8,
+                    spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8
                 )
             if out is not y:
                 y[...] = out
