@@ -102,11 +102,6 @@ class CPUBackend:
         return a * b
 
     @staticmethod
-    def project(X, w):
-        """``X @ w.T`` as a new array."""
-        return gemm(X, w.T)
-
-    @staticmethod
     def input_projection(X, w_ih, shape):
         """A recurrence's ``X W_ih^T`` seen as ``shape`` (T, B, G·H), computed when the
         recurrence needs it: a thread team computes each member's gate columns of it on
