@@ -170,6 +170,35 @@ def test_a_team_matches_torch_and_one_thread(kind, B, rng, four_cpus, monkeypatc
     np.testing.assert_allclose(y2, y1, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs two CPUs to run on",
+)
+def test_team_members_are_held_on_cpus_of_their_own_while_the_team_runs():
+    """Left to the scheduler, two members that wait for each other every step were put
+    on one CPU here, for whole calls (docs/performance.md); the caller's own affinity
+    comes back afterwards, also when a member fails."""
+    from fastrnn import team
+
+    before = os.sched_getaffinity(0)
+    seen = []
+
+    def member():
+        seen.append(os.sched_getaffinity(0))
+
+    assert team.run([member, member], np.zeros(3, np.int64))
+    assert len(seen) == 2 and all(len(cpus) == 1 for cpus in seen)
+    assert seen[0] != seen[1] and seen[0] | seen[1] <= before
+    assert os.sched_getaffinity(0) == before
+
+    def failing():
+        raise RuntimeError("member failed")
+
+    with pytest.raises(RuntimeError, match="member failed"):
+        team.run([failing, member], np.zeros(3, np.int64))
+    assert os.sched_getaffinity(0) == before
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_computes_on_threads_of_its_own(rng, four_cpus):
     """The parent's pool threads do not exist in a forked child (a DataLoader worker,

@@ -27,15 +27,14 @@ MIN_THREAD_ROWS = 4
 BLAS_MIN_PIECE = 32
 #: Fewest hidden units a team member owns, fewest multiply-adds per step and row (of
 #: ``h W_hh^T``) for a small batch to go to a team, and fewest over the whole sequence:
-#: below, starting the team (waking a core, packing each member's weights, 400-600 us
-#: here) costs more than the split saves. An H=256 LSTM (262 k per step) measured 1.37x
-#: faster on two threads than one in a loop of calls here, but slower than one thread in
-#: ``fastrnn bench``'s pattern (calls after idle gaps, torch and onnxruntime between):
-#: this VM's second vCPU runs slowly for milliseconds after idling, and a team waits for
-#: it every step (docs/performance.md, "Threads"). From 524 k (an H=512 LSTM) the team
-#: gains in both.
+#: below, starting the team (waking a core, packing each member's weights and computing
+#: its input projection, 400-600 us here) costs more than the split saves. An H=256
+#: LSTM (262 k per step) or GRU (197 k) at T=100 ran 1.2x faster on two threads than
+#: on one in ``fastrnn bench``'s pattern (calls after idle gaps, torch and onnxruntime
+#: between) once the members were held on CPUs of their own (``fastrnn.team``); an
+#: H=256 RNN (66 k) is faster on one thread.
 TEAM_MIN_UNITS = 64
-TEAM_MIN_WORK = 1 << 19
+TEAM_MIN_WORK = 1 << 17
 TEAM_MIN_SEQUENCE = 1 << 24
 #: Fewest steps of a batch-1 recurrence for which its recurrent weight is packed in tiles
 #: (``fastrnn.tiles``): packing costs about three products (68 us for 1 MB here), each
