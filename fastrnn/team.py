@@ -8,10 +8,10 @@ member needs the whole new ``h`` for the next step. The members are the caller a
 :mod:`fastrnn.threads`' workers, each running one ``nogil`` kernel for the whole
 sequence: no task per step.
 
-Each member is held on a CPU of its own while the team runs (its thread's affinity,
-restored afterwards): the members wait for each other every step, and Linux, left to
-itself, moved one of them onto the other's CPU here, where the two then took turns for
-whole calls (an H=256 LSTM at T=100: 7 ms instead of 2.4 ms, see docs/performance.md).
+Each member is held on a CPU of its own while the team runs (:func:`threads.run`): the
+members wait for each other every step, and Linux, left to itself, moved one of them
+onto the other's CPU here, where the two then took turns for whole calls (an H=256 LSTM
+at T=100: 7 ms instead of 2.4 ms, see docs/performance.md).
 
 One team runs at a time: a call that finds the team busy (another Python thread's)
 computes on its own thread instead, so teams never wait on each other. A member that
@@ -121,76 +121,23 @@ def barrier(bar, members):
     return _atomic_load(bar, 2) == 0
 
 
-_GETCPU = []  # [libc's sched_getcpu or None], found on first use
-
-
-def _current_cpu():
-    """The CPU this thread runs on now, or None where that cannot be told."""
-    if not _GETCPU:
-        try:
-            import ctypes
-
-            _GETCPU.append(ctypes.CDLL(None).sched_getcpu)
-        except (OSError, AttributeError):
-            _GETCPU.append(None)
-    return _GETCPU[0]() if _GETCPU[0] is not None else None
-
-
-def placement(members):
-    """One CPU per member, the caller's current CPU first, from the CPUs the caller may
-    run on; None where there are fewer such CPUs than members (or no affinity here)."""
-    try:
-        allowed = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-    if len(allowed) < members:
-        return None
-    here = _current_cpu()
-    if here in allowed:
-        allowed.remove(here)
-        allowed.insert(0, here)
-    return allowed[:members]
-
-
-class _held_on:
-    """Context manager: this thread runs on ``cpu`` only inside (its affinity restored
-    on exit); nothing where ``cpu`` is None."""
-
-    __slots__ = ("cpu", "previous")
-
-    def __init__(self, cpu):
-        self.cpu, self.previous = cpu, None
-
-    def __enter__(self):
-        if self.cpu is not None:
-            self.previous = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {self.cpu})
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            os.sched_setaffinity(0, self.previous)
-        return False
-
-
 def run(tasks, bar):
     """Run ``tasks`` (callables that meet at ``barrier(bar, len(tasks))``) together, the
-    first on the calling thread, each held on a CPU of its own (:func:`placement`).
+    first on the calling thread, each held on a CPU of its own (:func:`threads.run`).
     Returns False, having run nothing, when another team is running or the caller is
     itself a worker; raises the first member's error."""
     if threads.inside() or not _BUSY.acquire(blocking=False):
         return False
     try:
-        cpus = placement(len(tasks)) or [None] * len(tasks)
 
-        def guarded(task, cpu):
+        def guarded(task):
             try:
-                with _held_on(cpu):
-                    task()
+                task()
             except BaseException:
                 bar[2] = 1  # the others leave the barrier
                 raise
 
-        threads.run(guarded, list(zip(tasks, cpus)))
+        threads.run(guarded, [(task,) for task in tasks])
         return True
     finally:
         _BUSY.release()

@@ -174,28 +174,34 @@ def test_a_team_matches_torch_and_one_thread(kind, B, rng, four_cpus, monkeypatc
     not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
     reason="needs two CPUs to run on",
 )
-def test_team_members_are_held_on_cpus_of_their_own_while_the_team_runs():
-    """Left to the scheduler, two members that wait for each other every step were put
-    on one CPU here, for whole calls (docs/performance.md); the caller's own affinity
-    comes back afterwards, also when a member fails."""
+def test_pieces_and_team_members_are_held_on_cpus_of_their_own_while_they_run():
+    """Left to the scheduler, two pieces (or team members, which wait for each other
+    every step) were put on one CPU here for whole calls (docs/performance.md); the
+    caller's own affinity comes back afterwards, also when a piece fails."""
     from fastrnn import team
 
     before = os.sched_getaffinity(0)
     seen = []
 
-    def member():
+    def piece(*_):
         seen.append(os.sched_getaffinity(0))
 
-    assert team.run([member, member], np.zeros(3, np.int64))
-    assert len(seen) == 2 and all(len(cpus) == 1 for cpus in seen)
-    assert seen[0] != seen[1] and seen[0] | seen[1] <= before
-    assert os.sched_getaffinity(0) == before
+    def failing(*_):
+        raise RuntimeError("piece failed")
 
-    def failing():
-        raise RuntimeError("member failed")
-
-    with pytest.raises(RuntimeError, match="member failed"):
-        team.run([failing, member], np.zeros(3, np.int64))
+    for run in (
+        lambda: threads.run(piece, [(0,), (1,)]),
+        lambda: team.run([piece, piece], np.zeros(3, np.int64)),
+    ):
+        seen.clear()
+        run()
+        assert len(seen) == 2 and all(len(cpus) == 1 for cpus in seen)
+        assert seen[0] != seen[1] and seen[0] | seen[1] <= before
+        assert os.sched_getaffinity(0) == before
+    with pytest.raises(RuntimeError, match="piece failed"):
+        threads.run(failing, [(0,), (1,)])
+    with pytest.raises(RuntimeError, match="piece failed"):
+        team.run([failing, piece], np.zeros(3, np.int64))
     assert os.sched_getaffinity(0) == before
 
 
