@@ -19,6 +19,8 @@ interleaved runs of 100 products: (256, 1024) 24.7 us with :func:`matmul_t`, 16.
 packed in alternating order; (256, 256) 6.2 -> 3.3 us; (64, 256) 1.5 -> 1.0 us.
 """
 
+import weakref
+
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -137,21 +139,32 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
         for s in sums:
             s.add_incoming(zero, entry)
         p_row = builder.bitcast(builder.gep(p_base, [builder.mul(k, row_stride)]), pa.data.type)
-        stored = ir.VectorType(ir.IntType(8 * p_bytes), lanes) if bf16 or int8 else vec
-        weights = [
-            builder.load(
-                builder.bitcast(builder.gep(p_row, [_const(v * lanes)]), stored.as_pointer()),
-                align=p_bytes,
-            )
-            for v in range(VECTORS)
-        ]
-        if bf16:  # bfloat16 bits are float32's upper half: widen, shift, reinterpret
+        if bf16:  # pairs of bfloat16 bits (see :func:`pack_tiles`): per 32-bit word, the
+            # low half shifted up and the high half masked are two float32 weights
             wide = ir.VectorType(ir.IntType(32), lanes)
-            sixteen = ir.Constant(wide, [16] * lanes)
-            weights = [
-                builder.bitcast(builder.shl(builder.zext(w, wide), sixteen), vec) for w in weights
+            words = [
+                builder.load(
+                    builder.bitcast(builder.gep(p_row, [_const(2 * v * lanes)]), wide.as_pointer()),
+                    align=p_bytes,
+                )
+                for v in range(VECTORS // 2)
             ]
-        elif int8:
+            sixteen = ir.Constant(wide, [16] * lanes)
+            upper = ir.Constant(wide, [0xFFFF0000] * lanes)
+            weights = []
+            for w in words:
+                weights.append(builder.bitcast(builder.shl(w, sixteen), vec))
+                weights.append(builder.bitcast(builder.and_(w, upper), vec))
+        else:
+            stored = ir.VectorType(ir.IntType(8 * p_bytes), lanes) if int8 else vec
+            weights = [
+                builder.load(
+                    builder.bitcast(builder.gep(p_row, [_const(v * lanes)]), stored.as_pointer()),
+                    align=p_bytes,
+                )
+                for v in range(VECTORS)
+            ]
+        if int8:
             weights = [builder.sitofp(w, vec) for w in weights]
         xs = _splat(builder, builder.load(builder.gep(x_row, [k])), lanes)
         updated = [builder.call(fma, [xs, w, s]) for w, s in zip(weights, sums)]
@@ -224,6 +237,8 @@ def tile_view(wt):
     without tiles; (256, 768) float32, 3 KB rows, 1.07x packed)."""
     K, N = wt.shape
     W = tile_width(wt.dtype)
+    if wt.dtype == np.uint16:  # bfloat16 tiles are packed in pairs (:func:`pack_tiles`)
+        return None
     if N % W or (N * wt.itemsize) % 2048 == 0 or not wt.flags.c_contiguous:
         return None
     step = wt.itemsize
@@ -232,10 +247,21 @@ def tile_view(wt):
     )
 
 
-@kernel
 def pack_tiles(wt, p):
     """``p[t, k, j] = wt[k, t·W + j]`` (zero past the last column): ``wt`` (K, N) in any
     layout into ``p`` (tiles, K, W) C-contiguous, ``W = p.shape[2]``.
+
+    bfloat16 bits (uint16) are stored in pairs instead: in each group of 16 columns,
+    32-bit word ``i`` holds column ``i`` in its low half and column ``8 + i`` in its high
+    half, so that one load, a shift and a mask give two vectors of float32 weights (the
+    plain order needs a widening shuffle and a shift per vector: on AVX2 the bfloat16
+    product was then bound by those, at twice float32's time per weight)."""
+    _pack_tiles(wt, p, p.dtype == np.uint16)
+
+
+@kernel
+def _pack_tiles(wt, p, paired):
+    """:func:`pack_tiles`, with the bfloat16 word pairs where ``paired``.
 
     Row by row of ``wt``, whole tiles as fixed-length copies (a 1 MB pack: 68 us here,
     against 250 us tile by tile with a variable length)."""
@@ -248,12 +274,48 @@ def pack_tiles(wt, p):
         for t in range(full):
             dst = p[t, k]
             part = src[t * W : (t + 1) * W]
-            for j in range(W):
-                dst[j] = part[j]
+            if paired:
+                for j in range(W):
+                    dst[_paired_index(j)] = part[j]
+            else:
+                for j in range(W):
+                    dst[j] = part[j]
         if rest:
             dst = p[full, k]
             for j in range(W):
-                dst[j] = src[full * W + j] if j < rest else 0
+                dst[_paired_index(j) if paired else j] = src[full * W + j] if j < rest else 0
+
+
+@kernel
+def _paired_index(j):
+    """Where column ``j`` of a tile goes in :func:`pack_tiles`' bfloat16 pairs."""
+    c = j % 16
+    return j - c + (2 * c if c < 8 else 2 * (c - 8) + 1)
+
+
+#: id(weights) -> (a weak reference to them, their tiles): :func:`fixed_tiles`' packs.
+_FIXED = {}
+
+
+def fixed_tiles(wt):
+    """``wt`` (K, N) packed in tiles (:func:`pack_tiles`) once, the packed copy kept for
+    as long as ``wt`` lives, for weights that never change: read-only C-contiguous
+    arrays that own their memory (a quantized model's stored weights); None for any
+    other array (a float model's weights may be edited in place, so its batch-1 calls
+    pack their own copy)."""
+    if wt.ndim != 2 or wt.flags.writeable or not (wt.flags.owndata and wt.flags.c_contiguous):
+        return None
+    key = id(wt)
+    found = _FIXED.get(key)
+    if found is not None and found[0]() is wt:
+        return found[1]
+    W = tile_width(wt.dtype)
+    p = np.empty((-(-wt.shape[1] // W), wt.shape[0], W), wt.dtype)
+    pack_tiles(wt, p)
+    p.flags.writeable = False
+    # (the callback runs as ``wt`` is freed, before another array can take its id)
+    _FIXED[key] = (weakref.ref(wt, lambda _, key=key: _FIXED.pop(key, None)), p)
+    return p
 
 
 @kernel

@@ -71,3 +71,29 @@ def test_int8_tiles_scale_each_column(rng):
     expected = (a.astype(np.float64) @ q.astype(np.float64)) * scale
     atol = tolerance("float32", magnitude=np.abs(expected).max() * np.sqrt(K))
     np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
+
+
+def test_fixed_tiles_pack_weights_that_never_change_once(rng):
+    # a quantized model's stored weights: read-only and owning their memory
+    from fastrnn.tiles import fixed_tiles
+
+    wt = rng.standard_normal((5, 70)).astype(np.float32)
+    assert fixed_tiles(wt) is None  # writeable: may be edited in place, never kept
+    assert fixed_tiles(np.ascontiguousarray(wt)[:, :64]) is None  # a view
+    wt.flags.writeable = False
+    p = fixed_tiles(wt)
+    assert p is fixed_tiles(wt) and not p.flags.writeable
+    fresh = np.zeros_like(p)
+    pack_tiles(wt, fresh)
+    np.testing.assert_array_equal(p, fresh)
+
+
+def test_bfloat16_tiles_are_packed_in_word_pairs():
+    # word i of each 16-column group: column i in its low half, column 8 + i in its high
+    bits = np.arange(64, dtype=np.uint16)[None, :]
+    p = np.empty((1, 1, 64), np.uint16)
+    pack_tiles(bits, p)
+    words = p[0, 0].view(np.uint32)
+    for g in range(4):
+        for i in range(8):
+            assert words[8 * g + i] == (16 * g + i) | ((16 * g + 8 + i) << 16)

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from .. import recurrence
-from ..tiles import tile_view
+from ..tiles import fixed_tiles, tile_view
 from . import driver
 from .cpu import BLAS_MIN_BATCH, CPU
 from .spec import Spec, suffix
@@ -143,7 +143,8 @@ def step_weights(spec, params, int8=None, batch=None):
     of the model's own memory (weights of another layout are copied here); for steps of
     one row (``batch`` 1) the weights are seen as column tiles where that pays
     (:func:`fastrnn.tiles.tile_view`: still views, so editing a model's weights in place
-    still changes its steps)."""
+    still changes its steps); a quantized model's, which never change, are packed in
+    tiles once (:func:`fastrnn.tiles.fixed_tiles`)."""
     layers = []
     for layer in range(spec.num_layers):
         w_ih, w_hh, b_ih, b_hh, w_hr = driver.layer_params(spec, params, layer, 0, CPU)
@@ -158,8 +159,10 @@ def step_weights(spec, params, int8=None, batch=None):
 
 
 def _as_tiles(w):
-    view = tile_view(w)
-    return w if view is None else view
+    tiles = fixed_tiles(w)
+    if tiles is None:
+        tiles = tile_view(w)
+    return w if tiles is None else tiles
 
 
 def step_scratch(spec, batch):

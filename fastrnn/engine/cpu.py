@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import recurrence, team, threads
 from ..linalg import gate_columns, gemm, numpy_gemm, use_gemm
-from ..tiles import pack_tiles, tile_width
+from ..tiles import fixed_tiles, pack_tiles, tile_width
 from .tape import Steps
 
 #: Batch size from which the per-step recurrent product goes through BLAS.
@@ -301,12 +301,16 @@ _TILES = threading.local()
 
 def _tiles(wt, T):
     """``wt`` (K, N), a float, bfloat16-bits or int8 matrix stored C-contiguous, packed for
-    :func:`fastrnn.tiles.tiles_product` in this thread's buffer of that shape (reused:
-    fresh memory costs a page fault per 4 KB); ``wt`` itself where packing does not pay
-    (fewer than ``TILES_MIN_STEPS`` steps) or does not apply (another layout: a
-    transposing pack costs more than it saves)."""
+    :func:`fastrnn.tiles.tiles_product`: once for good where ``wt`` never changes (a
+    quantized model's, :func:`~fastrnn.tiles.fixed_tiles`), else in this thread's buffer
+    of that shape (reused: fresh memory costs a page fault per 4 KB); ``wt`` itself where
+    packing does not pay (fewer than ``TILES_MIN_STEPS`` steps) or does not apply
+    (another layout: a transposing pack costs more than it saves)."""
     if T < TILES_MIN_STEPS or wt.dtype.kind not in "fui" or not wt.flags.c_contiguous:
         return wt  # (float weights, bfloat16 bits (uint16) or int8)
+    fixed = fixed_tiles(wt)
+    if fixed is not None:
+        return fixed
     W = tile_width(wt.dtype)
     shape = (-(-wt.shape[1] // W), wt.shape[0], W)
     kept = _TILES.__dict__.setdefault("buffers", {})
