@@ -128,15 +128,21 @@ class following:
         return False
 
 
+def current():
+    """How many threads a computation started here may use: this thread's
+    :class:`following` count, else :func:`get_num_threads`; 1 inside a piece of
+    :func:`run` (pieces never nest)."""
+    if inside():
+        return 1
+    return getattr(_LOCAL, "count", None) or get_num_threads()
+
+
 def split(rows, min_rows, threads=None):
     """``rows`` cut into at most ``threads`` contiguous ``(start, stop)`` ranges of at
     least ``min_rows`` each, as even as possible; one range inside a piece of :func:`run`
     (pieces never nest). ``threads`` defaults to this thread's :class:`following` count,
     else :func:`get_num_threads`."""
-    if threads is None:
-        threads = getattr(_LOCAL, "count", None) or get_num_threads()
-    if inside():
-        threads = 1
+    threads = current() if threads is None or inside() else threads
     k = max(1, min(threads, rows // max(min_rows, 1)))
     bounds = [rows * i // k for i in range(k + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(k)]

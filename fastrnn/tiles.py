@@ -23,11 +23,11 @@ import weakref
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._jit import kernel
+from ._jit import KERNEL_OPTIONS, kernel
 from .linalg import matmul_nn_acc, product_t
 
 #: SIMD vectors of sums a tile keeps in registers (8 of 16 AVX2 registers: enough
@@ -58,6 +58,22 @@ def _splat(builder, value, lanes):
     one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, _const(0, 32))
     return builder.shuffle_vector(
         one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    )
+
+
+def _vector_functions(builder, vec, name, mask_type):
+    """LLVM's fused multiply-add, masked load and masked store of vectors ``vec``."""
+    i32, ptr_type = ir.IntType(32), vec.as_pointer()
+    return (
+        cgutils.get_or_insert_function(builder.module, ir.FunctionType(*sig), llvm_name)
+        for llvm_name, sig in (
+            (f"llvm.fma.{name}", (vec, [vec, vec, vec])),
+            (f"llvm.masked.load.{name}.p0{name}", (vec, [ptr_type, i32, mask_type, vec])),
+            (
+                f"llvm.masked.store.{name}.p0{name}",
+                (ir.VoidType(), [vec, ptr_type, i32, mask_type]),
+            ),
+        )
     )
 
 
@@ -102,18 +118,8 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
         vec = ir.VectorType(context.get_data_type(dtype), lanes)
         name = f"v{lanes}f{dtype.bitwidth}"
         mask_type = ir.VectorType(ir.IntType(1), lanes)
-        i32, ptr_type = ir.IntType(32), vec.as_pointer()
-        fma, masked_load, masked_store = (
-            cgutils.get_or_insert_function(builder.module, ir.FunctionType(*sig), llvm_name)
-            for llvm_name, sig in (
-                (f"llvm.fma.{name}", (vec, [vec, vec, vec])),
-                (f"llvm.masked.load.{name}.p0{name}", (vec, [ptr_type, i32, mask_type, vec])),
-                (
-                    f"llvm.masked.store.{name}.p0{name}",
-                    (ir.VoidType(), [vec, ptr_type, i32, mask_type]),
-                ),
-            )
-        )
+        ptr_type = vec.as_pointer()
+        fma, masked_load, masked_store = _vector_functions(builder, vec, name, mask_type)
         K = builder.extract_value(xa.shape, 1)
         N = builder.extract_value(oa.shape, 1)
         W = builder.extract_value(pa.shape, 2)
@@ -335,16 +341,28 @@ def tiles_product(a, p, scale, out, add, back):
 
 
 def recurrent_product(a, w, scale, out, s):
-    """``out[:] = a @ w`` at step ``s`` of a loop (in kernels): :func:`tiles_product`,
-    alternating direction with ``s``, when ``w`` is packed (3-D), else
-    :func:`~fastrnn.linalg.product_t` on ``w`` as stored (with its int8 ``scale``)."""
+    """``out[:] = a @ w`` at step ``s`` of a loop (in kernels), alternating direction with
+    ``s`` where ``w`` is packed (3-D): :func:`fastrnn.tile_gemm.tiles_gemm` for more than
+    one row over float panels, else :func:`tiles_product`; unpacked ``w`` through
+    :func:`~fastrnn.linalg.product_t` as stored (with its int8 ``scale``)."""
     raise NotImplementedError("recurrent_product is only for compiled kernels")
+
+
+def _packed_product(w, add):
+    """The product over packed ``w`` (3-D) at a loop step, ``product(a, w, scale, out,
+    s)``, as :func:`recurrent_product` (``add`` False) and :func:`backward_product`
+    (True, ``scale`` None) choose it."""
+    if not isinstance(w.dtype, types.Float):
+        return lambda a, w, scale, out, s: tiles_product(a, w, scale, out, add, s % 2 == 1)
+    from .tile_gemm import panel_gemm  # (it builds on this module)
+
+    return panel_gemm(w.dtype.bitwidth // 8, add)
 
 
 @overload(recurrent_product)
 def _recurrent_product_overload(a, w, scale, out, s):
     if isinstance(w, types.Array) and w.ndim == 3:
-        return lambda a, w, scale, out, s: tiles_product(a, w, scale, out, False, s % 2 == 1)
+        return _packed_product(w, False)
     return lambda a, w, scale, out, s: product_t(a, w, scale, out)
 
 
@@ -357,5 +375,6 @@ def backward_product(a, w, out, s):
 @overload(backward_product)
 def _backward_product_overload(a, w, out, s):
     if isinstance(w, types.Array) and w.ndim == 3:
-        return lambda a, w, out, s: tiles_product(a, w, None, out, True, s % 2 == 1)
+        product = njit(_packed_product(w, True), **KERNEL_OPTIONS)
+        return lambda a, w, out, s: product(a, w, None, out, s)
     return lambda a, w, out, s: matmul_nn_acc(a, w, out)

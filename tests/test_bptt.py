@@ -63,6 +63,19 @@ def test_gradients_match_torch_with_packed_tiles(kind, dtype, rng):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
+def test_gradients_match_torch_with_packed_panels(kind, dtype, rng):
+    # more rows: the recurrent products run on packed panels both ways
+    # (``fastrnn.tile_gemm``), a few rows over enough steps and a batch of
+    # BLAS_MIN_PIECE rows or more (whose input projection is made step by step); H=20
+    # leaves a partial last panel for GRU and RNN, B=3 and 33 partial blocks of rows
+    T = cpu.TILES_MIN_STEPS + 1
+    check_grads(kind, dtype, rng, T=T, B=3, I=6, H=20, num_layers=2, bidirectional=True)
+    B = cpu.BLAS_MIN_PIECE + 1
+    check_grads(kind, dtype, rng, T=4, B=B, I=6, H=20, num_layers=2, with_lengths=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_gradients_match_torch_on_every_backend(kind, dtype, rng, backend):
     """Outputs, states and every gradient on the CPU and on CUDA (arrays on the device)."""
     T, B, I, H = backend.sizes

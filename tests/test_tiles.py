@@ -97,3 +97,34 @@ def test_bfloat16_tiles_are_packed_in_word_pairs():
     for g in range(4):
         for i in range(8):
             assert words[8 * g + i] == (16 * g + i) | ((16 * g + 8 + i) << 16)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("M, K, N", [(13, 300, 70), (2, 5, 16), (6, 1, 3), (1, 40, 33)])
+def test_panel_gemm_matches_numpy_and_each_row_is_independent_of_the_others(
+    M, K, N, dtype, rng
+):
+    # blocks of 6, 4, 2 and 1 rows; more than GEMM_DEPTH of k; a partial last panel
+    # (masked: the columns past N are untouched); accumulating, and either direction
+    from fastrnn.tile_gemm import GEMM_DEPTH, panel_width, tiles_gemm
+
+    assert GEMM_DEPTH < 300
+    a = rng.standard_normal((M, K)).astype(dtype)
+    wt = rng.standard_normal((K, N)).astype(dtype)
+    V = panel_width(np.dtype(dtype))
+    p = np.full((-(-N // V), K, V), np.nan, dtype)
+    pack_tiles(wt, p)
+    buf = np.full(M * N + 16, 7, dtype)
+    out = buf[: M * N].reshape(M, N)
+    tiles_gemm(a, p, out, False, False)
+    np.testing.assert_array_equal(buf[M * N :], 7)
+    expected = a.astype(np.float64) @ wt.astype(np.float64)
+    atol = tolerance(dtype, magnitude=np.sqrt(K))
+    np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
+    again = np.ones((M, N), dtype)
+    tiles_gemm(a, p, again, True, True)
+    np.testing.assert_allclose(again, expected + 1, rtol=0, atol=atol)
+    for r in range(M):  # a row alone gets the same bits as in the block it was part of
+        alone = np.empty((1, N), dtype)
+        tiles_gemm(a[r : r + 1].copy(), p, alone, False, r % 2 == 1)
+        np.testing.assert_array_equal(alone[0], out[r])

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import recurrence, team, threads
 from ..linalg import gate_columns, gemm, numpy_gemm, use_gemm
+from ..tile_gemm import panel_width
 from ..tiles import fixed_tiles, pack_tiles, tile_width
 from .tape import Steps
 
@@ -67,14 +68,19 @@ class Projection(NamedTuple):
         return gemm(self.X, self.w_ih.T).reshape(self.shape)
 
 
-def _computed(gx):
-    """``gx`` as an array (a :class:`Projection` computed)."""
-    return gx.compute() if isinstance(gx, Projection) else gx
-
-
 def _rows(a, b0, b1):
     """Rows ``b0:b1`` of the batch axis (axis 1) of ``a`` as a new contiguous array."""
     return np.ascontiguousarray(a[:, b0:b1])
+
+
+def _piece_rows(gx, b0, b1):
+    """Rows ``b0:b1`` of ``gx`` (T, B, G·H): of the array, or of a :class:`Projection`'s
+    input (a projection of those rows, still to be computed)."""
+    if not isinstance(gx, Projection):
+        return _rows(gx, b0, b1)
+    T, B, GH = gx.shape
+    X = _rows(gx.X.reshape(T, B, -1), b0, b1)
+    return Projection(X.reshape(T * (b1 - b0), -1), gx.w_ih, (T, b1 - b0, GH))
 
 
 def _placeholder(dtype):
@@ -156,8 +162,7 @@ class CPUBackend:
                 and int8 is None
                 and _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse)
             )
-            if not teamed:  # (a deferred projection is computed here, whole)
-                gx = _computed(gx)
+            if not teamed:  # (a deferred projection is computed in there)
                 _recurrence(
                     spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, steps, int8
                 )
@@ -165,18 +170,20 @@ class CPUBackend:
                 y[...] = out
             return
 
-        gx = _computed(gx)
+        if isinstance(gx, Projection) and min(b1 - b0 for b0, b1 in pieces) < BLAS_MIN_PIECE:
+            gx = gx.compute()  # (whole: BLAS rounds a row differently in fewer rows)
 
         def piece(b0, b1):
-            # A contiguous copy of the piece's rows; the state rows are views (updated
-            # in place); outputs and tape rows are copied back.
+            # A contiguous copy of the piece's rows (of the input, for a projection each
+            # piece makes step by step); the state rows are views (updated in place);
+            # outputs and tape rows are copied back.
             part = None
             if steps is not None:
                 part = Steps(*(np.empty((a.shape[0], b1 - b0, a.shape[2]), a.dtype) for a in steps))
             out = np.empty((y.shape[0], b1 - b0, y.shape[2]), y.dtype)
             with use_gemm(numpy_gemm):
                 _recurrence(
-                    spec, _rows(gx, b0, b1), w_hh, b_ih, b_hh, w_hr, h[b0:b1], c[b0:b1], out,
+                    spec, _piece_rows(gx, b0, b1), w_hh, b_ih, b_hh, w_hr, h[b0:b1], c[b0:b1], out,
                     lengths[b0:b1], reverse, part, int8,
                 )  # fmt: skip
             y[:, b0:b1] = out
@@ -303,18 +310,54 @@ def _tiles(wt, T):
     """``wt`` (K, N), a float, bfloat16-bits or int8 matrix stored C-contiguous, packed for
     :func:`fastrnn.tiles.tiles_product`: once for good where ``wt`` never changes (a
     quantized model's, :func:`~fastrnn.tiles.fixed_tiles`), else in this thread's buffer
-    of that shape (reused: fresh memory costs a page fault per 4 KB); ``wt`` itself where
-    packing does not pay (fewer than ``TILES_MIN_STEPS`` steps) or does not apply
-    (another layout: a transposing pack costs more than it saves)."""
+    of that shape (:func:`_pack`); ``wt`` itself where packing does not pay (fewer than
+    ``TILES_MIN_STEPS`` steps) or does not apply (another layout: a transposing pack
+    costs more than it saves)."""
     if T < TILES_MIN_STEPS or wt.dtype.kind not in "fui" or not wt.flags.c_contiguous:
         return wt  # (float weights, bfloat16 bits (uint16) or int8)
     fixed = fixed_tiles(wt)
-    if fixed is not None:
-        return fixed
-    W = tile_width(wt.dtype)
+    return fixed if fixed is not None else _pack(wt, tile_width(wt.dtype))
+
+
+def _panels(wt, T, B, role="w_hh"):
+    """``wt`` (K, N), float weights in any layout, packed in panels for the products of
+    ``B`` > 1 rows (:func:`fastrnn.tile_gemm.tiles_gemm`), or ``wt`` itself where that
+    does not pay: a few rows for a few steps (a pack reads and writes the weights once,
+    about a product of 8 rows)."""
+    if wt.dtype.kind != "f" or (B < BLAS_MIN_BATCH and T < TILES_MIN_STEPS):
+        return wt
+    return _pack(wt, panel_width(wt.dtype), role)
+
+
+def _step_projection(gx, T, B, int8):
+    """``(gx, x_proj)`` for the sequence loop: a :class:`Projection` of ``B`` rows as a
+    one-step buffer and ``(X, W_ih^T in panels)``, to be computed one step at a time
+    inside the recurrence (from ``BLAS_MIN_PIECE`` rows on one thread, see
+    ``recurrence._sequence``), else computed now (x_proj None): a recurrence alone on
+    more threads leaves them to the whole projection (a batch-32 training step on two
+    threads here: 54.5 ms step by step, 51.0 ms whole)."""
+    if not isinstance(gx, Projection):
+        return gx, None
+    X = gx.X
+    if (
+        B < BLAS_MIN_PIECE
+        or threads.current() > 1
+        or int8 is not None
+        or X.dtype.kind != "f"
+        or not X.flags.c_contiguous
+    ):
+        return gx.compute(), None
+    x_proj = (X.reshape(T, B, X.shape[1]), _panels(gx.w_ih.T, T, B, "w_ih"))
+    return np.empty((1, B, gx.shape[2]), X.dtype), x_proj
+
+
+def _pack(wt, W, role="w_hh"):
+    """``wt`` (K, N) packed in tiles of ``W`` columns (:func:`fastrnn.tiles.pack_tiles`)
+    in this thread's buffer of that shape for that ``role`` (reused: fresh memory costs
+    a page fault per 4 KB; the ``TILES_KEPT`` most recent are kept)."""
     shape = (-(-wt.shape[1] // W), wt.shape[0], W)
     kept = _TILES.__dict__.setdefault("buffers", {})
-    key = (shape, wt.dtype.str)
+    key = (shape, wt.dtype.str, role)
     p = kept.pop(key, None)
     if p is None:
         p = np.empty(shape, wt.dtype)
@@ -327,6 +370,7 @@ def _tiles(wt, T):
 
 def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, steps, int8):
     T, B, GH = gx.shape
+    gx, x_proj = _step_projection(gx, T, B, int8)
     kern = spec.kernels
     H, P, dtype = spec.hidden_size, h.shape[1], gx.dtype
     gh = np.empty((B, GH), dtype)
@@ -337,14 +381,20 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
     tape_gates, tape_h, tape_c = (None, None, None) if steps is None else steps
     if tape_c is not None and tape_c.shape[0] == 0:
         tape_c = None
-    if B < BLAS_MIN_BATCH:
+    if int8 is not None:  # (quantized: stored weights, their scales; tiles at batch 1)
+        w_t, s_hh = int8
+        w_t = _tiles(w_t, T) if B == 1 else w_t
+    elif B == 1:
         # The per-step product reads W_hh as it is stored: the models' column-major
         # weights as rows of the transpose, a row-major one (a torch parameter's) by its
         # rows through the transposed view (``linalg.product_t``); others are copied.
         w_t = w_hh.T if w_hh.flags.c_contiguous else np.ascontiguousarray(w_hh.T)
-        w_t, s_hh = int8 if int8 is not None else (w_t, None)
-        if B == 1:
-            w_t = _tiles(w_t, T)
+        w_t, s_hh = _tiles(w_t, T), None
+    else:  # more rows: packed panels (from any layout) where they pay
+        w_t, s_hh = _panels(w_hh.T, T, B), None
+        if w_t.ndim == 2 and not (w_t.flags.c_contiguous or w_hh.flags.c_contiguous):
+            w_t = np.ascontiguousarray(w_t)
+    if B < BLAS_MIN_BATCH or w_t.ndim == 3:
         recurrence.LOOPS[kern].sequence(
             gx,
             recurrence.RecurrentWeights(w_t, s_hh, b_ih, b_hh, w_hr),
@@ -358,9 +408,10 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
             tape_gates,
             tape_h,
             tape_c,
+            x_proj,
         )
         return
-    w_hh_t = w_hh.T
+    w_hh_t = w_hh.T  # (a quantized model's batch: BLAS over the values its weights stand for)
     for s in range(T):
         t = T - 1 - s if reverse else s
         if tape_h is not None:
@@ -402,11 +453,16 @@ def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
     dm = np.empty((B, H), dtype)
     if c_prev.shape[0] == 0:
         c_prev = _placeholder(dtype)
-    if B < BLAS_MIN_BATCH:
-        w_rows = np.ascontiguousarray(w_hh)  # rows of W_hh (the models store it column-major)
+    w_rows = None
+    if B > 1:
+        w_rows = _panels(w_hh, T, B)
+    if B < BLAS_MIN_BATCH or w_rows.ndim == 3:
+        if w_rows is None or w_rows.ndim == 2:
+            w_rows = np.ascontiguousarray(w_hh)  # (the models store it column-major)
+            w_rows = _tiles(w_rows, T) if B == 1 else w_rows
         recurrence.LOOPS[kern].backward_sequence(
             (gates, h_prev, c_prev),
-            _tiles(w_rows, T) if B == 1 else w_rows,
+            w_rows,
             w_hr,
             lengths,
             reverse,
