@@ -128,3 +128,14 @@ def test_panel_gemm_matches_numpy_and_each_row_is_independent_of_the_others(
         alone = np.empty((1, N), dtype)
         tiles_gemm(a[r : r + 1].copy(), p, alone, False, r % 2 == 1)
         np.testing.assert_array_equal(alone[0], out[r])
+
+
+@pytest.mark.parametrize("dtype, W", [("float32", 16), ("float32", 64), ("uint16", 64)])
+def test_a_transposed_row_major_matrix_packs_as_its_copy(dtype, W, rng):
+    # a torch parameter (N, K) seen as (K, N): packed from its rows (``_pack_columns``)
+    w = (rng.standard_normal((70, 9)) * 100).astype(dtype)
+    expected = np.full((-(-70 // W), 9, W), 1, dtype)
+    pack_tiles(np.ascontiguousarray(w.T), expected)
+    p = np.full_like(expected, 2)
+    pack_tiles(w.T, p)
+    np.testing.assert_array_equal(p, expected)
