@@ -1,8 +1,9 @@
 """The CPU backend: NumPy arrays, Numba kernels, the current GEMM (``fastrnn.linalg``).
 
-For small batches a layer-direction's whole recurrence runs inside one Numba kernel
-(``recurrence.LOOPS``); from ``BLAS_MIN_BATCH`` rows up the per-step recurrent product
-is large enough that BLAS wins, so a Python loop calls the GEMM and the fused cell step.
+A layer-direction's whole recurrence runs inside one Numba kernel (``recurrence.LOOPS``),
+its per-step product over ``W_hh`` packed in tiles at batch 1 (``fastrnn.tiles``) or in
+panels from two rows (``fastrnn.tile_gemm``), where packing pays; a quantized model's
+batch of ``BLAS_MIN_BATCH`` rows or more calls BLAS per step from a Python loop.
 """
 
 import threading
@@ -16,12 +17,16 @@ from ..tile_gemm import panel_width
 from ..tiles import fixed_tiles, pack_tiles, tile_width
 from .tape import Steps
 
-#: Batch size from which the per-step recurrent product goes through BLAS.
+#: Batch size from which the per-step product runs on packed panels however short the
+#: sequence (a quantized model's: BLAS per step), and from which a batch is split in
+#: pieces of ``BLAS_MIN_PIECE`` rows.
 BLAS_MIN_BATCH = 16
 #: Fewest batch rows worth a thread of their own below ``BLAS_MIN_BATCH``.
 MIN_THREAD_ROWS = 4
-#: Fewest rows of a piece that calls BLAS per step: the per-step product loses so much
-#: on fewer rows that two 16-row pieces of a 32-row batch trained slower than one thread
+#: Fewest rows of a piece of a batch of ``BLAS_MIN_BATCH`` rows or more (and of a
+#: recurrence that makes its input projection step by step, ``_step_projection``): the
+#: per-step product (then BLAS) lost so much on fewer rows that two 16-row pieces of a
+#: 32-row batch trained slower than one thread
 #: (through the bridge on two cores here, T=50, H=256: LSTM 128 vs 102 ms, GRU 98 vs
 #: 79 ms, RNN 53 vs 40 ms); such a batch keeps one recurrence and splits its large
 #: products (input projection, weight gradients) instead.
@@ -48,10 +53,10 @@ TILES_KEPT = 4
 def batch_pieces(B):
     """The row ranges a (·, B, ·) recurrence is split into, one per thread.
 
-    A piece never crosses ``BLAS_MIN_BATCH``, so every row takes the same path (the
-    kernel loop, or BLAS per step) whatever the split: bit-identical results in the
-    kernel loop; through BLAS, a product of fewer rows may round differently (float32,
-    about 1e-6 relative; see docs/performance.md, "Threads").
+    The recurrence's products give a row the same bits whatever the split (panels, or
+    the kernel loop's row products); a projection or weight-gradient product that BLAS
+    computes over fewer rows may round differently (float32, about 1e-6 relative; see
+    docs/performance.md, "Threads").
     """
     return threads.split(B, BLAS_MIN_PIECE if B >= BLAS_MIN_BATCH else MIN_THREAD_ROWS)
 
