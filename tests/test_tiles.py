@@ -101,9 +101,7 @@ def test_bfloat16_tiles_are_packed_in_word_pairs():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("M, K, N", [(13, 300, 70), (2, 5, 16), (6, 1, 3), (1, 40, 33)])
-def test_panel_gemm_matches_numpy_and_each_row_is_independent_of_the_others(
-    M, K, N, dtype, rng
-):
+def test_panel_gemm_matches_numpy_and_each_row_is_independent_of_the_others(M, K, N, dtype, rng):
     # blocks of 6, 4, 2 and 1 rows; more than GEMM_DEPTH of k; a partial last panel
     # (masked: the columns past N are untouched); accumulating, and either direction
     from fastrnn.tile_gemm import GEMM_DEPTH, panel_width, tiles_gemm
