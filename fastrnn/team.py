@@ -137,7 +137,7 @@ def run(tasks, bar):
                 bar[2] = 1  # the others leave the barrier
                 raise
 
-        threads.run(guarded, [(task,) for task in tasks])
+        threads.run(guarded, [(task,) for task in tasks], hold=True)
         return True
     finally:
         _BUSY.release()

@@ -174,10 +174,10 @@ def test_a_team_matches_torch_and_one_thread(kind, B, rng, four_cpus, monkeypatc
     not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
     reason="needs two CPUs to run on",
 )
-def test_pieces_and_team_members_are_held_on_cpus_of_their_own_while_they_run():
-    """Left to the scheduler, two pieces (or team members, which wait for each other
-    every step) were put on one CPU here for whole calls (docs/performance.md); the
-    caller's own affinity comes back afterwards, also when a piece fails."""
+def test_team_members_are_held_on_cpus_of_their_own_while_they_run():
+    """Left to the scheduler, two team members (which wait for each other every step)
+    were put on one CPU here for whole calls (docs/performance.md); the caller's own
+    affinity comes back afterwards, also when a member fails."""
     from fastrnn import team
 
     before = os.sched_getaffinity(0)
@@ -190,7 +190,7 @@ def test_pieces_and_team_members_are_held_on_cpus_of_their_own_while_they_run():
         raise RuntimeError("piece failed")
 
     for run in (
-        lambda: threads.run(piece, [(0,), (1,)]),
+        lambda: threads.run(piece, [(0,), (1,)], hold=True),
         lambda: team.run([piece, piece], np.zeros(3, np.int64)),
     ):
         seen.clear()
@@ -199,7 +199,7 @@ def test_pieces_and_team_members_are_held_on_cpus_of_their_own_while_they_run():
         assert seen[0] != seen[1] and seen[0] | seen[1] <= before
         assert os.sched_getaffinity(0) == before
     with pytest.raises(RuntimeError, match="piece failed"):
-        threads.run(failing, [(0,), (1,)])
+        threads.run(failing, [(0,), (1,)], hold=True)
     with pytest.raises(RuntimeError, match="piece failed"):
         team.run([failing, piece], np.zeros(3, np.int64))
     assert os.sched_getaffinity(0) == before
