@@ -46,8 +46,10 @@ TEAM_MIN_SEQUENCE = 1 << 24
 #: (``fastrnn.tiles``): packing costs about three products (68 us for 1 MB here), each
 #: step then saves a quarter to a third of one.
 TILES_MIN_STEPS = 12
-#: Packed weights kept per thread (the most recent shapes).
-TILES_KEPT = 4
+#: Packing buffers kept per thread (the most recent shapes and roles: a two-layer
+#: training step uses up to six, tiles or panels of W_hh forward and backward and panels
+#: of each layer's W_ih).
+TILES_KEPT = 8
 
 
 def batch_pieces(B):
