@@ -625,3 +625,29 @@ def test_cell_plain_calls_take_the_short_path(kind):
         declined.append((x, [h, h]))  # a list, not a tuple: torch.nn's checks decide
     for args in declined:
         assert m._plain_step(*args) is None
+
+
+def test_bench_settles_until_a_peers_spinning_threads_stop():
+    """A peer's pool spinning after its call (onnxruntime's for about 55 ms here) must be
+    idle before the next engine is timed: ``settle`` waits while another thread runs."""
+    import threading
+    import time
+
+    from fastrnn_torch import bench
+
+    stop = time.perf_counter() + 0.15
+
+    def spin():
+        while time.perf_counter() < stop:
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    time.sleep(0.01)
+    assert bench._others_running()
+    bench.settle()
+    assert time.perf_counter() >= stop - 0.01  # (it waited for the spinner)
+    spinner.join()
+    start = time.perf_counter()
+    bench.settle()
+    assert time.perf_counter() - start < bench.SETTLE_MAX

@@ -170,6 +170,36 @@ def test_a_team_matches_torch_and_one_thread(kind, B, rng, four_cpus, monkeypatc
     np.testing.assert_allclose(y2, y1, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("weights", ["int8", "bfloat16"])
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_a_team_runs_quantized_weights_as_one_thread_does(
+    kind, weights, B, rng, four_cpus, monkeypatch
+):
+    """Each member packs its columns of the stored weights (and of the int8 scales)."""
+    from fastrnn import team
+
+    teams = []
+    run = team.run
+    monkeypatch.setattr(team, "run", lambda tasks, bar: teams.append(len(tasks)) or run(tasks, bar))
+    gates = {"LSTM": 4, "GRU": 3}[kind]
+    H = 1
+    while gates * H * H < engine.cpu.TEAM_MIN_WORK:
+        H *= 2
+    T = -(-engine.cpu.TEAM_MIN_SEQUENCE // (gates * H * H))
+    q = getattr(fastrnn, kind)(8, H).quantize(weights)
+    x = rng.standard_normal((T, B, 8)).astype(np.float32)
+    fastrnn.set_num_threads(1)
+    y1, s1 = q(x)
+    fastrnn.set_num_threads(2)
+    y2, s2 = q(x)
+    assert teams == [2]
+    # the same sums, the member's kernel compiled apart (see the float test above)
+    np.testing.assert_allclose(y2, y1, rtol=1e-6, atol=1e-6)
+    for a, b in zip(flat_state(s2), flat_state(s1)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.skipif(
     not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
     reason="needs two CPUs to run on",

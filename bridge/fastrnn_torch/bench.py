@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -44,22 +45,53 @@ class Result:
         return self.times[engine] / self.times["fastrnn"]
 
 
-#: Seconds to wait before timing an engine on more than one core: the previous
-#: engine's idle threads (onnxruntime's and OpenMP's pools spin after each call) must
-#: not steal the cores of the next.
+#: Seconds to wait before timing an engine on more than one core, at least, and at most
+#: while another thread of this process is still running: the previous engine's idle
+#: threads must not steal the cores of the next. Measured here after a call:
+#: onnxruntime's pool spins for about 55 ms, torch's OpenMP threads about 6 ms.
 SETTLE = 0.05
+SETTLE_MAX = 0.5
+
+
+def _others_running():
+    """Whether a thread of this process other than the caller is running (Linux:
+    ``/proc/self/task/*/stat``); False where that cannot be told."""
+    me = str(threading.get_native_id())
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return False
+    for task in tasks:
+        if task == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/stat") as f:
+                if f.read().rsplit(") ", 1)[1].startswith("R"):
+                    return True
+        except (OSError, IndexError):
+            continue
+    return False
+
+
+def settle():
+    """Wait :data:`SETTLE` seconds, then until no other thread of this process is
+    running (a peer's pool has stopped spinning), :data:`SETTLE_MAX` at most."""
+    time.sleep(SETTLE)
+    deadline = time.perf_counter() + SETTLE_MAX - SETTLE
+    while _others_running() and time.perf_counter() < deadline:
+        time.sleep(0.005)
 
 
 def engine_times(fns, repeats, min_time=0.03):
     """Median per-call seconds of each engine (name -> call) over ``repeats`` rounds
     in which the engines take turns, each timing enough calls to last ``min_time``:
     drift on a noisy machine hits every engine alike. On more than one core each turn
-    waits :data:`SETTLE` first, so a peer's spinning thread pool is idle."""
-    settle = len(os.sched_getaffinity(0)) > 1
+    first waits (:func:`settle`), so a peer's spinning thread pool is idle."""
+    multi = len(os.sched_getaffinity(0)) > 1
     numbers = {}
     for name, fn in fns.items():  # warm up, then calls per timing
-        if settle:
-            time.sleep(SETTLE)
+        if multi:
+            settle()
         fn()
         start, n = time.perf_counter(), 0
         while time.perf_counter() - start < min_time / 5:
@@ -69,8 +101,8 @@ def engine_times(fns, repeats, min_time=0.03):
     samples = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if settle:
-                time.sleep(SETTLE)
+            if multi:
+                settle()
             number = numbers[name]
             start = time.perf_counter()
             for _ in range(number):

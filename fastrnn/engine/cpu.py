@@ -164,10 +164,8 @@ class CPUBackend:
         pieces = batch_pieces(gx.shape[1])
         if len(pieces) == 1:
             out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
-            teamed = (
-                steps is None
-                and int8 is None
-                and _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse)
+            teamed = steps is None and _team_recurrence(
+                spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, int8
             )
             if not teamed:  # (a deferred projection is computed in there)
                 _recurrence(
@@ -239,12 +237,14 @@ def _team_buffer(start, role, shape, dtype):
     return found
 
 
-def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse):
+def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, int8):
     """An inference recurrence of a few rows on a team of threads split by hidden units
     (:mod:`fastrnn.team`). False, having done nothing, where a team does not apply: one
     thread, a batch for BLAS, projection, a shortened row, little work per step and row,
-    a busy team. Each member packs its own slice of the weights (in parallel) and, given
-    a :class:`Projection`, computes its own gate columns of the input projection."""
+    a busy team. Each member packs its own slice of the weights (in parallel; a
+    quantized model's stored ones with their scales, ``int8`` as in
+    :meth:`CPUBackend.recurrence`) and, given a :class:`Projection`, computes its own
+    gate columns of the input projection."""
     T, B, GH = gx.shape
     H = spec.hidden_size
     G = GH // H
@@ -273,18 +273,24 @@ def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
         def member(start=start, stop=stop, nu=nu, h_own=h_own, c_own=c_own):
             def own(a, role):  # the member's columns of every gate, side by side (a copy)
                 rows = a.reshape(-1, a.shape[-1])
-                out = _team_buffer(start, role, (rows.shape[0], G * nu), dtype)
+                out = _team_buffer(start, role, (rows.shape[0], G * nu), a.dtype)
                 gate_columns(rows, start, stop, G, H, out)
                 return out.reshape(*a.shape[:-1], G * nu)
 
-            w_own = own(w_hh_t, "w_hh")
+            stored, scales = (w_hh_t, None) if int8 is None else int8
+            w_own = own(stored, "w_hh")
             if B == 1:  # in tiles (``fastrnn.tiles``), from this member's core's cache
-                W = tile_width(dtype)
-                tiles = _team_buffer(start, "w_tiles", (-(-G * nu // W), H, W), dtype)
+                W = tile_width(w_own.dtype)
+                shape = (-(-G * nu // W), H, W)
+                tiles = _team_buffer(start, "w_tiles", shape, w_own.dtype)
                 pack_tiles(w_own, tiles)
                 w_own = tiles
             weights = recurrence.RecurrentWeights(
-                w_own, None, own(b_ih, "b_ih"), own(b_hh, "b_hh"), None
+                w_own,
+                None if scales is None else own(scales, "scales"),
+                own(b_ih, "b_ih"),
+                own(b_hh, "b_hh"),
+                None,
             )
             scratch = recurrence.Scratch(
                 np.empty((B, G * nu), dtype), np.empty((B, nu), dtype), np.empty((B, nu), dtype)
