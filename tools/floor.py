@@ -66,14 +66,23 @@ def _reader(*weights):
 
 
 def _median_seconds(fn, repeats, calls):
-    fn()
-    runs = []
+    return _interleaved({"fn": (fn, calls)}, repeats)["fn"]
+
+
+def _interleaved(fns, repeats):
+    """Median seconds per call of each ``name -> (fn, calls)``, the functions taking
+    turns round by round (this VM's speed drifts from minute to minute: a floor
+    measured apart from the call it bounds could land in another phase)."""
+    for fn, _ in fns.values():
+        fn()
+    runs = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        runs.append((time.perf_counter() - start) / calls)
-    return statistics.median(runs)
+        for name, (fn, calls) in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            runs[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(seen) for name, seen in runs.items()}
 
 
 def _gemm_rate(repeats):
@@ -99,14 +108,19 @@ def rows(hidden, repeats):
         def advance(m=m, x=x, state=state):
             _, state[0] = m.step(x[0], state[0])
 
-        step = _median_seconds(advance, repeats, 200)
-        read = _median_seconds(_reader(w_ih_t, w_hh_t), repeats, 200)
-        out.append((f"{cell:5} step B=1 H={hidden}", read, step))
-
-        seq = _median_seconds(lambda m=m, x=x: m(x), repeats, 5)
-        recurrent = _median_seconds(_reader(w_hh_t), repeats, 200)
         projection = T * w_ih_t.shape[0] * w_ih_t.shape[1] / rate
-        out.append((f"{cell:5} seq T={T} B=1 H={hidden}", T * recurrent + projection, seq))
+        times = _interleaved(
+            {
+                "step": (advance, 200),
+                "read step": (_reader(w_ih_t, w_hh_t), 200),
+                "seq": (lambda m=m, x=x: m(x), 5),
+                "read recurrent": (_reader(w_hh_t), 200),
+            },
+            repeats,
+        )
+        out.append((f"{cell:5} step B=1 H={hidden}", times["read step"], times["step"]))
+        floor = T * times["read recurrent"] + projection
+        out.append((f"{cell:5} seq T={T} B=1 H={hidden}", floor, times["seq"]))
     return out, rate
 
 
