@@ -13,7 +13,16 @@ from numba import types
 from numba.extending import intrinsic
 
 from ._jit import kernel
-from .tiles import VECTOR_BYTES, _const, _splat, _vector_functions, tiles_product
+from .tiles import (
+    VECTOR_BYTES,
+    _close_loop,
+    _const,
+    _lane_masks,
+    _splat,
+    _store_sums,
+    _vector_functions,
+    tiles_product,
+)
 
 #: Rows of ``a`` per block of :func:`tiles_gemm` (6 rows by 2 vectors: 12 of the 16 AVX2
 #: registers hold sums, as in BLIS's Haswell kernel), and the reach in ``k`` of a pass (a
@@ -51,7 +60,8 @@ def _block_product(typingctx, a, r0, rows, p, t, c, k0, k1, out, add):
         name = f"v{lanes}f{dtype.bitwidth}"
         mask_type = ir.VectorType(ir.IntType(1), lanes)
         ptr_type = vec.as_pointer()
-        fma, masked_load, masked_store = _vector_functions(builder, vec, name, mask_type)
+        functions = _vector_functions(builder, vec, name, mask_type)
+        fma = functions[0]
         K = builder.extract_value(aa.shape, 1)
         N = builder.extract_value(oa.shape, 1)
         W = builder.extract_value(pa.shape, 2)
@@ -92,51 +102,21 @@ def _block_product(typingctx, a, r0, rows, p, t, c, k0, k1, out, add):
         for i in range(R):
             x = _splat(builder, builder.load(builder.gep(a_rows[i], [k])), lanes)
             updated += [builder.call(fma, [x, w, sums[2 * i + v]]) for v, w in enumerate(weights)]
-        k_next = builder.add(k, _const(1))
-        last = builder.block
-        k.add_incoming(k_next, last)
-        for v, u in zip(sums, updated):
-            v.add_incoming(u, last)
-        builder.cbranch(builder.icmp_signed("<", k_next, k1), loop, done)
-
-        builder.position_at_end(done)
-        totals = []
-        for u in updated:
-            total = builder.phi(vec)
-            total.add_incoming(zero, entry)
-            total.add_incoming(u, last)
-            totals.append(total)
+        totals = _close_loop(builder, entry, loop, done, k, sums, updated, k1)
         c0 = builder.add(builder.mul(t, W), c)
         n_valid = builder.sub(N, c0)
-        lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
-        limit = _splat(builder, n_valid, lanes)
-        masks = [
-            builder.icmp_signed(
-                "<", builder.add(lane_ids, _splat(builder, _const(v * lanes), lanes)), limit
-            )
-            for v in range(2)
-        ]
+        masks = _lane_masks(builder, n_valid, lanes, 2)
         full = builder.icmp_signed(">=", n_valid, _const(2 * lanes))
-        align = _const(nbytes, 32)
         for i in range(R):
             o_row = builder.gep(
                 oa.data, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)]
             )
-            for v in range(2):
-                total, mask = totals[2 * i + v], masks[v]
-                ptr = builder.bitcast(builder.gep(o_row, [_const(v * lanes)]), ptr_type)
-                with builder.if_else(full) as (whole, part):
-                    with whole:
-                        old = builder.load(ptr, align=nbytes)
-                        builder.store(
-                            builder.select(add_flag, builder.fadd(total, old), total),
-                            ptr,
-                            align=nbytes,
-                        )
-                    with part:
-                        old = builder.call(masked_load, [ptr, align, mask, zero])
-                        value = builder.select(add_flag, builder.fadd(total, old), total)
-                        builder.call(masked_store, [value, ptr, align, mask])
+            ptrs = [
+                builder.bitcast(builder.gep(o_row, [_const(v * lanes)]), ptr_type) for v in range(2)
+            ]
+            _store_sums(
+                builder, functions, ptrs, totals[2 * i : 2 * i + 2], masks, full, add_flag, nbytes
+            )
         return context.get_dummy_value()
 
     sig = types.void(

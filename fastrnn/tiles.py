@@ -64,7 +64,7 @@ def _splat(builder, value, lanes):
 def _vector_functions(builder, vec, name, mask_type):
     """LLVM's fused multiply-add, masked load and masked store of vectors ``vec``."""
     i32, ptr_type = ir.IntType(32), vec.as_pointer()
-    return (
+    return tuple(
         cgutils.get_or_insert_function(builder.module, ir.FunctionType(*sig), llvm_name)
         for llvm_name, sig in (
             (f"llvm.fma.{name}", (vec, [vec, vec, vec])),
@@ -75,6 +75,56 @@ def _vector_functions(builder, vec, name, mask_type):
             ),
         )
     )
+
+
+def _close_loop(builder, entry, loop, done, k, sums, updated, k_end):
+    """Close a loop over ``k`` whose ``sums`` (phis) become ``updated`` each pass, and
+    continue after it: returns the sums as they leave the loop (zero where it never ran,
+    ``k`` starting at or past ``k_end``)."""
+    k_next = builder.add(k, _const(1))
+    last = builder.block
+    k.add_incoming(k_next, last)
+    for s, u in zip(sums, updated):
+        s.add_incoming(u, last)
+    builder.cbranch(builder.icmp_signed("<", k_next, k_end), loop, done)
+    builder.position_at_end(done)
+    totals = []
+    for u in updated:
+        total = builder.phi(u.type)
+        total.add_incoming(ir.Constant(u.type, [0.0] * u.type.count), entry)
+        total.add_incoming(u, last)
+        totals.append(total)
+    return totals
+
+
+def _lane_masks(builder, n_valid, lanes, vectors):
+    """Per vector of ``lanes``, which of its lanes are among the first ``n_valid``."""
+    lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
+    limit = _splat(builder, n_valid, lanes)
+    return [
+        builder.icmp_signed(
+            "<", builder.add(lane_ids, _splat(builder, _const(v * lanes), lanes)), limit
+        )
+        for v in range(vectors)
+    ]
+
+
+def _store_sums(builder, functions, ptrs, totals, masks, full, add_flag, nbytes):
+    """Store (or, with ``add_flag``, add) each of ``totals`` at its pointer: a plain vector
+    store where ``full``, else only the lanes of its mask (a partial last tile)."""
+    _, masked_load, masked_store = functions
+    align = _const(nbytes, 32)
+    for ptr, total, mask in zip(ptrs, totals, masks):
+        zero = ir.Constant(total.type, [0.0] * total.type.count)
+        with builder.if_else(full) as (whole, part):
+            with whole:
+                old = builder.load(ptr, align=nbytes)
+                value = builder.select(add_flag, builder.fadd(total, old), total)
+                builder.store(value, ptr, align=nbytes)
+            with part:
+                old = builder.call(masked_load, [ptr, align, mask, zero])
+                value = builder.select(add_flag, builder.fadd(total, old), total)
+                builder.call(masked_store, [value, ptr, align, mask])
 
 
 @intrinsic
@@ -119,7 +169,8 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
         name = f"v{lanes}f{dtype.bitwidth}"
         mask_type = ir.VectorType(ir.IntType(1), lanes)
         ptr_type = vec.as_pointer()
-        fma, masked_load, masked_store = _vector_functions(builder, vec, name, mask_type)
+        functions = _vector_functions(builder, vec, name, mask_type)
+        fma, masked_load, _ = functions
         K = builder.extract_value(xa.shape, 1)
         N = builder.extract_value(oa.shape, 1)
         W = builder.extract_value(pa.shape, 2)
@@ -174,31 +225,11 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
             weights = [builder.sitofp(w, vec) for w in weights]
         xs = _splat(builder, builder.load(builder.gep(x_row, [k])), lanes)
         updated = [builder.call(fma, [xs, w, s]) for w, s in zip(weights, sums)]
-        k_next = builder.add(k, _const(1))
-        last = builder.block
-        k.add_incoming(k_next, last)
-        for s, u in zip(sums, updated):
-            s.add_incoming(u, last)
-        builder.cbranch(builder.icmp_signed("<", k_next, K), loop, done)
-
-        builder.position_at_end(done)
-        totals = []
-        for u in updated:
-            total = builder.phi(vec)
-            total.add_incoming(zero, entry)
-            total.add_incoming(u, last)
-            totals.append(total)
+        totals = _close_loop(builder, entry, loop, done, k, sums, updated, K)
         c0 = builder.mul(t, W)
-        lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
-        limit = _splat(builder, n_valid, lanes)
-        masks = [  # the lanes of each vector that are columns of ``out``
-            builder.icmp_signed(
-                "<", builder.add(lane_ids, _splat(builder, _const(v * lanes), lanes)), limit
-            )
-            for v in range(VECTORS)
-        ]
-        align = _const(nbytes, 32)
+        masks = _lane_masks(builder, n_valid, lanes, VECTORS)  # the lanes of ``out``'s columns
         if scaled:  # the columns' factors, loaded like the output's lanes
+            align = _const(nbytes, 32)
             sa = context.make_array(signature.args[7])(context, builder, scale_arg)
             s_base = builder.gep(sa.data, [c0])
             totals = [
@@ -218,17 +249,11 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
             ]
         o_base = builder.gep(oa.data, [builder.add(builder.mul(r, N), c0)])
         full = builder.icmp_signed(">=", n_valid, _const(VECTORS * lanes))
-        for v, (total, mask) in enumerate(zip(totals, masks)):
-            ptr = builder.bitcast(builder.gep(o_base, [_const(v * lanes)]), ptr_type)
-            with builder.if_else(full) as (whole, part):
-                with whole:
-                    old = builder.load(ptr, align=nbytes)
-                    value = builder.select(add_flag, builder.fadd(total, old), total)
-                    builder.store(value, ptr, align=nbytes)
-                with part:
-                    old = builder.call(masked_load, [ptr, align, mask, zero])
-                    value = builder.select(add_flag, builder.fadd(total, old), total)
-                    builder.call(masked_store, [value, ptr, align, mask])
+        ptrs = [
+            builder.bitcast(builder.gep(o_base, [_const(v * lanes)]), ptr_type)
+            for v in range(VECTORS)
+        ]
+        _store_sums(builder, functions, ptrs, totals, masks, full, add_flag, nbytes)
         return context.get_dummy_value()
 
     return types.void(x, types.intp, p, types.intp, out, types.intp, types.boolean, scale), codegen
