@@ -23,13 +23,10 @@ from .tape import Steps
 BLAS_MIN_BATCH = 16
 #: Fewest batch rows worth a thread of their own below ``BLAS_MIN_BATCH``.
 MIN_THREAD_ROWS = 4
-#: Fewest rows of a piece of a batch of ``BLAS_MIN_BATCH`` rows or more (and of a
-#: recurrence that makes its input projection step by step, ``_step_projection``): the
-#: per-step product (then BLAS) lost so much on fewer rows that two 16-row pieces of a
-#: 32-row batch trained slower than one thread
-#: (through the bridge on two cores here, T=50, H=256: LSTM 128 vs 102 ms, GRU 98 vs
-#: 79 ms, RNN 53 vs 40 ms); such a batch keeps one recurrence and splits its large
-#: products (input projection, weight gradients) instead.
+#: Fewest rows of a piece of a batch of ``BLAS_MIN_BATCH`` rows or more, and of a
+#: recurrence that projects its input step by step (``_step_projection``): two 16-row
+#: pieces of a 32-row batch trained slower than one thread (bridge, two cores, T=50,
+#: H=256: LSTM 128 vs 102 ms), so such a batch splits its large products instead.
 BLAS_MIN_PIECE = 32
 #: Fewest hidden units a team member owns, fewest multiply-adds per step and row (of
 #: ``h W_hh^T``) for a small batch to go to a team, and fewest over the whole sequence:
@@ -42,13 +39,11 @@ BLAS_MIN_PIECE = 32
 TEAM_MIN_UNITS = 64
 TEAM_MIN_WORK = 1 << 17
 TEAM_MIN_SEQUENCE = 1 << 24
-#: Fewest steps of a batch-1 recurrence for which its recurrent weight is packed in tiles
-#: (``fastrnn.tiles``): packing costs about three products (68 us for 1 MB here), each
-#: step then saves a quarter to a third of one.
+#: Fewest steps of a batch-1 recurrence for which its ``W_hh`` is packed in tiles: the
+#: pack costs about three products (68 us for 1 MB here), each step saves a third.
 TILES_MIN_STEPS = 12
 #: Packing buffers kept per thread (the most recent shapes and roles: a two-layer
-#: training step uses up to six, tiles or panels of W_hh forward and backward and panels
-#: of each layer's W_ih).
+#: training step uses up to six).
 TILES_KEPT = 8
 
 
@@ -224,9 +219,8 @@ class CPUBackend:
 
 
 #: (first unit, role) -> array: the team members' packed slices, reused from call to
-#: call (fresh memory costs a page fault per 4 KB on first touch: 130-240 us for an
-#: H=256 LSTM's slice on this project's VM, most of a team's start). Only the running
-#: team (one at a time) touches them.
+#: call (a page fault per 4 KB of fresh memory: 130-240 us for an H=256 LSTM's slice
+#: here). Only the running team (one at a time) touches them.
 _TEAM_BUFFERS = {}
 
 
