@@ -1,11 +1,11 @@
-"""Products of a small batch (from two rows) over weights packed in column tiles.
+"""Products of a batch (from two rows) over weights packed in column panels.
 
 The per-step product of a batch recurrence, ``h W_hh^T`` for ``B`` rows, reads the same
 weights every step. BLAS packs its operand anew on every call; here the weights are
-packed once per sequence in the tiles of :mod:`fastrnn.tiles` and each step runs
-:func:`tiles_gemm` over them, a register-blocked product (BLIS's shape: blocks of
-:data:`GEMM_ROWS` rows by two SIMD vectors of columns, written in LLVM IR like the
-tiles' one-row product).
+packed once per sequence in panels of :func:`panel_width` columns (the tile layout of
+:mod:`fastrnn.tiles` at that width) and each step runs :func:`tiles_gemm` over them, a
+register-blocked product (BLIS's shape: blocks of :data:`GEMM_ROWS` rows by two SIMD
+vectors of columns, written in LLVM IR like the tiles' one-row product).
 """
 
 from llvmlite import ir
@@ -26,7 +26,7 @@ from .tiles import (
 
 #: Rows of ``a`` per block of :func:`tiles_gemm` (6 rows by 2 vectors: 12 of the 16 AVX2
 #: registers hold sums, as in BLIS's Haswell kernel), and the reach in ``k`` of a pass (a
-#: sub-panel of 256 rows of 64 bytes, 16 KB, stays in L1 while every block reads it).
+#: panel's 256 rows of 64 bytes, 16 KB, stay in L1 while every block reads them).
 GEMM_ROWS = 6
 GEMM_DEPTH = 256
 
@@ -71,7 +71,7 @@ def _block_product(typingctx, a, r0, rows, p, t, c, k0, k1, out, add):
         row_stride = builder.extract_value(pa.strides, 1)
         base = builder.gep(
             builder.bitcast(pa.data, ir.IntType(8).as_pointer()),
-            [builder.add(builder.mul(t, builder.extract_value(pa.strides, 0)), _const(0))],
+            [builder.mul(t, builder.extract_value(pa.strides, 0))],
         )
         base = builder.gep(builder.bitcast(base, pa.data.type), [c])
         zero = ir.Constant(vec, [0.0] * lanes)
