@@ -55,12 +55,8 @@ def _block_product(typingctx, a, r0, rows, p, t, c, k0, k1, out, add):
         )
         _, r0, _, _, t, c, k0, k1, _, add_flag = args
         nbytes = dtype.bitwidth // 8
-        lanes = VECTOR_BYTES // nbytes
-        vec = ir.VectorType(context.get_data_type(dtype), lanes)
-        name = f"v{lanes}f{dtype.bitwidth}"
-        mask_type = ir.VectorType(ir.IntType(1), lanes)
+        lanes, vec, functions = _vector_functions(context, builder, dtype)
         ptr_type = vec.as_pointer()
-        functions = _vector_functions(builder, vec, name, mask_type)
         fma = functions[0]
         K = builder.extract_value(aa.shape, 1)
         N = builder.extract_value(oa.shape, 1)

@@ -61,10 +61,16 @@ def _splat(builder, value, lanes):
     )
 
 
-def _vector_functions(builder, vec, name, mask_type):
-    """LLVM's fused multiply-add, masked load and masked store of vectors ``vec``."""
+def _vector_functions(context, builder, dtype):
+    """``(lanes, vec, functions)`` for sums of ``dtype`` (a Numba float type): lanes per
+    SIMD vector, the LLVM vector type, and LLVM's fused multiply-add, masked load and
+    masked store of such vectors."""
+    lanes = VECTOR_BYTES // (dtype.bitwidth // 8)
+    vec = ir.VectorType(context.get_data_type(dtype), lanes)
+    name = f"v{lanes}f{dtype.bitwidth}"
+    mask_type = ir.VectorType(ir.IntType(1), lanes)
     i32, ptr_type = ir.IntType(32), vec.as_pointer()
-    return tuple(
+    functions = tuple(
         cgutils.get_or_insert_function(builder.module, ir.FunctionType(*sig), llvm_name)
         for llvm_name, sig in (
             (f"llvm.fma.{name}", (vec, [vec, vec, vec])),
@@ -75,6 +81,7 @@ def _vector_functions(builder, vec, name, mask_type):
             ),
         )
     )
+    return lanes, vec, functions
 
 
 def _close_loop(builder, entry, loop, done, k, sums, updated, k_end):
@@ -164,12 +171,8 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
         )
         _, r, _, t, _, n_valid, add_flag, scale_arg = args
         nbytes = dtype.bitwidth // 8
-        lanes = VECTOR_BYTES // nbytes
-        vec = ir.VectorType(context.get_data_type(dtype), lanes)
-        name = f"v{lanes}f{dtype.bitwidth}"
-        mask_type = ir.VectorType(ir.IntType(1), lanes)
+        lanes, vec, functions = _vector_functions(context, builder, dtype)
         ptr_type = vec.as_pointer()
-        functions = _vector_functions(builder, vec, name, mask_type)
         fma, masked_load, _ = functions
         K = builder.extract_value(xa.shape, 1)
         N = builder.extract_value(oa.shape, 1)

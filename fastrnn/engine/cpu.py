@@ -460,13 +460,13 @@ def backward_recurrence(spec, steps, w_hh, w_hr, lengths, reverse, dy, dh, dc):
     dm = np.empty((B, H), dtype)
     if c_prev.shape[0] == 0:
         c_prev = _placeholder(dtype)
-    w_rows = None
-    if B > 1:
-        w_rows = _panels(w_hh, T, B)
+    # rows of W_hh (the models store it column-major): tiles for one row, panels for
+    # more where packing pays, else as they are
+    w_rows = _panels(w_hh, T, B) if B > 1 else None
+    if w_rows is None or w_rows.ndim == 2:
+        w_rows = np.ascontiguousarray(w_hh)
+        w_rows = _tiles(w_rows, T) if B == 1 else w_rows
     if B < BLAS_MIN_BATCH or w_rows.ndim == 3:
-        if w_rows is None or w_rows.ndim == 2:
-            w_rows = np.ascontiguousarray(w_hh)  # (the models store it column-major)
-            w_rows = _tiles(w_rows, T) if B == 1 else w_rows
         recurrence.LOOPS[kern].backward_sequence(
             (gates, h_prev, c_prev),
             w_rows,
