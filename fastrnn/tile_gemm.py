@@ -38,6 +38,20 @@ def _block_product(typingctx, a, r0, rows, p, t, c, k0, k1, out, add):
     last column): the block's sums stay in registers while ``k`` runs. ``a`` (M, K) and
     ``out`` (M, N) C-contiguous floats, ``p`` (tiles, K, W) float tiles of the same type
     (:func:`pack_tiles`, unit stride along the last axis)."""
+    return _block_typing(a, rows, p, out, False)
+
+
+@intrinsic
+def _block_product_t(typingctx, a, r0, rows, p, t, c, k0, k1, out, add):
+    """:func:`_block_product` of ``a.T``: ``a`` (K, M) C-contiguous holds the left
+    operand transposed (a block's ``rows`` values at each ``k`` are then adjacent), as
+    attention's backward needs for ``Pᵀ dO`` and ``dSᵀ Q``."""
+    return _block_typing(a, rows, p, out, True)
+
+
+def _block_typing(a, rows, p, out, transposed):
+    """The signature and code generator of :func:`_block_product` (``a`` transposed
+    with ``transposed``), or None for arguments it does not take."""
     if not (
         isinstance(rows, types.IntegerLiteral)
         and all(isinstance(v, types.Array) for v in (a, p, out))
@@ -61,9 +75,12 @@ def _block_product(typingctx, a, r0, rows, p, t, c, k0, k1, out, add):
         K = builder.extract_value(aa.shape, 1)
         N = builder.extract_value(oa.shape, 1)
         W = builder.extract_value(pa.shape, 2)
-        a_rows = [
-            builder.gep(aa.data, [builder.mul(builder.add(r0, _const(i)), K)]) for i in range(R)
-        ]
+        if transposed:  # a[r0 + i, k] is at (r0 + i) + k * K
+            a_rows = [builder.gep(aa.data, [builder.add(r0, _const(i))]) for i in range(R)]
+        else:
+            a_rows = [
+                builder.gep(aa.data, [builder.mul(builder.add(r0, _const(i)), K)]) for i in range(R)
+            ]
         row_stride = builder.extract_value(pa.strides, 1)
         base = builder.gep(
             builder.bitcast(pa.data, ir.IntType(8).as_pointer()),
@@ -94,9 +111,10 @@ def _block_product(typingctx, a, r0, rows, p, t, c, k0, k1, out, add):
             )
             for v in range(2)
         ]
+        a_k = builder.mul(k, K) if transposed else k
         updated = []
         for i in range(R):
-            x = _splat(builder, builder.load(builder.gep(a_rows[i], [k])), lanes)
+            x = _splat(builder, builder.load(builder.gep(a_rows[i], [a_k])), lanes)
             updated += [builder.call(fma, [x, w, sums[2 * i + v]]) for v, w in enumerate(weights)]
         totals = _close_loop(builder, entry, loop, done, k, sums, updated, k1)
         c0 = builder.add(builder.mul(t, W), c)

@@ -254,34 +254,41 @@ def test_attn_one_kernel_path(dtype):
             assert a.shape == b.shape and (a - b).abs().max() <= tol
 
 
-@pytest.mark.parametrize("sizes", [(4, 6), (6, 4), (16, 16), (40, 40)])
+@pytest.mark.parametrize("sizes", [(4, 6), (6, 4), (16, 16), (40, 40), (37, 300), (300, 20)])
+@pytest.mark.parametrize("features", [(8, 5), (32, 16)])
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_sdpa_short_sequences_one_kernel(sizes, is_causal, dtype):
-    """Without a mask, short same-shaped sequences (Lq·Lk up to ``SMALL_SCORES``) run
-    one fused kernel each way, longer ones torch's products around fastrnn's softmax:
-    both against torch, every gradient, causal with more queries than keys too, and
-    without autograd."""
-    from fastrnn_torch import _step_attention, attention
+@pytest.mark.parametrize("panel_scores", [None, 0])
+def test_sdpa_without_mask_one_kernel(sizes, features, is_causal, dtype, panel_scores, monkeypatch):
+    """Without a mask, same-shaped sequences run one kernel each way on packed panels
+    (feature counts a whole number of panels read in place, others packed; sums past
+    one panel's depth; causal with more queries than keys and more keys than queries),
+    and above ``PANEL_SCORES`` torch's products around fastrnn's softmax: both against
+    torch, every gradient, and without autograd."""
+    from fastrnn.attention import sdpa_panels
+    from fastrnn_torch import _step_attention
 
+    if panel_scores is not None:
+        monkeypatch.setattr(sdpa_panels, "PANEL_SCORES", panel_scores)
     Lq, Lk = sizes
+    d, dv = features
     g = torch.Generator().manual_seed(9)
-    q = torch.randn(2, 3, Lq, 8, generator=g, dtype=dtype)
-    k = torch.randn(2, 3, Lk, 8, generator=g, dtype=dtype)
-    v = torch.randn(2, 3, Lk, 5, generator=g, dtype=dtype)
-    calls, original = [], _step_attention._SmallSDPA.apply
-    _step_attention._SmallSDPA.apply = lambda *a: calls.append(1) or original(*a)
-    tol = 1e-12 if dtype == torch.float64 else 2e-6
-    try:
-        grads_match(
-            lambda *a: frt.scaled_dot_product_attention(*a, is_causal=is_causal),
-            lambda *a: F.scaled_dot_product_attention(*a, is_causal=is_causal),
-            [q, k, v],
-            tol=tol,
-        )
-    finally:
-        _step_attention._SmallSDPA.apply = original
-    assert bool(calls) == (Lq * Lk <= attention.SMALL_SCORES)
+    q = torch.randn(2, 3, Lq, d, generator=g, dtype=dtype)
+    k = torch.randn(2, 3, Lk, d, generator=g, dtype=dtype)
+    v = torch.randn(2, 3, Lk, dv, generator=g, dtype=dtype)
+    calls, original = [], _step_attention._FusedSDPA.apply
+    monkeypatch.setattr(
+        _step_attention._FusedSDPA, "apply", lambda *a: calls.append(1) or original(*a)
+    )
+    # float32: the bound on rounding grows with the longest sum (over d, Lk or Lq)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6 * max(1.0, max(Lq, Lk, d) / 64)
+    grads_match(
+        lambda *a: frt.scaled_dot_product_attention(*a, is_causal=is_causal),
+        lambda *a: F.scaled_dot_product_attention(*a, is_causal=is_causal),
+        [q, k, v],
+        tol=tol,
+    )
+    assert bool(calls) == (Lq * Lk <= sdpa_panels.PANEL_SCORES)
     with torch.no_grad():
         got = frt.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
         want = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)

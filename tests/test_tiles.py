@@ -137,3 +137,42 @@ def test_a_transposed_row_major_matrix_packs_as_its_copy(dtype, W, rng):
     p = np.full_like(expected, 2)
     pack_tiles(w.T, p)
     np.testing.assert_array_equal(p, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("part", ["full", "lower", "sum to row", "sum from row"])
+@pytest.mark.parametrize("M, K, N", [(13, 300, 70), (300, 20, 32), (5, 3, 16)])
+def test_attention_panel_products_compute_the_part_a_causal_mask_leaves(
+    M, K, N, part, transposed, dtype, rng
+):
+    # sdpa_panels' products: packed panels or the matrix read in place (N a whole number
+    # of panels), the left operand stored transposed or not; each part against numpy
+    # on the lower-triangular operand a causal mask leaves (k <= i or k >= i)
+    from fastrnn.attention import sdpa_panels as sp
+    from fastrnn.tile_gemm import panel_width
+
+    kind = {"full": sp.FULL, "lower": sp.LOWER}.get(part)
+    kind = {"sum to row": sp.SUM_TO_ROW, "sum from row": sp.SUM_FROM_ROW}.get(part, kind)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    i, k = np.indices((M, K))
+    if part == "sum to row":
+        a[k > i] = 0
+    elif part == "sum from row":
+        a[k < i] = 0
+    w = rng.standard_normal((K, N)).astype(dtype)
+    V = panel_width(np.dtype(dtype))
+    if N % V:
+        p = np.full((-(-N // V), K, V), np.nan, dtype)
+        pack_tiles(w, p)
+    else:
+        p = w.reshape(1, K, N)
+    out = np.full((M, N), np.nan, dtype)
+    left = np.ascontiguousarray(a.T) if transposed else a
+    sp._product(left, p, out, kind, transposed)
+    expected = a.astype(np.float64) @ w.astype(np.float64)
+    atol = tolerance(dtype, magnitude=np.sqrt(K))
+    if part == "lower":  # only the columns j <= i of a row are computed
+        keep = np.indices((M, N))[1] <= np.indices((M, N))[0]
+        out, expected = out[keep], expected[keep]
+    np.testing.assert_allclose(out, expected, rtol=0, atol=atol)

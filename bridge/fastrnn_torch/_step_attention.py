@@ -5,10 +5,13 @@ one backward over the tensors' memory, no NumPy views, no general checks per cal
 :class:`~fastrnn_torch.attention.AdditiveAttention` use them where they apply
 (:func:`dot_attention` and :func:`additive_attention` return None elsewhere)."""
 
+import threading
+
 import numpy as np
 import torch
 
-from fastrnn.attention import sdpa_at, step_at
+from fastrnn.attention import sdpa_panels, step_at
+from fastrnn.tile_gemm import panel_width
 
 from . import _cuda
 from ._ops import address, needs_grad
@@ -261,59 +264,81 @@ def tutorial_attn(Q, K, V, wa, ba, wc, bc):
     return _tutorial_forward(*tensors)[:2]
 
 
-class _SmallSDPA(torch.autograd.Function):
-    """``scaled_dot_product_attention`` without a mask on short same-shaped CPU
-    sequences: one :mod:`fastrnn.attention.sdpa_at` kernel call forward and one
-    backward (recomputing the probabilities from the saved log-sum-exp)."""
+class _FusedSDPA(torch.autograd.Function):
+    """``scaled_dot_product_attention`` without a mask on same-shaped CPU tensors: one
+    :mod:`fastrnn.attention.sdpa_panels` kernel call forward and one backward
+    (recomputing the probabilities from the forward's row statistics)."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
-        return save_attention(ctx, _small_forward, q, k, v, causal, scale)
+        out, stats = _fused_forward(q, k, v, causal, scale, True)
+        ctx.save_for_backward(q, k, v, out, stats)
+        ctx.causal, ctx.scale = causal, scale
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, stats = ctx.saved_tensors
         *_, Lq, D = q.shape
         Lk, Dv = v.shape[-2:]
         d_out = d_out.contiguous()
         grads = [torch.empty_like(t) for t in (q, k, v)]
-        scratch = q.new_empty(2 * Lq * Lk)
-        sdpa_at.backward_at(
-            _LIKE[q.dtype], lse.numel() // Lq, Lq, Lk, D, Dv,
-            *(t.data_ptr() for t in (q, k, v, out, lse, d_out)), ctx.causal,
-            _LIKE[q.dtype].dtype.type(ctx.scale), *(g.data_ptr() for g in grads),
-            scratch.data_ptr(),
+        like = _LIKE[q.dtype]
+        W = panel_width(like.dtype)
+        sdpa_panels.backward_panels(
+            like, W, stats.numel() // (2 * Lq), Lq, Lk, D, Dv,
+            *(t.data_ptr() for t in (q, k, v, out, stats, d_out)), ctx.causal,
+            like.dtype.type(ctx.scale), *(g.data_ptr() for g in grads),
+            _scratch(sdpa_panels.backward_scratch(Lq, Lk, D, Dv, W), like),
         )  # fmt: skip
         return (*grads, None, None)
 
 
-def save_attention(ctx, forward, q, k, v, causal, scale):
-    """``forward(q, k, v, causal, scale) -> (out, lse)`` in an attention function's
-    forward, keeping what its backward recomputes the probabilities from; returns
-    ``out``."""
-    out, lse = forward(q, k, v, causal, scale)
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.causal, ctx.scale = causal, scale
-    return out
+_SCRATCH = threading.local()
 
 
-def _small_forward(q, k, v, causal, scale):
+def _scratch(n, like):
+    """The address of ``n`` elements of ``like``'s dtype: this thread's scratch memory
+    for the attention kernels, kept between calls (a torch allocation per call cost
+    2-4 us, a tenth of a short call), grown when a call needs more."""
+    try:
+        buffers = _SCRATCH.buffers
+    except AttributeError:  # this thread's first call
+        buffers = _SCRATCH.buffers = {}
+    kept = buffers.get(type(like))  # (a dtype's ``name`` takes microseconds)
+    if kept is None or kept[0].size < n:
+        buf = np.empty(max(n, 1), like.dtype)
+        kept = buffers[type(like)] = (buf, buf.ctypes.data)
+    return kept[1]
+
+
+def _fused_forward(q, k, v, causal, scale, keep):
+    """``(out, stats)``, the row statistics kept (a tensor) for a backward with ``keep``,
+    else in scratch memory (None)."""
     *lead, Lq, D = q.shape
     Lk, Dv = v.shape[-2:]
-    out, lse = q.new_empty((*lead, Lq, Dv)), q.new_empty((*lead, Lq))
-    scratch = q.new_empty(Lq * Lk)
     like = _LIKE[q.dtype]
-    sdpa_at.forward_at(
-        like, lse.numel() // Lq, Lq, Lk, D, Dv, q.data_ptr(), k.data_ptr(), v.data_ptr(),
-        causal, like.dtype.type(scale), out.data_ptr(), lse.data_ptr(), scratch.data_ptr(),
+    W = panel_width(like.dtype)
+    N = q.numel() // (Lq * D)
+    out = q.new_empty((*lead, Lq, Dv))
+    work = sdpa_panels.forward_scratch(Lq, Lk, D, Dv, W)
+    if keep:
+        stats = q.new_empty((*lead, Lq, 2))
+        stats_at, scratch = stats.data_ptr(), _scratch(work, like)
+    else:
+        stats, scratch = None, _scratch(work + 2 * N * Lq, like)
+        stats_at = scratch + work * like.itemsize
+    sdpa_panels.forward_panels(
+        like, W, N, Lq, Lk, D, Dv, q.data_ptr(), k.data_ptr(), v.data_ptr(), causal,
+        like.dtype.type(scale), out.data_ptr(), stats_at, scratch,
     )  # fmt: skip
-    return out, lse
+    return out, stats
 
 
-def small_sdpa(q, k, v, causal, scale):
-    """:class:`_SmallSDPA` of same-shaped CPU tensors (the caller checked them)."""
+def fused_sdpa(q, k, v, causal, scale):
+    """:class:`_FusedSDPA` of same-shaped CPU tensors (the caller checked them)."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if needs_grad((q, k, v)):
-        return _SmallSDPA.apply(q, k, v, causal, scale)
-    return _small_forward(q, k, v, causal, scale)[0]
+        return _FusedSDPA.apply(q, k, v, causal, scale)
+    return _fused_forward(q, k, v, causal, scale, False)[0]

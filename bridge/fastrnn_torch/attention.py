@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from fastrnn import attention as core
 from fastrnn.attention import sdpa as core_sdpa
+from fastrnn.attention import sdpa_panels as core_panels
 from fastrnn.linalg import use_gemm
 
 from . import _cuda
@@ -29,8 +30,7 @@ from ._step_attention import (
     additive_attention,
     concat_projections,
     dot_attention,
-    save_attention,
-    small_sdpa,
+    fused_sdpa,
     tutorial_attn,
 )
 
@@ -117,6 +117,10 @@ def scaled_dot_product_attention(
     ``dropout_p > 0`` (and non-CPU tensors) run torch's own implementation.
     A float ``attn_mask`` gets no gradient.
     """
+    if attn_mask is None and not dropout_p and _fused(query, key, value):  # the common call
+        d = query.shape[-1]
+        scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+        return fused_sdpa(query, key, value, bool(is_causal), scale)
     if dropout_p > 0 or not _kernels_can_run(query, key, value):
         return F.scaled_dot_product_attention(
             query,
@@ -134,8 +138,6 @@ def scaled_dot_product_attention(
         )
     if attn_mask is None and _plain(query, key, value):
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-        if query.shape[-2] * key.shape[-2] <= SMALL_SCORES:
-            return small_sdpa(query, key, value, bool(is_causal), scale)
         if needs_grad((query, key, value)):
             return _PlainSDPA.apply(query, key, value, bool(is_causal), scale)
         return _plain_forward(query, key, value, bool(is_causal), scale)[0]  # records nothing
@@ -151,12 +153,34 @@ def scaled_dot_product_attention(
     return _run(train, backward, query, key, value)[0]
 
 
-#: Scores per (batch, head) slice (Lq·Lk) up to which a call without a mask is one fused
-#: kernel each way (``small_sdpa``); above, torch's batched products around fastrnn's
-#: softmax. Measured on this project's VM (B=8, 4 heads, d=64, against torch's SDPA,
-#: interleaved): L=16 fused 0.87-0.98x, products 0.65-0.77x; L=32 fused 0.64-1.02x,
-#: products 0.67-0.93x (the scores' 64-term dot products end in horizontal sums).
-SMALL_SCORES = 256
+def _fused(q, k, v):
+    """Whether :func:`fused_sdpa` computes this call (checked in a few microseconds, a
+    tenth of a short call): float32 or float64 CPU tensors of one dtype and the same
+    leading shape (no broadcasting), no zero sizes, at most ``PANEL_SCORES`` scores per
+    slice, no functorch transform."""
+    dtype = q.dtype
+    if not (
+        (dtype is torch.float32 or dtype is torch.float64)
+        and k.dtype is dtype
+        and v.dtype is dtype
+        and q.is_cpu
+        and k.is_cpu
+        and v.is_cpu
+        and not _cuda.on_gpu(q)  # (true of CPU tensors in tests of the CUDA path)
+    ):
+        return False
+    qs, ks, vs = q.shape, k.shape, v.shape
+    n = len(qs)
+    if n < 2 or len(ks) != n or len(vs) != n or torch._C._are_functorch_transforms_active():
+        return False
+    Lq, Lk, d = qs[-2], ks[-2], qs[-1]
+    return (
+        ks[-1] == d
+        and vs[-2] == Lk
+        and 0 < Lq * Lk * d * vs[-1]
+        and Lq * Lk <= core_panels.PANEL_SCORES
+        and ks[:-2] == qs[:-2] == vs[:-2]
+    )
 
 
 def _plain(q, k, v):
@@ -198,7 +222,10 @@ class _PlainSDPA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
-        return save_attention(ctx, _plain_forward, q, k, v, causal, scale)
+        out, lse = _plain_forward(q, k, v, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
