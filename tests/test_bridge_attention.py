@@ -205,7 +205,7 @@ def test_one_query_kernels_with_masks(kind, dtype):
 
     calls = []
     fn = (
-        _step_attention._AdditiveAttention
+        _step_attention._ProjectedAdditive
         if kind in ("concat", "additive")
         else (_step_attention._DotAttention)
     )

@@ -73,35 +73,64 @@ def dot_attention(query, keys, values, mask, shift=None):
     return _dot_forward(*tensors)
 
 
-class _AdditiveAttention(torch.autograd.Function):
-    """Additive scores ``u · tanh(qp + kp_j)`` from the two projections (computed by
-    torch, so autograd takes their weights' gradients), on the CPU: one
-    :mod:`fastrnn.attention.step_at` kernel call forward, one backward."""
+class _ProjectedAdditive(torch.autograd.Function):
+    """Additive scores ``u · tanh(qp + kp_j)`` with their projections in one autograd
+    node, on the CPU: ``qp = q W_qᵀ (+ b)`` and ``kp = k W_kᵀ`` by torch's products, from
+    two weights (:class:`AdditiveAttention`) or from Luong ``concat``'s one ``W`` (A,
+    2H) = [W_q W_k] with its bias; the scores, softmax and context by one
+    :mod:`fastrnn.attention.step_at` kernel call forward, and one backward before the
+    projections' gradients (a node per projection cost more than the attention at
+    batch 1). ``W``'s gradient is one contiguous tensor (two column slices would make
+    autograd join two halves, one of them transposed)."""
 
     @staticmethod
-    def forward(ctx, qp, kp, u, v, mask):
-        out, w = _additive_forward(qp, kp, u, v, mask)
-        ctx.save_for_backward(qp, kp, u, v, w)
+    def forward(ctx, q, k, values, u, mask, W_q, W_k, W, b):
+        qp, kp = _additive_projections(q, k, W_q, W_k, W, b)
+        out, w = _additive_forward(qp, kp, u, values, mask)
+        ctx.save_for_backward(q, k, values, u, W_q, W_k, W, qp, kp, w)
+        ctx.has_bias = b is not None
         return out, w
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_w):
-        qp, kp, u, v, w = ctx.saved_tensors
-        B, L, A = kp.shape
+        q, k, values, u, W_q, W_k, W, qp, kp, w = ctx.saved_tensors
+        (B, L, A), H = kp.shape, q.shape[1]
         needs = ctx.needs_input_grad
-        d_out = qp.new_zeros((B, v.shape[2])) if d_out is None else d_out.contiguous()
+        d_out = qp.new_zeros((B, values.shape[2])) if d_out is None else d_out.contiguous()
         d_w = None if d_w is None else d_w.contiguous()
         # the projections' and u's gradients are always computed (the kernel's inner
         # loop has no branch); the values' only when asked for
-        grads = [torch.empty_like(t) for t in (qp, kp, u)]
-        grads.append(torch.empty_like(v) if needs[3] else None)
+        dqp, dkp, du = (torch.empty_like(t) for t in (qp, kp, u))  # du shaped like u
+        dv = torch.empty_like(values) if needs[2] else None
         step_at.additive_backward_at(
-            _LIKE[qp.dtype], B, L, A, v.shape[2], qp.data_ptr(), kp.data_ptr(), u.data_ptr(),
-            v.data_ptr(), w.data_ptr(), d_out.data_ptr(), address(d_w),
-            *(address(g) for g in grads),
+            _LIKE[qp.dtype], B, L, A, values.shape[2], qp.data_ptr(), kp.data_ptr(),
+            u.data_ptr(), values.data_ptr(), w.data_ptr(), d_out.data_ptr(), address(d_w),
+            dqp.data_ptr(), dkp.data_ptr(), du.data_ptr(), address(dv),
         )  # fmt: skip
-        return (*(g if n else None for g, n in zip(grads, needs)), None)
+        wq, wk = (W_q, W_k) if W is None else (W[:, :H], W[:, H:])
+        dkp, k2 = dkp.view(B * L, A), k.view(B * L, k.shape[2])
+        dq = dqp @ wq if needs[0] else None
+        dk = (dkp @ wk).view(k.shape) if needs[1] else None
+        dW_q = dqp.t() @ q if needs[5] else None
+        dW_k = dkp.t() @ k2 if needs[6] else None
+        dW = None
+        if needs[7]:
+            dW = W.new_empty(W.shape)
+            dW[:, :H] = dqp.t() @ q
+            dW[:, H:] = dkp.t() @ k2
+        db = dqp.sum(0) if ctx.has_bias and needs[8] else None
+        return dq, dk, dv, du if needs[3] else None, None, dW_q, dW_k, dW, db
+
+
+def _additive_projections(q, k, W_q, W_k, W, b):
+    B, L, K = k.shape
+    k2 = k.view(B * L, K)
+    if W is None:
+        return q @ W_q.t(), (k2 @ W_k.t()).view(B, L, W_k.shape[0])
+    H = q.shape[1]
+    qp = torch.addmm(b, q, W[:, :H].t()) if b is not None else q @ W[:, :H].t()
+    return qp, (k2 @ W[:, H:].t()).view(B, L, W.shape[0])
 
 
 def _additive_forward(qp, kp, u, v, mask):
@@ -135,60 +164,27 @@ def _one_query(query, keys, values, mask):
     return mask, True
 
 
-def additive_attention(qp, kp, u, values, mask):
-    """:class:`_AdditiveAttention` on the projections where it applies, else None."""
-    mask, ok = _one_query(qp, kp, values, mask)
-    if not ok or kp.shape[2] != qp.shape[1] or u.shape != (qp.shape[1],):
+def additive_attention(q, k, values, u, mask, W_q=None, W_k=None, W=None, b=None):
+    """:class:`_ProjectedAdditive` where it applies (from ``W_q`` and ``W_k``, or from
+    concat's ``W`` and ``b``), else None (the general path decides, with its errors)."""
+    mask, ok = _one_query(q, k, values, mask)
+    if not ok:
         return None
-    tensors = (qp.contiguous(), kp.contiguous(), u.contiguous(), values.contiguous(), mask)
+    (A, Hq), Hk = (W_q.shape if W is None else (W.shape[0], q.shape[1])), k.shape[2]
+    wk_shape = (A, Hk) if W is None else (A, Hq + Hk)
+    if (
+        q.shape[1] != Hq
+        or (W_k if W is None else W).shape != wk_shape
+        or u.shape not in ((A,), (1, A))  # (1, A): a Linear(A, 1)'s weight, no view node
+        or (b is not None and b.shape != (A,))
+    ):
+        return None
+    q, k, values, u = q.contiguous(), k.contiguous(), values.contiguous(), u.contiguous()
+    tensors = (q, k, values, u, mask, W_q, W_k, W, b)
     if needs_grad(tensors):
-        return _AdditiveAttention.apply(*tensors)
-    return _additive_forward(*tensors)
-
-
-class _ConcatProjections(torch.autograd.Function):
-    """Luong ``concat``'s two projections from its one weight ``W`` (A, 2H) = [W_q W_k]:
-    ``qp = q W_qᵀ + b`` (B, A) and ``kp = k W_kᵀ`` (B, L, A). The backward writes
-    ``W``'s gradient as one contiguous (A, 2H) tensor (two column slices or a split
-    would make autograd join two halves, one of them transposed: slower than the
-    attention itself at batch 1)."""
-
-    @staticmethod
-    def forward(ctx, q, k, W, b):
-        ctx.save_for_backward(q, k, W)
-        ctx.has_bias = b is not None
-        return _projections(q, k, W, b)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dqp, dkp):
-        q, k, W = ctx.saved_tensors
-        H, A = q.shape[1], W.shape[0]
-        needs = ctx.needs_input_grad
-        dkp = dkp.reshape(-1, A)
-        dq = dqp @ W[:, :H] if needs[0] else None
-        dk = (dkp @ W[:, H:]).view(k.shape) if needs[1] else None
-        dW = None
-        if needs[2]:
-            dW = W.new_empty(W.shape)
-            dW[:, :H] = dqp.t() @ q
-            dW[:, H:] = dkp.t() @ k.reshape(-1, H)
-        db = dqp.sum(0) if ctx.has_bias and needs[3] else None
-        return dq, dk, dW, db
-
-
-def _projections(q, k, W, b):
-    H = q.shape[1]
-    qp = torch.addmm(b, q, W[:, :H].t()) if b is not None else q @ W[:, :H].t()
-    kp = (k.reshape(-1, H) @ W[:, H:].t()).view(k.shape[0], k.shape[1], W.shape[0])
-    return qp, kp
-
-
-def concat_projections(q, k, W, b):
-    """``(qp, kp)`` of :class:`_ConcatProjections` (``q`` (B, H), ``k`` (B, L, H))."""
-    if needs_grad((q, k, W, b)):
-        return _ConcatProjections.apply(q, k.contiguous(), W, b)
-    return _projections(q, k.contiguous(), W, b)
+        return _ProjectedAdditive.apply(*tensors)
+    qp, kp = _additive_projections(q, k, W_q, W_k, W, b)
+    return _additive_forward(qp, kp, u, values, mask)
 
 
 class _TutorialAttn(torch.autograd.Function):

@@ -28,7 +28,6 @@ from . import _cuda
 from ._ops import needs_grad, torch_gemm
 from ._step_attention import (
     additive_attention,
-    concat_projections,
     dot_attention,
     fused_sdpa,
     tutorial_attn,
@@ -326,7 +325,7 @@ class AdditiveAttention(torch.nn.Module):
             return _softmax_context(scores, values, mask)
         if query.dim() == 2 and keys.dim() == 3:  # projections by torch, the rest fused
             fused = additive_attention(
-                self.W_q(query), self.W_k(keys), self.v.weight[0], values, mask
+                query, keys, values, self.v.weight, mask, self.W_q.weight, self.W_k.weight
             )
             if fused is not None:
                 return fused
@@ -390,8 +389,9 @@ class LuongAttention(torch.nn.Module):
             W, b = self.attn.weight, self.attn.bias
             fused = dot_attention(query @ W, keys, values, mask, query @ b)
         elif keys.shape[2] == self.hidden_size:  # v · tanh(W_q q + b + W_k k_j)
-            qp, kp = concat_projections(query, keys, self.attn.weight, self.attn.bias)
-            fused = additive_attention(qp, kp, self.v, values, mask)
+            fused = additive_attention(
+                query, keys, values, self.v, mask, W=self.attn.weight, b=self.attn.bias
+            )
         if fused is not None:
             return fused
         m, method, n = _np(mask), self.method, len(params)
