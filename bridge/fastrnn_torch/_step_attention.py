@@ -267,15 +267,15 @@ class _FusedSDPA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
-        out, stats = _fused_forward(q, k, v, causal, scale, True)
-        ctx.save_for_backward(q, k, v, out, stats)
+        out, stats, probs = _fused_forward(q, k, v, causal, scale, True)
+        ctx.save_for_backward(q, k, v, out, stats, probs)
         ctx.causal, ctx.scale = causal, scale
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out):
-        q, k, v, out, stats = ctx.saved_tensors
+        q, k, v, out, stats, probs = ctx.saved_tensors
         *_, Lq, D = q.shape
         Lk, Dv = v.shape[-2:]
         d_out = d_out.contiguous()
@@ -284,7 +284,8 @@ class _FusedSDPA(torch.autograd.Function):
         W = panel_width(like.dtype)
         sdpa_panels.backward_panels(
             like, W, stats.numel() // (2 * Lq), Lq, Lk, D, Dv,
-            *(t.data_ptr() for t in (q, k, v, out, stats, d_out)), ctx.causal,
+            *(t.data_ptr() for t in (q, k, v, out, stats)), address(probs), d_out.data_ptr(),
+            ctx.causal,
             like.dtype.type(ctx.scale), *(g.data_ptr() for g in grads),
             _scratch(sdpa_panels.backward_scratch(Lq, Lk, D, Dv, W), like),
         )  # fmt: skip
@@ -310,8 +311,9 @@ def _scratch(n, like):
 
 
 def _fused_forward(q, k, v, causal, scale, keep):
-    """``(out, stats)``, the row statistics kept (a tensor) for a backward with ``keep``,
-    else in scratch memory (None)."""
+    """``(out, stats, probs)``: with ``keep`` (for a backward) the row statistics as a
+    tensor and, for short sequences, the probabilities (else None); without, both stay
+    in scratch memory (None, None)."""
     *lead, Lq, D = q.shape
     Lk, Dv = v.shape[-2:]
     like = _LIKE[q.dtype]
@@ -319,17 +321,20 @@ def _fused_forward(q, k, v, causal, scale, keep):
     N = q.numel() // (Lq * D)
     out = q.new_empty((*lead, Lq, Dv))
     work = sdpa_panels.forward_scratch(Lq, Lk, D, Dv, W)
+    probs = None
     if keep:
         stats = q.new_empty((*lead, Lq, 2))
         stats_at, scratch = stats.data_ptr(), _scratch(work, like)
+        if sdpa_panels.keeps_probabilities(Lq, Lk):
+            probs = q.new_empty((*lead, Lq, Lk))
     else:
         stats, scratch = None, _scratch(work + 2 * N * Lq, like)
         stats_at = scratch + work * like.itemsize
     sdpa_panels.forward_panels(
         like, W, N, Lq, Lk, D, Dv, q.data_ptr(), k.data_ptr(), v.data_ptr(), causal,
-        like.dtype.type(scale), out.data_ptr(), stats_at, scratch,
+        like.dtype.type(scale), out.data_ptr(), stats_at, address(probs), scratch,
     )  # fmt: skip
-    return out, stats
+    return out, stats, probs
 
 
 def fused_sdpa(q, k, v, causal, scale):
