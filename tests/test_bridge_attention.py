@@ -13,6 +13,16 @@ from .bridge_helpers import grads_match
 SIMULATED = fastrnn.cuda.is_simulator()
 
 
+def fused_calls(monkeypatch, function):
+    """A list that grows by one per call of the fused autograd ``function`` (called
+    through ``_step_attention._APPLY``) for the rest of the test."""
+    from fastrnn_torch import _step_attention
+
+    calls, apply = [], _step_attention._APPLY[function]
+    monkeypatch.setitem(_step_attention._APPLY, function, lambda *a: calls.append(1) or apply(*a))
+    return calls
+
+
 @pytest.fixture(params=["cpu", "cuda"])
 def path(request, monkeypatch):
     """The CPU kernels, or the CUDA ones: under Numba's CUDA simulator CPU tensors are
@@ -172,7 +182,7 @@ def test_sdpa_causal_with_more_keys_than_queries_matches_torch(Lk):
 
 @pytest.mark.parametrize("kind", ["dot", "general", "concat", "additive"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_one_query_kernels_with_masks(kind, dtype):
+def test_one_query_kernels_with_masks(kind, dtype, monkeypatch):
     """Luong and additive attention on CPU tensors run one fused kernel each way
     (``fastrnn_torch._step_attention``): against torch's formula with a mask, a row
     whose keys are all masked (zeros, zero gradients), values wider than the keys,
@@ -203,22 +213,17 @@ def test_one_query_kernels_with_masks(kind, dtype):
         w = torch.nan_to_num(torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1))
         return torch.bmm(w[:, None], v)[:, 0], w
 
-    calls = []
     fn = (
         _step_attention._ProjectedAdditive
         if kind in ("concat", "additive")
         else (_step_attention._DotAttention)
     )
-    original = fn.apply
-    fn.apply = lambda *a: calls.append(1) or original(*a)
-    try:
-        tol = 1e-12 if dtype == torch.float64 else 2e-6
-        grads_match(
-            lambda q, k, v: ours(q, k, v, mask), torch_formula, [q, k, v],
-            params=[(ours, ref)], tol=tol,
-        )  # fmt: skip
-    finally:
-        fn.apply = original
+    calls = fused_calls(monkeypatch, fn)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    grads_match(
+        lambda q, k, v: ours(q, k, v, mask), torch_formula, [q, k, v],
+        params=[(ours, ref)], tol=tol,
+    )  # fmt: skip
     assert calls, "the fused path did not run"
     with torch.no_grad():
         got, want = ours(q, k, v, mask), torch_formula(q, k, v)
@@ -227,7 +232,7 @@ def test_one_query_kernels_with_masks(kind, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_attn_one_kernel_path(dtype):
+def test_attn_one_kernel_path(dtype, monkeypatch):
     """The tutorial's ``Attn`` on CPU tensors runs one fused kernel each way
     (``_TutorialAttn``), at sizes that tell every dimension apart, against torch's
     formula: outputs, every input and parameter gradient, and without autograd."""
@@ -241,13 +246,9 @@ def test_attn_one_kernel_path(dtype):
     Q = torch.randn(1, 2, 5, generator=g, dtype=dtype)
     K = torch.randn(1, 2, 3, generator=g, dtype=dtype)
     V = torch.randn(2, 7, 4, generator=g, dtype=dtype)
-    calls, original = [], _step_attention._TutorialAttn.apply
-    _step_attention._TutorialAttn.apply = lambda *a: calls.append(1) or original(*a)
+    calls = fused_calls(monkeypatch, _step_attention._TutorialAttn)
     tol = 1e-12 if dtype == torch.float64 else 2e-6
-    try:
-        grads_match(ours, ref._torch_forward, [Q, K, V], params=[(ours, ref)], tol=tol)
-    finally:
-        _step_attention._TutorialAttn.apply = original
+    grads_match(ours, ref._torch_forward, [Q, K, V], params=[(ours, ref)], tol=tol)
     assert calls, "the fused path did not run"
     with torch.no_grad():
         for a, b in zip(ours(Q, K, V), ref._torch_forward(Q, K, V)):
@@ -276,10 +277,7 @@ def test_sdpa_without_mask_one_kernel(sizes, features, is_causal, dtype, panel_s
     q = torch.randn(2, 3, Lq, d, generator=g, dtype=dtype)
     k = torch.randn(2, 3, Lk, d, generator=g, dtype=dtype)
     v = torch.randn(2, 3, Lk, dv, generator=g, dtype=dtype)
-    calls, original = [], _step_attention._FusedSDPA.apply
-    monkeypatch.setattr(
-        _step_attention._FusedSDPA, "apply", lambda *a: calls.append(1) or original(*a)
-    )
+    calls = fused_calls(monkeypatch, _step_attention._FusedSDPA)
     # float32: the bound on rounding grows with the longest sum (over d, Lk or Lq)
     tol = 1e-12 if dtype == torch.float64 else 2e-6 * max(1.0, max(Lq, Lk, d) / 64)
     grads_match(

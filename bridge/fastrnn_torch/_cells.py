@@ -22,7 +22,7 @@ import torch
 from fastrnn import engine
 
 from . import _twice
-from ._ops import _batched, address, spec_for
+from ._ops import _batched, address, cpp_apply, spec_for
 
 
 def _at(spec, B):
@@ -104,10 +104,8 @@ class CellFunction(torch.autograd.Function):
         return (None, gx, gh0, gc0, *gw)
 
 
-# ``autograd.Function.apply`` without its Python prologue, which binds arguments for
-# functorch and unwraps dead functorch wrappers (about 5 us of a batch-1 step): torch's
-# own C++ ``apply``, used when no functorch transform is active (then the prologue runs).
-_apply = super(torch.autograd.Function, CellFunction).apply
+# used when no functorch transform is active (then the Python prologue runs)
+_apply = cpp_apply(CellFunction)
 
 
 def _backward_at(spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1):

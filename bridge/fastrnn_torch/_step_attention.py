@@ -14,7 +14,7 @@ from fastrnn.attention import sdpa_panels, step_at
 from fastrnn.tile_gemm import panel_width
 
 from . import _cuda
-from ._ops import address, needs_grad
+from ._ops import address, cpp_apply, needs_grad
 
 _LIKE = {torch.float32: np.float32(0), torch.float64: np.float64(0)}
 
@@ -69,7 +69,7 @@ def dot_attention(query, keys, values, mask, shift=None):
         return None
     tensors = (query.contiguous(), keys.contiguous(), values.contiguous(), mask, shift)
     if needs_grad(tensors):
-        return _DotAttention.apply(*tensors)
+        return _APPLY[_DotAttention](*tensors)
     return _dot_forward(*tensors)
 
 
@@ -182,7 +182,7 @@ def additive_attention(q, k, values, u, mask, W_q=None, W_k=None, W=None, b=None
     q, k, values, u = q.contiguous(), k.contiguous(), values.contiguous(), u.contiguous()
     tensors = (q, k, values, u, mask, W_q, W_k, W, b)
     if needs_grad(tensors):
-        return _ProjectedAdditive.apply(*tensors)
+        return _APPLY[_ProjectedAdditive](*tensors)
     qp, kp = _additive_projections(q, k, W_q, W_k, W, b)
     return _additive_forward(qp, kp, u, values, mask)
 
@@ -256,7 +256,7 @@ def tutorial_attn(Q, K, V, wa, ba, wc, bc):
         return None
     tensors = [t.contiguous() for t in (Q, K, V, wa, ba, wc, bc)]
     if needs_grad(tensors):
-        return _TutorialAttn.apply(*tensors)
+        return _APPLY[_TutorialAttn](*tensors)
     return _tutorial_forward(*tensors)[:2]
 
 
@@ -341,5 +341,10 @@ def fused_sdpa(q, k, v, causal, scale):
     """:class:`_FusedSDPA` of same-shaped CPU tensors (the caller checked them)."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if needs_grad((q, k, v)):
-        return _FusedSDPA.apply(q, k, v, causal, scale)
+        return _APPLY[_FusedSDPA](q, k, v, causal, scale)
     return _fused_forward(q, k, v, causal, scale, False)[0]
+
+
+# Every caller above runs these only while no functorch transform is active (they return
+# None under one, and the general path runs): torch's C++ ``apply`` directly.
+_APPLY = {f: cpp_apply(f) for f in (_DotAttention, _ProjectedAdditive, _TutorialAttn, _FusedSDPA)}
