@@ -9,6 +9,7 @@ import fastrnn_torch as frt
 from fastrnn_torch import _cuda
 
 from .bridge_helpers import grads_match
+from .helpers import tolerance
 
 SIMULATED = fastrnn.cuda.is_simulator()
 
@@ -278,8 +279,8 @@ def test_sdpa_without_mask_one_kernel(sizes, features, is_causal, dtype, panel_s
     k = torch.randn(2, 3, Lk, d, generator=g, dtype=dtype)
     v = torch.randn(2, 3, Lk, dv, generator=g, dtype=dtype)
     calls = fused_calls(monkeypatch, _step_attention._FusedSDPA)
-    # float32: the bound on rounding grows with the longest sum (over d, Lk or Lq)
-    tol = 1e-12 if dtype == torch.float64 else 2e-6 * max(1.0, max(Lq, Lk, d) / 64)
+    # the bound on rounding grows with the longest sum (over d, Lk or Lq)
+    tol = tolerance(str(dtype).removeprefix("torch."), magnitude=max(Lq, Lk, d) / 64)
     grads_match(
         lambda *a: frt.scaled_dot_product_attention(*a, is_causal=is_causal),
         lambda *a: F.scaled_dot_product_attention(*a, is_causal=is_causal),
