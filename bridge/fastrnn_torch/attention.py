@@ -323,7 +323,7 @@ class AdditiveAttention(torch.nn.Module):
         if not _kernels_can_run(query, keys, values, *params):
             scores = self.v(torch.tanh(self.W_q(query)[:, None] + self.W_k(keys)))[..., 0]
             return _softmax_context(scores, values, mask)
-        if query.dim() == 2 and keys.dim() == 3:  # projections by torch, the rest fused
+        if query.dim() == 2 and keys.dim() == 3:  # one fused node, projections included
             fused = additive_attention(
                 query, keys, values, self.v.weight, mask, self.W_q.weight, self.W_k.weight
             )
