@@ -122,6 +122,29 @@ def _product(a, p, out, part, transposed):
 
 
 @kernel
+def _times(a, w, out, part, transposed, rest, W):
+    """:func:`_product` of ``w`` (K, N) C-contiguous: read in place as one tile where
+    ``N`` is a whole number of panels of width ``W``, else packed into ``rest``."""
+    K, N = w.shape
+    if N % W == 0:
+        _product(a, w.reshape((1, K, N)), out, part, transposed)
+    else:
+        p = rest[: _padded(N, W) * K].reshape((_padded(N, W) // W, K, W))
+        _pack_tiles(w, p, False)
+        _product(a, p, out, part, transposed)
+
+
+@kernel
+def _times_t(a, w, out, part, rest, W):
+    """:func:`_product` of ``wᵀ`` for ``w`` (N, K) C-contiguous (keys or values against
+    the queries' rows): packed into ``rest`` from ``w``'s rows."""
+    N, K = w.shape
+    p = rest[: _padded(N, W) * K].reshape((_padded(N, W) // W, K, W))
+    _pack_columns(w, p, False)
+    _product(a, p, out, part, False)
+
+
+@kernel
 def _softmax_rows(S, causal, scale, stats, fresh):
     """Scores ``S`` (Lq, Lk) into probabilities in place, keys past a causal row's index
     zero: with ``fresh`` ``softmax(scale · S)`` row by row, writing each row's shift
@@ -181,16 +204,9 @@ def forward_panels(like, W, N, Lq, Lk, D, Dv, q, k, v, causal, scale, out, stats
     rest = work[Lq * Lk :]
     for n in range(N):
         P = pa[n if kept else 0]
-        pk = rest[: _padded(Lk, W) * D].reshape((_padded(Lk, W) // W, D, W))
-        _pack_columns(ka[n], pk, False)  # Kᵀ
-        _product(qa[n], pk, P, LOWER if causal else FULL, False)
+        _times_t(qa[n], ka[n], P, LOWER if causal else FULL, rest, W)  # S = Q Kᵀ
         _softmax_rows(P, causal, scale, sa[n], True)
-        if Dv % W == 0:
-            pv = va[n].reshape((1, Lk, Dv))
-        else:
-            pv = rest[: _padded(Dv, W) * Lk].reshape((_padded(Dv, W) // W, Lk, W))
-            _pack_tiles(va[n], pv, False)
-        _product(P, pv, oa[n], SUM_TO_ROW if causal else FULL, False)
+        _times(P, va[n], oa[n], SUM_TO_ROW if causal else FULL, False, rest, W)
 
 
 @kernel
@@ -221,13 +237,9 @@ def backward_panels(
         qn, kn, vn, don, on = qa[n], ka[n], va[n], doa[n], oa[n]
         P = pa[n if kept else 0]
         if not kept:
-            pk = rest[: _padded(Lk, W) * D].reshape((_padded(Lk, W) // W, D, W))
-            _pack_columns(kn, pk, False)  # Kᵀ
-            _product(qn, pk, P, lower, False)
+            _times_t(qn, kn, P, lower, rest, W)  # S = Q Kᵀ
             _softmax_rows(P, causal, scale, sa[n], False)
-        pv = rest[: _padded(Lk, W) * Dv].reshape((_padded(Lk, W) // W, Dv, W))
-        _pack_columns(vn, pv, False)  # Vᵀ
-        _product(don, pv, dS, lower, False)  # dP = dO Vᵀ
+        _times_t(don, vn, dS, lower, rest, W)  # dP = dO Vᵀ
         for i in range(Lq):  # dS = P * (dP - rowsum(dO * O)) * scale
             doi, oi, pi, di = don[i], on[i], P[i], dS[i]
             row = zero
@@ -238,21 +250,6 @@ def backward_panels(
                 di[j] = pi[j] * (di[j] - row) * scale
             for j in range(end, Lk):
                 di[j] = zero
-        if Dv % W == 0:
-            pdo = don.reshape((1, Lq, Dv))
-        else:
-            pdo = rest[: _padded(Dv, W) * Lq].reshape((_padded(Dv, W) // W, Lq, W))
-            _pack_tiles(don, pdo, False)
-        _product(P, pdo, dva[n], SUM_FROM_ROW if causal else FULL, True)  # Pᵀ dO
-        if D % W == 0:
-            pk = kn.reshape((1, Lk, D))
-        else:
-            pk = rest[: _padded(D, W) * Lk].reshape((_padded(D, W) // W, Lk, W))
-            _pack_tiles(kn, pk, False)
-        _product(dS, pk, dqa[n], SUM_TO_ROW if causal else FULL, False)  # dS K
-        if D % W == 0:
-            pq = qn.reshape((1, Lq, D))
-        else:
-            pq = rest[: _padded(D, W) * Lq].reshape((_padded(D, W) // W, Lq, W))
-            _pack_tiles(qn, pq, False)
-        _product(dS, pq, dka[n], SUM_FROM_ROW if causal else FULL, True)  # dSᵀ Q
+        _times(P, don, dva[n], SUM_FROM_ROW if causal else FULL, True, rest, W)  # Pᵀ dO
+        _times(dS, kn, dqa[n], SUM_TO_ROW if causal else FULL, False, rest, W)  # dS K
+        _times(dS, qn, dka[n], SUM_FROM_ROW if causal else FULL, True, rest, W)  # dSᵀ Q
