@@ -154,9 +154,8 @@ def scaled_dot_product_attention(
 
 def _fused(q, k, v):
     """Whether :func:`fused_sdpa` computes this call (checked in a few microseconds, a
-    tenth of a short call): float32 or float64 CPU tensors of one dtype and the same
-    leading shape (no broadcasting), no zero sizes, at most ``PANEL_SCORES`` scores per
-    slice, no functorch transform."""
+    tenth of a short call): float32 or float64 CPU tensors of one dtype, slices as
+    :func:`_slice_scores` takes them, at most ``PANEL_SCORES`` scores each."""
     dtype = q.dtype
     if not (
         (dtype is torch.float32 or dtype is torch.float64)
@@ -165,35 +164,38 @@ def _fused(q, k, v):
         and q.is_cpu
         and k.is_cpu
         and v.is_cpu
-        and not _cuda.on_gpu(q)  # (true of CPU tensors in tests of the CUDA path)
     ):
         return False
-    qs, ks, vs = q.shape, k.shape, v.shape
-    n = len(qs)
-    if n < 2 or len(ks) != n or len(vs) != n or torch._C._are_functorch_transforms_active():
-        return False
-    Lq, Lk, d = qs[-2], ks[-2], qs[-1]
-    return (
-        ks[-1] == d
-        and vs[-2] == Lk
-        and 0 < Lq * Lk * d * vs[-1]
-        and Lq * Lk <= core_panels.PANEL_SCORES
-        and ks[:-2] == qs[:-2] == vs[:-2]
-    )
+    return 0 < _slice_scores(q, k, v) <= core_panels.PANEL_SCORES
 
 
 def _plain(q, k, v):
-    """Whether :class:`_PlainSDPA` computes this call: CPU tensors of the same leading
-    shape (no broadcasting), valid sizes, the scores within ``BLOCK_ELEMS`` elements, no
-    functorch transform."""
-    if _cuda.on_gpu(q) or q.dim() < 2 or torch._C._are_functorch_transforms_active():
-        return False
-    lead, (Lq, d), (Lk, dk), (Lv, _) = q.shape[:-2], q.shape[-2:], k.shape[-2:], v.shape[-2:]
-    if k.shape[:-2] != lead or v.shape[:-2] != lead or dk != d or Lv != Lk:
-        return False  # the general path checks and explains
-    if min(Lq, Lk, d, v.shape[-1]) == 0:
-        return False
-    return math.prod(lead) * Lq * Lk <= core_sdpa.BLOCK_ELEMS
+    """Whether :class:`_PlainSDPA` computes this call (its tensors on the CPU, of a dtype
+    the kernels take): slices as :func:`_slice_scores` takes them, all their scores
+    within ``BLOCK_ELEMS`` elements."""
+    scores = _slice_scores(q, k, v)
+    return 0 < scores and math.prod(q.shape[:-2]) * scores <= core_sdpa.BLOCK_ELEMS
+
+
+def _slice_scores(q, k, v):
+    """Scores per (batch, head) slice, ``Lq·Lk``, of a call without broadcasting: ``q``
+    (..., Lq, d), ``k`` (..., Lk, d) and ``v`` (..., Lk, dv) of one leading shape, no
+    size zero, on fastrnn's CPU kernels, no functorch transform; 0 for any other call
+    (the general path checks and explains). Attribute reads only: a few microseconds."""
+    qs, ks, vs = q.shape, k.shape, v.shape
+    n = len(qs)
+    if (
+        n < 2
+        or len(ks) != n
+        or len(vs) != n
+        or _cuda.on_gpu(q)  # (true of CPU tensors in tests of the CUDA path)
+        or torch._C._are_functorch_transforms_active()
+    ):
+        return 0
+    Lq, Lk, d = qs[-2], ks[-2], qs[-1]
+    if ks[-1] != d or vs[-2] != Lk or ks[:-2] != qs[:-2] or vs[:-2] != qs[:-2]:
+        return 0
+    return Lq * Lk if d * vs[-1] else 0
 
 
 def _rows(t):
