@@ -80,3 +80,14 @@ def cuda_launches(monkeypatch):
 
     monkeypatch.setattr(_device, "launch", counting)
     return names
+
+
+@pytest.fixture
+def four_cpus(monkeypatch):
+    """Up to four threads allowed whatever this machine has (results must not depend on
+    how many cores actually run them); the count is restored afterwards."""
+    from fastrnn import threads
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: 4)
+    monkeypatch.setitem(threads._STATE, "threads", threads.get_num_threads())
+    monkeypatch.setitem(threads._STATE, "explicit", threads._STATE["explicit"])

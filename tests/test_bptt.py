@@ -6,7 +6,7 @@ import torch
 
 import fastrnn
 from fastrnn import engine
-from fastrnn.engine import cpu
+from fastrnn.engine import cpu, pieces
 
 from .helpers import (
     CELLS,
@@ -206,12 +206,15 @@ class _TorchStack(torch.nn.Module):
         return x
 
 
+# B=33 on two threads: the whole stack in two pieces of rows (fastrnn.engine.pieces)
+@pytest.mark.parametrize("B, threads_", [(2, 1), (2 * pieces.STACK_MIN_PIECE + 1, 2)])
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_dropout_with_supplied_masks_equals_torch(kind, rng):
+def test_dropout_with_supplied_masks_equals_torch(kind, B, threads_, rng, four_cpus):
+    fastrnn.set_num_threads(threads_)
     m, tm = make_pair(kind, 3, 4, "float64", num_layers=3, bidirectional=True, dropout=0.4)
-    x = rng.standard_normal((5, 2, 3))
+    x = rng.standard_normal((5, B, 3))
     F = 2 * m.output_size
-    keep = [rng.random((5, 2, F)) >= 0.4 for _ in range(2)]
+    keep = [rng.random((5, B, F)) >= 0.4 for _ in range(2)]
     y, _, tape = m.forward_train(x, dropout_masks=keep)
     gy = rng.standard_normal(y.shape)
     grads = m.backward(tape, gy)

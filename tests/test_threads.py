@@ -15,15 +15,6 @@ from fastrnn import engine, threads
 from .helpers import KINDS, check_grads, flat_state
 
 
-@pytest.fixture
-def four_cpus(monkeypatch):
-    """Up to four threads allowed whatever this machine has (results must not depend on
-    how many cores actually run them); the count is restored afterwards."""
-    monkeypatch.setattr(threads, "available_cpus", lambda: 4)
-    monkeypatch.setitem(threads._STATE, "threads", threads.get_num_threads())
-    monkeypatch.setitem(threads._STATE, "explicit", threads._STATE["explicit"])
-
-
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
 def test_set_num_threads_rejects_what_is_not_a_positive_integer(bad):
     with pytest.raises(ValueError, match=r"^n must be a positive integer"):

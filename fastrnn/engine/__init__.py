@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import recurrence
 from ..tiles import fixed_tiles, tile_view
-from . import driver
+from . import driver, pieces
 from .cpu import BLAS_MIN_BATCH, CPU
 from .spec import Spec, suffix
 from .tape import Gradients, Steps, Tape
@@ -87,9 +87,12 @@ def forward(spec, params, x, state, lengths, *, train=False, dropout_masks=(), i
     tape : Tape or None
     """
     h, c = state
-    y, tape = driver.forward(
-        spec, params, x, h, c, lengths, backend_for(x), train, dropout_masks, int8
-    )
+    backend = backend_for(x)
+    split = backend is CPU and pieces.stack_pieces(x.shape[1], x.shape[0])
+    run = driver.forward
+    if split and len(split) > 1:  # (a batch split a whole stack at a time on threads)
+        run = functools.partial(pieces.forward, pieces=split)
+    y, tape = run(spec, params, x, h, c, lengths, backend, train, dropout_masks, int8)
     return y, state, tape
 
 
@@ -118,7 +121,12 @@ def backward(spec, params, tape, grad_y, grad_state, *, input_grad=True, param_g
     """
     dh, dc = grad_state
     backend = backend_for(tape.layer_inputs[0])
-    return driver.backward(spec, params, tape, grad_y, dh, dc, backend, input_grad, param_grads)
+    T, B = grad_y.shape[:2]
+    split = backend is CPU and pieces.stack_pieces(B, T)
+    run = driver.backward
+    if split and len(split) > 1:
+        run = functools.partial(pieces.backward, pieces=split)
+    return run(spec, params, tape, grad_y, dh, dc, backend, input_grad, param_grads)
 
 
 def mask_scale(spec):

@@ -18,15 +18,13 @@ from ..tiles import fixed_tiles, pack_tiles, tile_width
 from .tape import Steps
 
 #: Batch size from which the per-step product runs on packed panels however short the
-#: sequence (a quantized model's: BLAS per step), and from which a batch is split in
-#: pieces of ``BLAS_MIN_PIECE`` rows.
+#: sequence (a quantized model's: BLAS per step), and from which the whole stack is
+#: split in pieces of rows instead of each recurrence (``fastrnn.engine.pieces``).
 BLAS_MIN_BATCH = 16
 #: Fewest batch rows worth a thread of their own below ``BLAS_MIN_BATCH``.
 MIN_THREAD_ROWS = 4
-#: Fewest rows of a piece of a batch of ``BLAS_MIN_BATCH`` rows or more, and of a
-#: recurrence that projects its input step by step (``_step_projection``): two 16-row
-#: pieces of a 32-row batch trained slower than one thread (bridge, two cores, T=50,
-#: H=256: LSTM 128 vs 102 ms), so such a batch splits its large products instead.
+#: Fewest rows of a recurrence that projects its input step by step
+#: (``_step_projection``).
 BLAS_MIN_PIECE = 32
 #: Fewest hidden units a team member owns, fewest multiply-adds per step and row (of
 #: ``h W_hh^T``) for a small batch to go to a team, and fewest over the whole sequence:
@@ -48,14 +46,17 @@ TILES_KEPT = 8
 
 
 def batch_pieces(B):
-    """The row ranges a (·, B, ·) recurrence is split into, one per thread.
+    """The row ranges a (·, B, ·) recurrence is split into, one per thread: below
+    ``BLAS_MIN_BATCH`` rows (a larger batch is split a whole stack at a time, by
+    ``fastrnn.engine.pieces``, and its recurrences are not split again).
 
-    The recurrence's products give a row the same bits whatever the split (panels, or
-    the kernel loop's row products); a projection or weight-gradient product that BLAS
-    computes over fewer rows may round differently (float32, about 1e-6 relative; see
-    docs/performance.md, "Threads").
+    The recurrence's products give a row the same bits whatever the split (the kernel
+    loop's row products), and the projection is made whole before the split: results
+    are identical on any number of threads (docs/performance.md, "Threads").
     """
-    return threads.split(B, BLAS_MIN_PIECE if B >= BLAS_MIN_BATCH else MIN_THREAD_ROWS)
+    if B >= BLAS_MIN_BATCH:
+        return [(0, B)]
+    return threads.split(B, MIN_THREAD_ROWS)
 
 
 class Projection(NamedTuple):
@@ -73,16 +74,6 @@ class Projection(NamedTuple):
 def _rows(a, b0, b1):
     """Rows ``b0:b1`` of the batch axis (axis 1) of ``a`` as a new contiguous array."""
     return np.ascontiguousarray(a[:, b0:b1])
-
-
-def _piece_rows(gx, b0, b1):
-    """Rows ``b0:b1`` of ``gx`` (T, B, G·H): of the array, or of a :class:`Projection`'s
-    input (a projection of those rows, still to be computed)."""
-    if not isinstance(gx, Projection):
-        return _rows(gx, b0, b1)
-    T, B, GH = gx.shape
-    X = _rows(gx.X.reshape(T, B, -1), b0, b1)
-    return Projection(X.reshape(T * (b1 - b0), -1), gx.w_ih, (T, b1 - b0, GH))
 
 
 def _placeholder(dtype):
@@ -170,20 +161,19 @@ class CPUBackend:
                 y[...] = out
             return
 
-        if isinstance(gx, Projection) and min(b1 - b0 for b0, b1 in pieces) < BLAS_MIN_PIECE:
+        if isinstance(gx, Projection):
             gx = gx.compute()  # (whole: BLAS rounds a row differently in fewer rows)
 
         def piece(b0, b1):
-            # A contiguous copy of the piece's rows (of the input, for a projection each
-            # piece makes step by step); the state rows are views (updated in place);
-            # outputs and tape rows are copied back.
+            # A contiguous copy of the piece's rows of the projected input; the state
+            # rows are views (updated in place); outputs and tape rows are copied back.
             part = None
             if steps is not None:
                 part = Steps(*(np.empty((a.shape[0], b1 - b0, a.shape[2]), a.dtype) for a in steps))
             out = np.empty((y.shape[0], b1 - b0, y.shape[2]), y.dtype)
             with use_gemm(numpy_gemm):
                 _recurrence(
-                    spec, _piece_rows(gx, b0, b1), w_hh, b_ih, b_hh, w_hr, h[b0:b1], c[b0:b1], out,
+                    spec, _rows(gx, b0, b1), w_hh, b_ih, b_hh, w_hr, h[b0:b1], c[b0:b1], out,
                     lengths[b0:b1], reverse, part, int8,
                 )  # fmt: skip
             y[:, b0:b1] = out
