@@ -18,6 +18,8 @@ from .tiles import (
     _close_loop,
     _const,
     _lane_masks,
+    _pack_columns,
+    _pack_tiles,
     _splat,
     _store_sums,
     _vector_functions,
@@ -201,3 +203,94 @@ def panel_gemm(itemsize, add):
             tiles_product(a, w, scale, out, add, s % 2 == 1)
 
     return product
+
+
+#: Kinds of product by the part of ``out`` (rows ``i``, columns ``j``) and of the sum
+#: (``k``) a causal mask leaves: every part; ``j <= i`` (scores, ``dO Vᵀ``); ``k <= i``
+#: (``P V``, ``dS K``); ``k >= i`` (``Pᵀ dO``, ``dSᵀ Q``).
+FULL, LOWER, SUM_TO_ROW, SUM_FROM_ROW = 0, 1, 2, 3
+
+
+@kernel
+def padded(n, W):
+    """``n`` rounded up to a whole number of ``W``."""
+    return -(-n // W) * W
+
+
+@kernel
+def _block(a, i, R, p, t, c, k0, k1, out, add, transposed):
+    """One :func:`~fastrnn.tile_gemm._block_product` of ``R`` (4, 2 or 1) rows."""
+    if transposed:
+        if R == 4:
+            _block_product_t(a, i, 4, p, t, c, k0, k1, out, add)
+        elif R == 2:
+            _block_product_t(a, i, 2, p, t, c, k0, k1, out, add)
+        else:
+            _block_product_t(a, i, 1, p, t, c, k0, k1, out, add)
+    elif R == 4:
+        _block_product(a, i, 4, p, t, c, k0, k1, out, add)
+    elif R == 2:
+        _block_product(a, i, 2, p, t, c, k0, k1, out, add)
+    else:
+        _block_product(a, i, 1, p, t, c, k0, k1, out, add)
+
+
+@kernel
+def product(a, p, out, part, transposed):
+    """``out = a @ w`` (``a.T @ w`` with ``transposed``) for ``w`` (K, N) in panels ``p``
+    (tiles, K, Wp): packed (``Wp`` the panel width) or ``w`` itself seen as one tile
+    (``Wp = N``, a multiple of the panel width), computing only the ``part`` a causal
+    mask leaves (:data:`FULL` ...). Entries of ``out`` outside it are zero, or left as
+    they were for :data:`LOWER`."""
+    M, N = out.shape
+    K, Wp = p.shape[1], p.shape[2]
+    V = 2 * VECTOR_BYTES // out.itemsize
+    if part == SUM_FROM_ROW and M > K:
+        out[K:] = 0  # rows whose sums are empty
+    for k0 in range(0, K, GEMM_DEPTH):
+        k1 = min(K, k0 + GEMM_DEPTH)
+        for t in range(p.shape[0]):
+            for c in range(0, Wp, V):
+                if t * Wp + c >= N:
+                    break
+                i = t * Wp + c if part == LOWER else 0
+                while i < M:
+                    R = GEMM_ROWS if M - i >= GEMM_ROWS else (4 if M - i >= 4 else M - i)
+                    R = 2 if R == 3 else R
+                    lo, hi, first = k0, k1, 0
+                    if part == SUM_TO_ROW:
+                        hi = min(hi, i + R)
+                    elif part == SUM_FROM_ROW:
+                        lo, first = max(lo, i), i
+                    if lo >= hi:
+                        pass
+                    elif R < GEMM_ROWS:
+                        _block(a, i, R, p, t, c, lo, hi, out, lo > first, transposed)
+                    elif transposed:  # (full blocks called here, not through _block:
+                        _block_product_t(a, i, GEMM_ROWS, p, t, c, lo, hi, out, lo > first)
+                    else:  # 12-15% faster at L = 16 and 64)
+                        _block_product(a, i, GEMM_ROWS, p, t, c, lo, hi, out, lo > first)
+                    i += R
+
+
+@kernel
+def times(a, w, out, part, transposed, rest, W):
+    """:func:`product` of ``w`` (K, N) C-contiguous: read in place as one tile where
+    ``N`` is a whole number of panels of width ``W``, else packed into ``rest``."""
+    K, N = w.shape
+    if N % W == 0:
+        product(a, w.reshape((1, K, N)), out, part, transposed)
+    else:
+        p = rest[: padded(N, W) * K].reshape((padded(N, W) // W, K, W))
+        _pack_tiles(w, p, False)
+        product(a, p, out, part, transposed)
+
+
+@kernel
+def times_t(a, w, out, part, rest, W):
+    """:func:`product` of ``wᵀ`` for ``w`` (N, K) C-contiguous (keys or values against
+    the queries' rows): packed into ``rest`` from ``w``'s rows."""
+    N, K = w.shape
+    p = rest[: padded(N, W) * K].reshape((padded(N, W) // W, K, W))
+    _pack_columns(w, p, False)
+    product(a, p, out, part, False)

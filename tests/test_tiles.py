@@ -146,14 +146,16 @@ def test_a_transposed_row_major_matrix_packs_as_its_copy(dtype, W, rng):
 def test_attention_panel_products_compute_the_part_a_causal_mask_leaves(
     M, K, N, part, transposed, dtype, rng
 ):
-    # sdpa_panels' products: packed panels or the matrix read in place (N a whole number
-    # of panels), the left operand stored transposed or not; each part against numpy
-    # on the lower-triangular operand a causal mask leaves (k <= i or k >= i)
-    from fastrnn.attention import sdpa_panels as sp
+    # tile_gemm.product (attention's and the cells' products): packed panels or the
+    # matrix read in place (N a whole number of panels), the left operand stored
+    # transposed or not; each part against numpy on the lower-triangular operand a
+    # causal mask leaves (k <= i or k >= i)
+    from fastrnn import tile_gemm
     from fastrnn.tile_gemm import panel_width
 
-    kind = {"full": sp.FULL, "lower": sp.LOWER}.get(part)
-    kind = {"sum to row": sp.SUM_TO_ROW, "sum from row": sp.SUM_FROM_ROW}.get(part, kind)
+    kinds = {"full": tile_gemm.FULL, "lower": tile_gemm.LOWER}
+    kinds.update({"sum to row": tile_gemm.SUM_TO_ROW, "sum from row": tile_gemm.SUM_FROM_ROW})
+    kind = kinds[part]
     a = rng.standard_normal((M, K)).astype(dtype)
     i, k = np.indices((M, K))
     if part == "sum to row":
@@ -169,7 +171,7 @@ def test_attention_panel_products_compute_the_part_a_causal_mask_leaves(
         p = w.reshape(1, K, N)
     out = np.full((M, N), np.nan, dtype)
     left = np.ascontiguousarray(a.T) if transposed else a
-    sp._product(left, p, out, kind, transposed)
+    tile_gemm.product(left, p, out, kind, transposed)
     expected = a.astype(np.float64) @ w.astype(np.float64)
     atol = tolerance(dtype, magnitude=np.sqrt(K))
     if part == "lower":  # only the columns j <= i of a row are computed

@@ -22,19 +22,12 @@ import numpy as np
 from .._jit import kernel
 from ..activations import exp_nonpos
 from ..linalg import array_at
-from ..tile_gemm import GEMM_DEPTH, GEMM_ROWS, _block_product, _block_product_t
-from ..tiles import VECTOR_BYTES, _pack_columns, _pack_tiles
+from ..tile_gemm import FULL, LOWER, SUM_FROM_ROW, SUM_TO_ROW, padded, times, times_t
 from .sdpa import _row_max
 
 #: Scores per slice (Lq·Lk) up to which the bridge runs these kernels (one slice's
 #: scores, 1 MB in float32, stay in L2 between the products and the softmax).
 PANEL_SCORES = 1 << 18
-
-#: Kinds of product by the part of ``out`` (rows ``i``, columns ``j``) and of the sum
-#: (``k``) a causal mask leaves: every part; ``j <= i`` (scores, ``dO Vᵀ``); ``k <= i``
-#: (``P V``, ``dS K``); ``k >= i`` (``Pᵀ dO``, ``dSᵀ Q``).
-FULL, LOWER, SUM_TO_ROW, SUM_FROM_ROW = 0, 1, 2, 3
-
 
 #: Scores per slice up to which the forward keeps the probabilities for the backward
 #: (16 KB a slice in float32, L=64) instead of the backward recomputing them (a pack of
@@ -48,100 +41,16 @@ def keeps_probabilities(Lq, Lk):
 
 
 @kernel
-def _padded(n, W):
-    return -(-n // W) * W
-
-
-@kernel
 def forward_scratch(Lq, Lk, D, Dv, W):
     """Elements of :func:`forward_panels`' scratch."""
-    return Lq * Lk + max(_padded(Lk, W) * D, _padded(Dv, W) * Lk)
+    return Lq * Lk + max(padded(Lk, W) * D, padded(Dv, W) * Lk)
 
 
 @kernel
 def backward_scratch(Lq, Lk, D, Dv, W):
     """Elements of :func:`backward_panels`' scratch."""
-    panels = max(_padded(Lk, W) * max(D, Dv), _padded(Dv, W) * Lq, _padded(D, W) * max(Lq, Lk))
+    panels = max(padded(Lk, W) * max(D, Dv), padded(Dv, W) * Lq, padded(D, W) * max(Lq, Lk))
     return 2 * Lq * Lk + panels
-
-
-@kernel
-def _block(a, i, R, p, t, c, k0, k1, out, add, transposed):
-    """One :func:`~fastrnn.tile_gemm._block_product` of ``R`` (4, 2 or 1) rows."""
-    if transposed:
-        if R == 4:
-            _block_product_t(a, i, 4, p, t, c, k0, k1, out, add)
-        elif R == 2:
-            _block_product_t(a, i, 2, p, t, c, k0, k1, out, add)
-        else:
-            _block_product_t(a, i, 1, p, t, c, k0, k1, out, add)
-    elif R == 4:
-        _block_product(a, i, 4, p, t, c, k0, k1, out, add)
-    elif R == 2:
-        _block_product(a, i, 2, p, t, c, k0, k1, out, add)
-    else:
-        _block_product(a, i, 1, p, t, c, k0, k1, out, add)
-
-
-@kernel
-def _product(a, p, out, part, transposed):
-    """``out = a @ w`` (``a.T @ w`` with ``transposed``) for ``w`` (K, N) in panels ``p``
-    (tiles, K, Wp): packed (``Wp`` the panel width) or ``w`` itself seen as one tile
-    (``Wp = N``, a multiple of the panel width), computing only the ``part`` a causal
-    mask leaves (:data:`FULL` ...). Entries of ``out`` outside it are zero, or left as
-    they were for :data:`LOWER`."""
-    M, N = out.shape
-    K, Wp = p.shape[1], p.shape[2]
-    V = 2 * VECTOR_BYTES // out.itemsize
-    if part == SUM_FROM_ROW and M > K:
-        out[K:] = 0  # rows whose sums are empty
-    for k0 in range(0, K, GEMM_DEPTH):
-        k1 = min(K, k0 + GEMM_DEPTH)
-        for t in range(p.shape[0]):
-            for c in range(0, Wp, V):
-                if t * Wp + c >= N:
-                    break
-                i = t * Wp + c if part == LOWER else 0
-                while i < M:
-                    R = GEMM_ROWS if M - i >= GEMM_ROWS else (4 if M - i >= 4 else M - i)
-                    R = 2 if R == 3 else R
-                    lo, hi, first = k0, k1, 0
-                    if part == SUM_TO_ROW:
-                        hi = min(hi, i + R)
-                    elif part == SUM_FROM_ROW:
-                        lo, first = max(lo, i), i
-                    if lo >= hi:
-                        pass
-                    elif R < GEMM_ROWS:
-                        _block(a, i, R, p, t, c, lo, hi, out, lo > first, transposed)
-                    elif transposed:  # (full blocks called here, not through _block:
-                        _block_product_t(a, i, GEMM_ROWS, p, t, c, lo, hi, out, lo > first)
-                    else:  # 12-15% faster at L = 16 and 64)
-                        _block_product(a, i, GEMM_ROWS, p, t, c, lo, hi, out, lo > first)
-                    i += R
-
-
-@kernel
-def _times(a, w, out, part, transposed, rest, W):
-    """:func:`_product` of ``w`` (K, N) C-contiguous: read in place as one tile where
-    ``N`` is a whole number of panels of width ``W``, else packed into ``rest``."""
-    K, N = w.shape
-    if N % W == 0:
-        _product(a, w.reshape((1, K, N)), out, part, transposed)
-    else:
-        p = rest[: _padded(N, W) * K].reshape((_padded(N, W) // W, K, W))
-        _pack_tiles(w, p, False)
-        _product(a, p, out, part, transposed)
-
-
-@kernel
-def _times_t(a, w, out, part, rest, W):
-    """:func:`_product` of ``wᵀ`` for ``w`` (N, K) C-contiguous (keys or values against
-    the queries' rows): packed into ``rest`` from ``w``'s rows."""
-    N, K = w.shape
-    p = rest[: _padded(N, W) * K].reshape((_padded(N, W) // W, K, W))
-    _pack_columns(w, p, False)
-    _product(a, p, out, part, False)
 
 
 @kernel
@@ -204,9 +113,9 @@ def forward_panels(like, W, N, Lq, Lk, D, Dv, q, k, v, causal, scale, out, stats
     rest = work[Lq * Lk :]
     for n in range(N):
         P = pa[n if kept else 0]
-        _times_t(qa[n], ka[n], P, LOWER if causal else FULL, rest, W)  # S = Q Kᵀ
+        times_t(qa[n], ka[n], P, LOWER if causal else FULL, rest, W)  # S = Q Kᵀ
         _softmax_rows(P, causal, scale, sa[n], True)
-        _times(P, va[n], oa[n], SUM_TO_ROW if causal else FULL, False, rest, W)
+        times(P, va[n], oa[n], SUM_TO_ROW if causal else FULL, False, rest, W)
 
 
 @kernel
@@ -237,9 +146,9 @@ def backward_panels(
         qn, kn, vn, don, on = qa[n], ka[n], va[n], doa[n], oa[n]
         P = pa[n if kept else 0]
         if not kept:
-            _times_t(qn, kn, P, lower, rest, W)  # S = Q Kᵀ
+            times_t(qn, kn, P, lower, rest, W)  # S = Q Kᵀ
             _softmax_rows(P, causal, scale, sa[n], False)
-        _times_t(don, vn, dS, lower, rest, W)  # dP = dO Vᵀ
+        times_t(don, vn, dS, lower, rest, W)  # dP = dO Vᵀ
         for i in range(Lq):  # dS = P * (dP - rowsum(dO * O)) * scale
             doi, oi, pi, di = don[i], on[i], P[i], dS[i]
             row = zero
@@ -250,6 +159,6 @@ def backward_panels(
                 di[j] = pi[j] * (di[j] - row) * scale
             for j in range(end, Lk):
                 di[j] = zero
-        _times(P, don, dva[n], SUM_FROM_ROW if causal else FULL, True, rest, W)  # Pᵀ dO
-        _times(dS, kn, dqa[n], SUM_TO_ROW if causal else FULL, False, rest, W)  # dS K
-        _times(dS, qn, dka[n], SUM_FROM_ROW if causal else FULL, True, rest, W)  # dSᵀ Q
+        times(P, don, dva[n], SUM_FROM_ROW if causal else FULL, True, rest, W)  # Pᵀ dO
+        times(dS, kn, dqa[n], SUM_TO_ROW if causal else FULL, False, rest, W)  # dS K
+        times(dS, qn, dka[n], SUM_FROM_ROW if causal else FULL, True, rest, W)  # dSᵀ Q
