@@ -21,8 +21,8 @@ from .linalg import (
     matmul_tn,
 )
 from .team import barrier
-from .tile_gemm import tiles_gemm
-from .tiles import backward_product, recurrent_product
+from .tile_gemm import FULL, padded, product, rows_times_t, tiles_gemm, times
+from .tiles import _pack_tiles, backward_product, recurrent_product
 
 __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 
@@ -44,6 +44,25 @@ __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 # pre-activation gradients differ, whether it has a cell state.
 cell_step = backward_step = None
 GATES = TAPE_GATES = SEPARATE_DGH = CELL_STATE = None
+
+#: Rows from which a ``*Cell`` step's products (``_cell_forward_at``,
+#: ``_cell_backward_at``) run on register-blocked panels (``fastrnn.tile_gemm``) rather
+#: than row by row, and the width of those panels (16 float32 or 16 float64 columns: a
+#: float64 panel is read as two). Panels of the step's few rows are packed per call,
+#: the weights read in place: nothing is kept from call to call.
+CELL_PANEL_ROWS = 16
+CELL_PANEL_WIDTH = 16
+
+
+@kernel
+def cell_panel_scratch(B, I, H, G):
+    """Elements of scratch a ``*Cell`` step of ``B`` rows needs for its products on
+    panels (forward or backward), beyond the rest of its scratch; 0 below
+    :data:`CELL_PANEL_ROWS` rows."""
+    if B < CELL_PANEL_ROWS:
+        return 0
+    W, K = CELL_PANEL_WIDTH, max(I, H)
+    return max(padded(B, W) * K + G * B, B * H + padded(K, W) * G, padded(K, W) * B)
 
 
 class RecurrentWeights(NamedTuple):
@@ -219,7 +238,8 @@ def _cell_forward_at(
     h = array_at(h1, (B, H), like)
     c = array_at(c1, (B, Hc), like)
     given = gx_at != 0
-    work = array_at(scratch, (2 * B * H + G + (0 if given else 2 * B * G),), like)
+    panels = 0 if given else cell_panel_scratch(B, I, H, G)
+    work = array_at(scratch, (2 * B * H + G + (0 if given else 2 * B * G) + panels,), like)
     m = work[: B * H].reshape((B, H))
     hp = work[B * H : 2 * B * H].reshape((B, H))
     zero = work[2 * B * H : 2 * B * H + G]
@@ -235,9 +255,15 @@ def _cell_forward_at(
     else:
         o = 2 * B * H + G
         gx = work[o : o + B * G].reshape((B, G))
-        gh = work[o + B * G :].reshape((B, G))
+        gh = work[o + B * G : o + 2 * B * G].reshape((B, G))
         xa = array_at(x, (B, I), like)
-        matmul2_nt(xa, array_at(w_ih, (G, I), like), gx, h_prev, array_at(w_hh, (G, H), like), gh)
+        wi, wh = array_at(w_ih, (G, I), like), array_at(w_hh, (G, H), like)
+        if panels:
+            rest = work[o + 2 * B * G :]
+            rows_times_t(xa, wi, gx, rest, CELL_PANEL_WIDTH)
+            rows_times_t(h_prev, wh, gh, rest, CELL_PANEL_WIDTH)
+        else:
+            matmul2_nt(xa, wi, gx, h_prev, wh, gh)
     bi = zero if b_ih == 0 else array_at(b_ih, (G,), like)
     bh = zero if b_hh == 0 else array_at(b_hh, (G,), like)
     tape = array_at(gates, (1, B, TAPE_GATES * H), like)
@@ -264,7 +290,8 @@ def _cell_backward_at(
     G = GATES * H
     Hc = H if CELL_STATE else 0
     given = dgx_at != 0
-    work = array_at(scratch, (4 * B * H + (0 if given else 2 * B * G),), like)
+    panels = 0 if given else cell_panel_scratch(B, I, H, G)
+    work = array_at(scratch, (4 * B * H + (0 if given else 2 * B * G) + panels,), like)
     dm = work[: B * H].reshape((B, H))
     zeros = work[B * H : 2 * B * H].reshape((B, H))
     dh = work[2 * B * H : 3 * B * H].reshape((B, H))
@@ -273,8 +300,9 @@ def _cell_backward_at(
         dgx = array_at(dgx_at, (B, G), like)
         dgh = array_at(dgh_at, (B, G), like)
     else:
-        dgx = work[4 * B * H : 4 * B * H + B * G].reshape((B, G))
-        dgh = work[4 * B * H + B * G :].reshape((B, G)) if SEPARATE_DGH else dgx
+        o = 4 * B * H
+        dgx = work[o : o + B * G].reshape((B, G))
+        dgh = work[o + B * G : o + 2 * B * G].reshape((B, G)) if SEPARATE_DGH else dgx
     if dh0 != 0:
         dh = array_at(dh0, (B, H), like)
     if dc0 != 0:
@@ -299,20 +327,60 @@ def _cell_backward_at(
         0, ones, tape, h_prev, c_prev, None, zeros, dh, dc, dgx, dgh, None, None, dm,
         activation,
     )  # fmt: skip
-    if w_hh != 0:
-        matmul_nn_acc(dgh, array_at(w_hh, (G, H), like), dh)
-    if dx != 0:
-        dxa = array_at(dx, (B, I), like)
-        dxa[:] = 0
-        matmul_nn_acc(dgx, array_at(w_ih, (G, I), like), dxa)
-    if dw_ih != 0:
-        matmul_tn(dgx, array_at(x, (B, I), like), array_at(dw_ih, (G, I), like))
-    if dw_hh != 0:
-        matmul_tn(dgh, h_prev, array_at(dw_hh, (G, H), like))
+    if panels:  # (the weights read in place, the rows' operands packed in ``rest``)
+        _cell_backward_panels(
+            B, I, H, like, x, w_ih, w_hh, dgx, dgh, h_prev, dh, dx, dw_ih, dw_hh,
+            work[4 * B * H + 2 * B * G :],
+        )  # fmt: skip
+    else:
+        if w_hh != 0:
+            matmul_nn_acc(dgh, array_at(w_hh, (G, H), like), dh)
+        if dx != 0:
+            dxa = array_at(dx, (B, I), like)
+            dxa[:] = 0
+            matmul_nn_acc(dgx, array_at(w_ih, (G, I), like), dxa)
+        if dw_ih != 0:
+            matmul_tn(dgx, array_at(x, (B, I), like), array_at(dw_ih, (G, I), like))
+        if dw_hh != 0:
+            matmul_tn(dgh, h_prev, array_at(dw_hh, (G, H), like))
     if db_ih != 0:
         column_sums(dgx, array_at(db_ih, (G,), like))
     if db_hh != 0:
         column_sums(dgh, array_at(db_hh, (G,), like))
+
+
+@kernel
+def _cell_backward_panels(B, I, H, like, x, w_ih, w_hh, dgx, dgh, h_prev, dh, dx, dw_ih, dw_hh,
+                          rest):  # fmt: skip
+    """The products of :func:`_cell_backward_at` on panels (``fastrnn.tile_gemm``):
+    ``dh += dgh W_hh``, ``dx = dgx W_ih``, ``dW_ih = dgxᵀ x``, ``dW_hh = dghᵀ h_prev``
+    (addresses 0: not wanted). ``rest`` holds ``cell_panel_scratch`` elements."""
+    G = dgx.shape[1]
+    W = CELL_PANEL_WIDTH
+    if w_hh != 0:
+        part = rest[: B * H].reshape((B, H))
+        times(dgh, array_at(w_hh, (G, H), like), part, FULL, False, rest[B * H :], W)
+        for n in range(B):
+            for j in range(H):
+                dh[n, j] += part[n, j]
+    if dx != 0:
+        times(dgx, array_at(w_ih, (G, I), like), array_at(dx, (B, I), like), FULL, False, rest, W)
+    # the rows' operands packed even where they could be read in place: rows 1 KB or
+    # more apart fall in a few of L1's sets
+    if dw_ih != 0:
+        _times_packed(dgx, array_at(x, (B, I), like), array_at(dw_ih, (G, I), like), rest, W)
+    if dw_hh != 0:
+        _times_packed(dgh, h_prev, array_at(dw_hh, (G, H), like), rest, W)
+
+
+@kernel
+def _times_packed(a, b, out, rest, W):
+    """``out = a.T @ b`` for ``a`` (B, M), ``b`` (B, N): ``b`` packed in panels into
+    ``rest`` (``padded(N, W)·B`` elements), ``a`` read transposed in place."""
+    B, N = b.shape
+    p = rest[: padded(N, W) * B].reshape((padded(N, W) // W, B, W))
+    _pack_tiles(b, p, False)
+    product(a, p, out, FULL, True)
 
 
 def _backward_sequence(record, w_hh, w_hr, lengths, reverse, activation, dy, dh, dc, grads, dm):

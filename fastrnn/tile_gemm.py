@@ -294,3 +294,21 @@ def times_t(a, w, out, part, rest, W):
     p = rest[: padded(N, W) * K].reshape((padded(N, W) // W, K, W))
     _pack_columns(w, p, False)
     product(a, p, out, part, False)
+
+
+@kernel
+def rows_times_t(x, w, out, rest, W):
+    """``out = x @ wᵀ`` for ``x`` (B, K) and ``w`` (N, K) C-contiguous (a torch
+    ``Linear``'s weight layout): computed as ``(w @ xᵀ)ᵀ`` on panels of ``xᵀ`` of ``W``
+    columns packed into ``rest`` from ``x``'s rows, the weights read in place row by row
+    (nothing of theirs is packed per call), the result written transposed into ``out``.
+    ``rest`` holds ``padded(B, W)·K + N·B`` elements."""
+    B, K = x.shape
+    N = w.shape[0]
+    P = padded(B, W) * K
+    out_t = rest[P : P + N * B].reshape((N, B))
+    times_t(w, x, out_t, FULL, rest[:P], W)
+    for n in range(B):
+        row = out[n]
+        for j in range(N):
+            row[j] = out_t[j, n]

@@ -545,12 +545,19 @@ def test_batched_gradients_and_vmap(kind):
 
 
 @pytest.mark.parametrize("kind", sorted(CELLS))
-@pytest.mark.parametrize("batch", [1, 20])  # the Numba products, then torch's BLAS
+# one row (row loops), 20 rows on panels (the kernel's products), 20 rows through
+# torch's BLAS (weights past CELL_PANEL_WEIGHTS: made 0 here)
+@pytest.mark.parametrize("batch, blas", [(1, False), (20, False), (20, True)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_cell_loops_match_torch(kind, batch, bias, dtype):
+def test_cell_loops_match_torch(kind, batch, blas, bias, dtype, monkeypatch):
     """A cell stepped in a Python loop (the decoder pattern): outputs and every gradient
     through five chained steps, with one parameter frozen."""
+    from fastrnn_torch import _cells
+
+    if blas:
+        monkeypatch.setattr(_cells, "CELL_PANEL_WEIGHTS", 0)
+        _cells._small.cache_clear()
     m, tm = twins(CELLS, kind, dtype, 3, 5, bias=bias)
     for module in (m, tm):
         module.weight_ih.requires_grad_(False)
@@ -576,6 +583,7 @@ def test_cell_loops_match_torch(kind, batch, bias, dtype):
     assert gp1.keys() == gp2.keys() and "weight_ih" not in gp1
     for name in gp1:
         assert (gp1[name] - gp2[name]).abs().max() < tol * max(1.0, gp2[name].abs().max()), name
+    _cells._small.cache_clear()  # (the size limit restored for the next test)
 
 
 @pytest.mark.parametrize("kind", sorted(CELLS))

@@ -15,12 +15,14 @@ def _address(a):
 
 @pytest.mark.parametrize("cell, nonlinearity", CASES)
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("batch", [1, 3, 70])
+# row loops (1, 3 rows), then panels (recurrence.CELL_PANEL_ROWS): weights packed, and
+# read in place (input and hidden sizes whole panels)
+@pytest.mark.parametrize("batch, I, H", [(1, 4, 5), (3, 4, 5), (70, 4, 5), (19, 32, 16)])
 @pytest.mark.parametrize("given", [False, True], ids=["products", "given-products"])
-def test_cell_at_matches_reference(cell, nonlinearity, bias, batch, given):
+def test_cell_at_matches_reference(cell, nonlinearity, bias, batch, I, H, given):
     """With ``given`` the caller computes the products (as the bridge does with BLAS
-    for larger batches) and hands them in, and takes the gate gradients out."""
-    B, I, H = batch, 4, 5
+    for larger weights) and hands them in, and takes the gate gradients out."""
+    B = batch
     spec = engine.Spec(cell, I, H, bias=bias, nonlinearity=nonlinearity, dtype=np.dtype("f8"))
     at = engine.cell_at(spec)
     rng = np.random.default_rng(0)

@@ -3,19 +3,23 @@ with as little work per call as a Python loop over time can afford.
 
 A cell stepped in a training loop is called thousands of times with small tensors, so
 the general layer machinery (configuration, tapes, a bound core model) would cost more
-than the arithmetic. Below ``BLAS_MIN_BATCH`` rows a forward is one kernel call (both
-products, the fused gate kernel of the cell type, the gates kept for the backward) and
-a backward one more (gate gradients, the input and state gradients, the weight
-gradients), both handed the tensors' addresses (``data_ptr()``): a NumPy view of a
-tensor costs about as much as a batch-1 H=64 step's arithmetic. Larger batches take
-their products from torch's BLAS around the same fused gate kernels. The same kernels
-as everywhere else: parity with torch.nn is tested.
+than the arithmetic. A forward is one kernel call (both products, the fused gate
+kernel of the cell type, the gates kept for the backward) and a backward one more (gate
+gradients, the input and state gradients, the weight gradients), both handed the
+tensors' addresses (``data_ptr()``): a NumPy view of a tensor costs about as much as a
+batch-1 H=64 step's arithmetic. From ``BLAS_MIN_BATCH`` rows the products run on
+register-blocked panels of the step's rows (``fastrnn.tile_gemm``), the weights read in
+place; only weights larger than :data:`CELL_PANEL_WEIGHTS` take their products from
+torch's BLAS around the same fused gate kernels. The same kernels as everywhere else:
+parity with torch.nn is tested.
 
 Where the microseconds of a batch-1 step went before (this project's VM, H=64 RNNCell,
 cProfile and timers): ``autograd.Function.apply`` itself ~25 µs, nine ``.numpy()``
 views ~2.3 µs each, five allocations ~4 µs each, the module's checks ~30 µs in small
 helpers; torch.nn's whole forward step was ~40 µs.
 """
+
+import functools
 
 import torch
 
@@ -24,13 +28,27 @@ from fastrnn import engine
 from . import _twice
 from ._ops import _batched, address, cpp_apply, spec_for
 
+#: Weight elements (``G·H·max(I, H)``) up to which a step of any batch runs in one kernel
+#: call, its products on panels (``fastrnn.recurrence.CELL_PANEL_ROWS``); larger weights
+#: take torch's BLAS from ``BLAS_MIN_BATCH`` rows. Cell loops (T=20, fwd+bwd, one
+#: core, vs torch.nn, BLAS products -> panels): B=32 H=64 RNN 0.88 -> 1.10x, GRU 1.23
+#: -> 1.52x, LSTM 1.17 -> 1.46x; B=32 H=256 RNN 0.85 -> 1.04x, GRU 0.91 -> 1.01x, LSTM
+#: 0.97 -> 1.03x; at H=512 an LSTM's or GRU's 2-4 MB weights, read in place with rows 2
+#: KB apart, lose to BLAS's packing (LSTM B=64 0.94 vs 0.90-0.94x).
+CELL_PANEL_WEIGHTS = 1 << 18
+
+
+@functools.lru_cache(maxsize=64)
+def _small(spec):
+    H = spec.hidden_size
+    return spec.gates * H * max(spec.input_size, H) <= CELL_PANEL_WEIGHTS
+
 
 def _at(spec, B):
-    """Whether a step of ``B`` rows goes through :class:`fastrnn.engine.CellAt`: below
-    ``BLAS_MIN_BATCH`` rows. Measured here: at 32 rows its Numba products lose to
-    torch's BLAS even for a tiny step (LSTMCell(1, 64), 0.5 M multiply-adds: 0.91x; a
-    (64, 64) GRUCell 0.98x; larger 0.57-0.83x), the per-call savings included."""
-    return B < engine.BLAS_MIN_BATCH
+    """Whether a step of ``B`` rows is one :class:`fastrnn.engine.CellAt` call (its
+    products in the kernel): below ``BLAS_MIN_BATCH`` rows, or weights of at most
+    :data:`CELL_PANEL_WEIGHTS` elements."""
+    return B < engine.BLAS_MIN_BATCH or _small(spec)
 
 
 def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
