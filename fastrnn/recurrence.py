@@ -290,8 +290,9 @@ def _cell_backward_at(
     G = GATES * H
     Hc = H if CELL_STATE else 0
     given = dgx_at != 0
-    panels = 0 if given else cell_panel_scratch(B, I, H, G)
-    work = array_at(scratch, (4 * B * H + (0 if given else 2 * B * G) + panels,), like)
+    own = 0 if given else 2 * B * G  # (room for the gate gradients)
+    panels = cell_panel_scratch(B, I, H, G)
+    work = array_at(scratch, (4 * B * H + own + panels,), like)
     dm = work[: B * H].reshape((B, H))
     zeros = work[B * H : 2 * B * H].reshape((B, H))
     dh = work[2 * B * H : 3 * B * H].reshape((B, H))
@@ -330,7 +331,7 @@ def _cell_backward_at(
     if panels:  # (the weights read in place, the rows' operands packed in ``rest``)
         _cell_backward_panels(
             B, I, H, like, x, w_ih, w_hh, dgx, dgh, h_prev, dh, dx, dw_ih, dw_hh,
-            work[4 * B * H + 2 * B * G :],
+            work[4 * B * H + own :],
         )  # fmt: skip
     else:
         if w_hh != 0:

@@ -659,3 +659,123 @@ def test_bench_settles_until_a_peers_spinning_threads_stop():
     start = time.perf_counter()
     bench.settle()
     assert time.perf_counter() - start < bench.SETTLE_MAX
+
+
+@pytest.fixture
+def every_loop(monkeypatch):
+    """Every cell step with trainable weights joins its module's Loop (the weights'
+    gradients made once per backward pass), whatever the layer's size."""
+    from fastrnn_torch import _cells
+
+    monkeypatch.setattr(_cells, "LOOP_MIN_WEIGHTS", -1)
+    _cells._loop_pays.cache_clear()
+    yield _cells
+    _cells._loop_pays.cache_clear()
+
+
+def _cell_loop(module, xs, h, kind, T):
+    state = (h, torch.zeros_like(h)) if kind == "lstm" else h
+    loss = 0
+    for t in range(T):
+        state = module(xs[t], state)
+        out = state[0] if kind == "lstm" else state
+        loss = loss + (out * (t + 1)).sin().sum()
+    return loss
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("frozen", [None, "weight_ih", "bias_hh"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cell_loop_weight_gradients_match_torch(kind, batch, frozen, dtype, every_loop):
+    """Steps that leave their gate gradients to the loop's weights node: every gradient
+    as torch.nn's, after passes that do not reach the weights (``autograd.grad`` of the
+    initial state: nothing of theirs may count), twice with ``retain_graph`` (the
+    gradients accumulate), and for two loops run before one backward."""
+    m, tm = twins(CELLS, kind, dtype, 3, 5)
+    for module in (m, tm):
+        if frozen:
+            getattr(module, frozen).requires_grad_(False)
+    g = torch.Generator().manual_seed(7)
+    xs = torch.randn(4, batch, 3, generator=g, dtype=TORCH_DTYPE[dtype])
+    found = []
+    for module in (m, tm):
+        h = torch.zeros(batch, 5, dtype=xs.dtype, requires_grad=True)
+        loss = _cell_loop(module, xs, h, kind, 4)
+        (dh,) = torch.autograd.grad(loss, [h], retain_graph=True)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        second = _cell_loop(module, xs * 2, h, kind, 3) + _cell_loop(module, xs, h, kind, 2)
+        second.backward()
+        found.append([dh, h.grad] + [p.grad for p in module.parameters() if p.requires_grad])
+    tol = TOL[dtype]
+    for ours, theirs in zip(*found, strict=True):
+        assert (ours - theirs).abs().max() < tol * max(1.0, theirs.abs().max())
+    assert isinstance(m.__dict__.get("_fastrnn_loop"), every_loop.Loop)
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("loop", [False, True])
+def test_chained_cells_double_backward_matches_torch(kind, loop, monkeypatch):
+    """Gradients, and gradients of gradients, through chained steps: a step's state comes
+    from the steps before, which used the same weights (each step's graph-building
+    backward must stop at its inputs, not count the earlier steps' weight gradients
+    again). With ``loop`` the steps' weight gradients reach the loop's weights node."""
+    from fastrnn_torch import _cells
+
+    if loop:
+        monkeypatch.setattr(_cells, "LOOP_MIN_WEIGHTS", -1)
+    _cells._loop_pays.cache_clear()
+    m, tm = twins(CELLS, kind, "float64", 3, 5)
+    xs = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    found = []
+    for module in (m, tm):
+        h = torch.rand(2, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        h.requires_grad_(True)
+        loss = _cell_loop(module, xs, h, kind, 3)
+        grads = torch.autograd.grad(loss, [h, *module.parameters()], create_graph=True)
+        penalty = sum((g**2).sum() for g in grads)
+        second = torch.autograd.grad(penalty, list(module.parameters()))
+        found.append([g.detach() for g in grads] + list(second))
+    _cells._loop_pays.cache_clear()
+    for ours, theirs in zip(*found, strict=True):
+        assert (ours - theirs).abs().max() < 1e-10 * max(1.0, theirs.abs().max())
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_chained_sequences_double_backward_matches_torch(kind):
+    """Gradients of gradients through two calls chained by their state (truncated BPTT
+    without the detach): the second call's graph-building backward stops at its
+    initial state."""
+    m, tm = twins(LAYERS, kind, "float64", 3, 4)
+    xs = torch.randn(2, 4, 2, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    found = []
+    for module in (m, tm):
+        y1, state = module(xs[0])
+        y2, _ = module(xs[1], state)
+        loss = (y1.sin() * 2).sum() + y2.sin().sum()
+        grads = torch.autograd.grad(loss, list(module.parameters()), create_graph=True)
+        penalty = sum((g**2).sum() for g in grads)
+        second = torch.autograd.grad(penalty, list(module.parameters()))
+        found.append([g.detach() for g in grads] + list(second))
+    for ours, theirs in zip(*found, strict=True):
+        assert (ours - theirs).abs().max() < 1e-10 * max(1.0, theirs.abs().max())
+
+
+def test_cell_loops_leave_nothing_behind(every_loop):
+    """A loop is freed once its graph is: nothing accumulates over training steps."""
+    import gc
+    import weakref
+
+    m = frt.LSTMCell(3, 4)
+    seen = []
+    for _ in range(3):
+        x = torch.randn(2, 3)
+        h = (torch.zeros(2, 4), torch.zeros(2, 4))
+        for _ in range(3):
+            h = m(x, h)
+        h[0].sum().backward()
+        seen.append(weakref.ref(m.__dict__["_fastrnn_loop"]))
+    del h
+    gc.collect()
+    assert [r() is None for r in seen] == [True, True, False]  # (the last one is cached)

@@ -64,8 +64,14 @@ def forward(config, x, h0, c0, weights, lengths, masks):
 def gradients(config, x, h0, c0, weights, lengths, masks, grad_y, grad_hn, grad_cn, needs):
     """The first-order gradients as a differentiable graph: ``needs`` says which of
     ``(x, h0, c0, *weights)`` want one; returns a list with None for the others."""
-    inputs = [x, h0, c0, *weights]
     with torch.enable_grad():
+        # Fresh views, so that the gradients stop at them: asked of the inputs themselves,
+        # autograd would also walk back through an input's own history (a state made by
+        # earlier steps) to the weights used there, and count those steps' weight
+        # gradients a second time.
+        x, h0, c0 = x.view_as(x), h0.view_as(h0), c0.view_as(c0)
+        weights = [w.view_as(w) for w in weights]
+        inputs = [x, h0, c0, *weights]
         y, hn, cn = forward(config, x, h0, c0, weights, lengths, masks)
         outputs, grads = [y, hn], [grad_y, grad_hn]
         if json.loads(config)["mode"] == "LSTM":

@@ -381,7 +381,9 @@ class _CellMixin(_Portable):
         cached = self.__dict__.get("_fastrnn_cell")
         if cached is None or cached[0] != key:
             cached = self.__dict__["_fastrnn_cell"] = (key, _config(self, self._mode, 1, dtype))
-        return _cells.checked_step(cached[1], input, h0, c0, w_ih, w_hh, b_ih, b_hh, train)
+        return _cells.checked_step(
+            cached[1], input, h0, c0, w_ih, w_hh, b_ih, b_hh, train, owner=self
+        )
 
     def _weights(self):
         params = self._parameters

@@ -294,9 +294,9 @@ class CellAt:
             return self._local.spaces[B, products]
         except (AttributeError, KeyError):
             G, H = self._width, self.hidden_size
-            kernel = 4 * B * H + G
-            if products:  # (their results, and the panels of a batch's products)
-                kernel += 2 * B * G + recurrence.cell_panel_scratch(B, self.input_size, H, G)
+            kernel = 4 * B * H + G + recurrence.cell_panel_scratch(B, self.input_size, H, G)
+            if products:  # (their results)
+                kernel += 2 * B * G
             n = kernel + B * self.tape_width
             found = self._local.spaces = getattr(self._local, "spaces", {})
             array = getattr(self._local, "array", None)
