@@ -48,8 +48,10 @@ def _small(spec):
 def _at(spec, B):
     """Whether a step of ``B`` rows is one :class:`fastrnn.engine.CellAt` call (its
     products in the kernel): below ``BLAS_MIN_BATCH`` rows, or weights of at most
-    :data:`CELL_PANEL_WEIGHTS` elements."""
-    return B < engine.BLAS_MIN_BATCH or _small(spec)
+    :data:`CELL_PANEL_WEIGHTS` elements when torch computes on one thread (on more,
+    torch's BLAS splits the products across them: two cores, B=32 H=256, the kernel's
+    single-threaded products ran at 0.74-0.93x torch.nn's loop, BLAS's at 0.93-1.11x)."""
+    return B < engine.BLAS_MIN_BATCH or (_small(spec) and torch.get_num_threads() == 1)
 
 
 def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
