@@ -779,3 +779,37 @@ def test_cell_loops_leave_nothing_behind(every_loop):
     del h
     gc.collect()
     assert [r() is None for r in seen] == [True, True, False]  # (the last one is cached)
+
+
+# (the reentrant checkpoint warns when no tensor argument takes a gradient: LSTM's state
+# is a tuple, which it does not look into; torch.nn's cell gets the same call)
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_cell_loop_trains_like_torch_with_an_optimizer_and_checkpoints(kind, every_loop):
+    """Training iterations (zero_grad, backward, an optimizer step that edits the weights
+    in place) with some steps under activation checkpointing, non-reentrant and
+    reentrant (whose backward recomputes the steps and runs a backward of its own):
+    the weights end as torch.nn's."""
+    from torch.utils.checkpoint import checkpoint
+
+    m, tm = twins(CELLS, kind, "float64", 3, 5)
+    xs = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    found = []
+    for module in (m, tm):
+        opt = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9)
+        for reentrant in (False, True, False):
+            opt.zero_grad()
+            h = torch.zeros(2, 5, dtype=torch.float64)
+            state = (h, h) if kind == "lstm" else h
+            loss = 0
+            for t in range(4):
+                if t % 2:
+                    state = checkpoint(module, xs[t], state, use_reentrant=reentrant)
+                else:
+                    state = module(xs[t], state)
+                loss = loss + ((state[0] if kind == "lstm" else state) ** 2).sum()
+            loss.backward()
+            opt.step()
+        found.append([p.detach().clone() for p in module.parameters()])
+    for ours, theirs in zip(*found, strict=True):
+        assert (ours - theirs).abs().max() < 1e-12 * max(1.0, theirs.abs().max())
