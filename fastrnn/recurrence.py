@@ -21,8 +21,8 @@ from .linalg import (
     matmul_tn,
 )
 from .team import barrier
-from .tile_gemm import FULL, padded, product, rows_times_t, tiles_gemm, times
-from .tiles import _pack_tiles, backward_product, recurrent_product
+from .tile_gemm import FULL, padded, rows_times_t, tiles_gemm, times, times_packed
+from .tiles import backward_product, recurrent_product
 
 __all__ = ["LOOPS", "Loops", "RecurrentWeights", "Scratch", "GateGradients"]
 
@@ -366,22 +366,12 @@ def _cell_backward_panels(B, I, H, like, x, w_ih, w_hh, dgx, dgh, h_prev, dh, dx
                 dh[n, j] += part[n, j]
     if dx != 0:
         times(dgx, array_at(w_ih, (G, I), like), array_at(dx, (B, I), like), FULL, False, rest, W)
-    # the rows' operands packed even where they could be read in place: rows 1 KB or
-    # more apart fall in a few of L1's sets
+    # the rows' operands packed even where they could be read in place (a small copy)
     if dw_ih != 0:
-        _times_packed(dgx, array_at(x, (B, I), like), array_at(dw_ih, (G, I), like), rest, W)
+        xa = array_at(x, (B, I), like)
+        times_packed(dgx, xa, array_at(dw_ih, (G, I), like), FULL, True, rest, W)
     if dw_hh != 0:
-        _times_packed(dgh, h_prev, array_at(dw_hh, (G, H), like), rest, W)
-
-
-@kernel
-def _times_packed(a, b, out, rest, W):
-    """``out = a.T @ b`` for ``a`` (B, M), ``b`` (B, N): ``b`` packed in panels into
-    ``rest`` (``padded(N, W)·B`` elements), ``a`` read transposed in place."""
-    B, N = b.shape
-    p = rest[: padded(N, W) * B].reshape((padded(N, W) // W, B, W))
-    _pack_tiles(b, p, False)
-    product(a, p, out, FULL, True)
+        times_packed(dgh, h_prev, array_at(dw_hh, (G, H), like), FULL, True, rest, W)
 
 
 def _backward_sequence(record, w_hh, w_hr, lengths, reverse, activation, dy, dh, dc, grads, dm):

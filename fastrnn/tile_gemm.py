@@ -281,9 +281,18 @@ def times(a, w, out, part, transposed, rest, W):
     if N % W == 0:
         product(a, w.reshape((1, K, N)), out, part, transposed)
     else:
-        p = rest[: padded(N, W) * K].reshape((padded(N, W) // W, K, W))
-        _pack_tiles(w, p, False)
-        product(a, p, out, part, transposed)
+        times_packed(a, w, out, part, transposed, rest, W)
+
+
+@kernel
+def times_packed(a, w, out, part, transposed, rest, W):
+    """:func:`product` of ``w`` (K, N) C-contiguous packed into ``rest`` (``padded(N,
+    W)·K`` elements) in panels of width ``W``: :func:`times` where ``w`` cannot be read
+    in place, or where its rows, 1 KB or more apart, would fall in a few of L1's sets."""
+    K, N = w.shape
+    p = rest[: padded(N, W) * K].reshape((padded(N, W) // W, K, W))
+    _pack_tiles(w, p, False)
+    product(a, p, out, part, transposed)
 
 
 @kernel

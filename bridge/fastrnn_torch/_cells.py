@@ -248,66 +248,44 @@ def _backward_at(
     spec, needs, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gates, grad_h1, grad_c1, loop=None
 ):
     """:meth:`CellFunction.backward`: one kernel call; for weights past
-    :data:`CELL_PANEL_WEIGHTS` it leaves the gate gradients to torch's BLAS for the four
-    products. With a :class:`Loop` the weight gradients are the loop's (see there)."""
+    :data:`CELL_PANEL_WEIGHTS` (or torch on more threads) the kernel writes the gate
+    gradients and torch's BLAS makes the products. With a :class:`Loop` the gate
+    gradients go to the loop, which makes the weight gradients (none returned here)."""
     B = h0.shape[0]
     # kept in names until the kernel returns: a temporary's memory may be reused at once
     grad_h1, grad_c1 = _contiguous(grad_h1), _contiguous(grad_c1)
+    mine = loop is None  # (the weight gradients made here)
+    dx = torch.empty_like(x) if needs[3] else None
     dh0 = torch.empty_like(h0) if needs[4] else None
     dc0 = torch.empty_like(h0) if needs[5] and spec.has_cell_state else None
-    at = engine.cell_at(spec)
-    if loop is not None:
-        return _backward_loop(spec, at, loop, needs, x, h0, c0, w_ih, w_hh, gates, grad_h1,
-                              grad_c1, dh0, dc0)  # fmt: skip
-    db_ih = torch.empty_like(b_ih) if b_ih is not None and needs[8] else None
-    db_hh = torch.empty_like(b_hh) if b_hh is not None and needs[9] else None
-    if _at(spec, B):
-        dx = torch.empty_like(x) if needs[3] else None
-        dw_ih = torch.empty_like(w_ih) if needs[6] else None
-        dw_hh = torch.empty_like(w_hh) if needs[7] else None
-        at.backward(
-            B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), address(c0), w_ih.data_ptr(),
-            w_hh.data_ptr(), address(grad_h1), address(grad_c1),
-            address(dx), address(dh0), address(dc0), address(dw_ih), address(dw_hh),
-            address(db_ih), address(db_hh),
-        )  # fmt: skip
-        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
-    dgx = h0.new_empty((B, spec.gates * h0.shape[1]))
-    dgh = torch.empty_like(dgx) if spec.kernels.SEPARATE_DGH else dgx
-    at.backward(
-        B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), address(c0), 0, 0,
-        address(grad_h1), address(grad_c1), 0, address(dh0), address(dc0), 0, 0,
-        address(db_ih), address(db_hh), dgx.data_ptr(), dgh.data_ptr(),
-    )  # fmt: skip
-    dx = torch.mm(dgx, w_ih) if needs[3] else None
-    if dh0 is not None:
-        dh0.addmm_(dgh, w_hh)
-    dw_ih = torch.mm(dgx.t(), x) if needs[6] else None
-    dw_hh = torch.mm(dgh.t(), h0) if needs[7] else None
-    return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
-
-
-def _backward_loop(spec, at, loop, needs, x, h0, c0, w_ih, w_hh, gates, grad_h1, grad_c1, dh0, dc0):
-    """:func:`_backward_at` of a :class:`Loop`'s step: the gate gradients go to the
-    loop, the input and state gradients are returned (no weight gradients)."""
-    B = h0.shape[0]
-    dgx = h0.new_empty((B, spec.gates * h0.shape[1]))
-    dgh = torch.empty_like(dgx) if spec.kernels.SEPARATE_DGH else dgx
-    dx = torch.empty_like(x) if needs[3] else None
-    products = _at(spec, B)  # (else torch's BLAS makes dx and dh's part through W_hh)
-    at.backward(
-        B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), address(c0),
-        w_ih.data_ptr() if products else 0, w_hh.data_ptr() if products else 0,
-        address(grad_h1), address(grad_c1), address(dx) if products else 0, address(dh0),
-        address(dc0), 0, 0, 0, 0, dgx.data_ptr(), dgh.data_ptr(),
+    dw_ih = torch.empty_like(w_ih) if mine and needs[6] else None
+    dw_hh = torch.empty_like(w_hh) if mine and needs[7] else None
+    db_ih = torch.empty_like(b_ih) if mine and b_ih is not None and needs[8] else None
+    db_hh = torch.empty_like(b_hh) if mine and b_hh is not None and needs[9] else None
+    products = _at(spec, B)  # (in the kernel; else torch's BLAS from the gate gradients)
+    dgx = dgh = None
+    if not (mine and products):  # the gate gradients wanted out of the kernel
+        dgx = h0.new_empty((B, spec.gates * h0.shape[1]))
+        dgh = torch.empty_like(dgx) if spec.kernels.SEPARATE_DGH else dgx
+    inside = (w_ih, w_hh, dx, dw_ih, dw_hh) if products else (None,) * 5
+    engine.cell_at(spec).backward(
+        B, gates.data_ptr(), x.data_ptr(), h0.data_ptr(), address(c0), address(inside[0]),
+        address(inside[1]), address(grad_h1), address(grad_c1), address(inside[2]),
+        address(dh0), address(dc0), address(inside[3]), address(inside[4]), address(db_ih),
+        address(db_hh), address(dgx), address(dgh),
     )  # fmt: skip
     if not products:
         if dx is not None:
             torch.mm(dgx, w_ih, out=dx)
         if dh0 is not None:
             dh0.addmm_(dgh, w_hh)
-    loop.keep(dgx, dgh, x, h0)
-    return None, dx, dh0, dc0, None, None, None, None
+        if dw_ih is not None:
+            torch.mm(dgx.t(), x, out=dw_ih)
+        if dw_hh is not None:
+            torch.mm(dgh.t(), h0, out=dw_hh)
+    if loop is not None:
+        loop.keep(dgx, dgh, x, h0)
+    return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
 def _contiguous(t):

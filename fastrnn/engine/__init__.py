@@ -88,9 +88,9 @@ def forward(spec, params, x, state, lengths, *, train=False, dropout_masks=(), i
     """
     h, c = state
     backend = backend_for(x)
-    split = backend is CPU and pieces.stack_pieces(x.shape[1], x.shape[0])
+    split = pieces.stack_pieces(backend, x.shape[1], x.shape[0])
     run = driver.forward
-    if split and len(split) > 1:  # (a batch split a whole stack at a time on threads)
+    if split is not None:  # (a batch split a whole stack at a time on threads)
         run = functools.partial(pieces.forward, pieces=split)
     y, tape = run(spec, params, x, h, c, lengths, backend, train, dropout_masks, int8)
     return y, state, tape
@@ -122,9 +122,9 @@ def backward(spec, params, tape, grad_y, grad_state, *, input_grad=True, param_g
     dh, dc = grad_state
     backend = backend_for(tape.layer_inputs[0])
     T, B = grad_y.shape[:2]
-    split = backend is CPU and pieces.stack_pieces(B, T)
+    split = pieces.stack_pieces(backend, B, T)
     run = driver.backward
-    if split and len(split) > 1:
+    if split is not None:
         run = functools.partial(pieces.backward, pieces=split)
     return run(spec, params, tape, grad_y, dh, dc, backend, input_grad, param_grads)
 

@@ -22,20 +22,21 @@ import numpy as np
 from .. import threads
 from ..linalg import numpy_gemm, use_gemm
 from . import driver
-from .cpu import BLAS_MIN_BATCH, _rows
+from .cpu import BLAS_MIN_BATCH, CPU, _rows
 from .tape import Gradients, Steps, Tape
 
 #: Fewest rows of a piece of a whole stack: a batch of 32 rows splits in two.
 STACK_MIN_PIECE = 16
 
 
-def stack_pieces(B, T):
-    """The row ranges a (T, B, ·) stack is split into on the CPU, one per thread: one
-    range below ``BLAS_MIN_BATCH`` rows (the layers split their recurrences there) or
-    without steps."""
-    if B < BLAS_MIN_BATCH or T == 0:
-        return [(0, B)]
-    return threads.split(B, STACK_MIN_PIECE)
+def stack_pieces(backend, B, T):
+    """The row ranges a (T, B, ·) stack is split into, one per thread; None where it runs
+    whole: one thread's worth of rows, fewer than ``BLAS_MIN_BATCH`` (the layers split
+    their recurrences there), no steps, or not the CPU backend."""
+    if backend is not CPU or B < BLAS_MIN_BATCH or T == 0:
+        return None
+    found = threads.split(B, STACK_MIN_PIECE)
+    return found if len(found) > 1 else None
 
 
 def forward(spec, params, x, h, c, lengths, backend, train, masks, int8, *, pieces):
