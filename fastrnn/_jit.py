@@ -20,8 +20,11 @@ make a warm start fast and safe:
   needs no runtime does not use; a kernel compiled later gets that refresh from Numba's
   compiler itself;
 - its index keys carry :data:`CACHE_TAG`, so machine code cached by a fastrnn whose
-  kernels needed the runtime (or anything else this tag versions) is never loaded.
+  kernels needed the runtime (or anything else this tag versions) is never loaded, and
+  :data:`VECTOR_BYTES`, which the kernels' code is generated for.
 """
+
+import os
 
 import numba
 from numba.core import caching
@@ -33,6 +36,29 @@ KERNEL_OPTIONS = dict(nogil=True, error_model="numpy", fastmath=FASTMATH, _nrt=F
 
 #: Part of every cache key: change it when the kernels' options change.
 CACHE_TAG = "fastrnn-kernel-v3"
+
+
+def _vector_bytes():
+    """Bytes in one SIMD vector of the CPU Numba compiles for: 64 where it has AVX-512
+    (AVX512F), else 32 (AVX2). ``FASTRNN_VECTOR_BYTES`` (32 or 64) overrides it; a
+    ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES`` set (portable machine code) gives 32."""
+    forced = os.environ.get("FASTRNN_VECTOR_BYTES", "")
+    if forced in ("32", "64"):
+        return int(forced)
+    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:
+        return 32
+    try:
+        from llvmlite import binding
+
+        return 64 if binding.get_host_cpu_features().get("avx512f", False) else 32
+    except Exception:  # a host whose features LLVM cannot read: the narrower width
+        return 32
+
+
+#: Bytes in one SIMD vector of the packed tiles and panels (``fastrnn.tiles``): the
+#: kernels that use them are generated for this width, and a cached kernel is found
+#: under it (part of every cache key).
+VECTOR_BYTES = _vector_bytes()
 
 # The Numba internals KernelCache builds on; without any of them it is Numba's own cache.
 _INTERNALS = ("_load_overload", "_guard_against_spurious_io_errors", "_index_key")
@@ -54,7 +80,7 @@ class KernelCache(caching.FunctionCache):
         return getattr(self, name)
 
     def _index_key(self, sig, codegen):
-        return (*super()._index_key(sig, codegen), CACHE_TAG)
+        return (*super()._index_key(sig, codegen), CACHE_TAG, VECTOR_BYTES)
 
     def load_overload(self, sig, target_context):
         if not _LIGHT_LOAD:

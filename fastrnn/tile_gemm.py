@@ -12,9 +12,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import kernel
+from ._jit import VECTOR_BYTES, kernel
 from .tiles import (
-    VECTOR_BYTES,
     _close_loop,
     _const,
     _lane_masks,
@@ -26,10 +25,13 @@ from .tiles import (
     tiles_product,
 )
 
-#: Rows of ``a`` per block of :func:`tiles_gemm` (6 rows by 2 vectors: 12 of the 16 AVX2
-#: registers hold sums, as in BLIS's Haswell kernel), and the reach in ``k`` of a pass (a
-#: panel's 256 rows of 64 bytes, 16 KB, stay in L1 while every block reads them).
-GEMM_ROWS = 6
+#: Rows of ``a`` per block of :func:`tiles_gemm`: 6 rows by 2 vectors with AVX2 (12 of
+#: its 16 registers hold sums, as in BLIS's Haswell kernel), 8 with AVX-512 (16 of 32; on
+#: a Zen 5 core, float32, one core: 247/244/242/238 GFLOP/s for 64/32/16/8 rows of
+#: (., 256) x (256, 1024), against 247/232/234/202 with 6 rows), and the reach in ``k`` of a pass (a
+#: panel's 256 rows of two vectors, 16 KB with AVX2 or 32 KB with AVX-512, stay in L1
+#: while every block reads them). Vectors are :data:`fastrnn._jit.VECTOR_BYTES` wide.
+GEMM_ROWS = 8 if VECTOR_BYTES == 64 else 6
 GEMM_DEPTH = 256
 
 
@@ -71,7 +73,7 @@ def _block_typing(a, rows, p, out, transposed):
         )
         _, r0, _, _, t, c, k0, k1, _, add_flag = args
         nbytes = dtype.bitwidth // 8
-        lanes, vec, functions = _vector_functions(context, builder, dtype)
+        lanes, vec, functions = _vector_functions(context, builder, dtype, VECTOR_BYTES)
         ptr_type = vec.as_pointer()
         fma = functions[0]
         K = builder.extract_value(aa.shape, 1)
@@ -179,7 +181,7 @@ def tiles_gemm(a, p, out, add, back):
                 while i + GEMM_ROWS <= M:
                     _block_product(a, i, GEMM_ROWS, p, t, c, k0, k1, out, accumulate)
                     i += GEMM_ROWS
-                if M - i >= 4:
+                while M - i >= 4:
                     _block_product(a, i, 4, p, t, c, k0, k1, out, accumulate)
                     i += 4
                 if M - i >= 2:
@@ -191,13 +193,13 @@ def tiles_gemm(a, p, out, add, back):
 
 def panel_gemm(itemsize, add):
     """A loop step's product over packed float weights of ``itemsize`` bytes,
-    ``product(a, w, scale, out, s)`` (``scale`` None): :func:`tiles_gemm` for more than
-    one row over panels, :func:`~fastrnn.tiles.tiles_product` otherwise (one row, or
-    wider tiles), alternating direction with ``s``; ``add`` accumulates into ``out``."""
+    ``product(a, w, scale, out, s)`` (``scale`` None): :func:`tiles_gemm` over panels,
+    :func:`~fastrnn.tiles.tiles_product` over a batch-1 tile's columns, alternating
+    direction with ``s``; ``add`` accumulates into ``out``."""
     V = 2 * VECTOR_BYTES // itemsize
 
     def product(a, w, scale, out, s):
-        if a.shape[0] > 1 and w.shape[2] == V:
+        if w.shape[2] == V:
             tiles_gemm(a, w, out, add, s % 2 == 1)
         else:
             tiles_product(a, w, scale, out, add, s % 2 == 1)

@@ -30,10 +30,17 @@ from numba.extending import intrinsic, overload
 from ._jit import KERNEL_OPTIONS, kernel
 from .linalg import matmul_nn_acc, product_t
 
-#: SIMD vectors of sums a tile keeps in registers (8 of 16 AVX2 registers: enough
-#: independent fused multiply-adds to hide their latency, with room for the operands).
+#: SIMD vectors of sums a tile keeps in registers (8 of 16 AVX2 registers, or of 32
+#: AVX-512 ones: enough independent fused multiply-adds to hide their latency, with room
+#: for the operands).
 VECTORS = 8
-#: Bytes in one SIMD vector (AVX2; an AVX-512 machine runs the same code at this width).
+
+
+#: Bytes in one SIMD vector of a batch-1 tile: 32 (AVX2's width) on every CPU. On a Zen 5
+#: core with AVX-512 the same product in 64-byte vectors (128-column tiles) was slower:
+#: (256, 1024) float32 9.5 vs 8.4-8.9 us, (256, 256) 2.4-2.5 vs 1.8-2.1 us (one row,
+#: medians of 200 calls alternating direction). The batch products of
+#: :mod:`fastrnn.tile_gemm` use the CPU's widest vectors (:data:`fastrnn._jit.VECTOR_BYTES`).
 VECTOR_BYTES = 32
 
 
@@ -61,11 +68,11 @@ def _splat(builder, value, lanes):
     )
 
 
-def _vector_functions(context, builder, dtype):
-    """``(lanes, vec, functions)`` for sums of ``dtype`` (a Numba float type): lanes per
-    SIMD vector, the LLVM vector type, and LLVM's fused multiply-add, masked load and
-    masked store of such vectors."""
-    lanes = VECTOR_BYTES // (dtype.bitwidth // 8)
+def _vector_functions(context, builder, dtype, vector_bytes=VECTOR_BYTES):
+    """``(lanes, vec, functions)`` for sums of ``dtype`` (a Numba float type) in SIMD
+    vectors of ``vector_bytes``: lanes per vector, the LLVM vector type, and LLVM's fused
+    multiply-add, masked load and masked store of such vectors."""
+    lanes = vector_bytes // (dtype.bitwidth // 8)
     vec = ir.VectorType(context.get_data_type(dtype), lanes)
     name = f"v{lanes}f{dtype.bitwidth}"
     mask_type = ir.VectorType(ir.IntType(1), lanes)
@@ -348,9 +355,12 @@ def _pack_tiles(wt, p, paired):
 
 @kernel
 def _paired_index(j):
-    """Where column ``j`` of a tile goes in :func:`pack_tiles`' bfloat16 pairs."""
-    c = j % 16
-    return j - c + (2 * c if c < 8 else 2 * (c - 8) + 1)
+    """Where column ``j`` of a tile goes in :func:`pack_tiles`' bfloat16 pairs: in each
+    group of two float32 vectors' columns (``2L``, ``L`` lanes), word ``i`` holds column
+    ``i`` in its low half and column ``L + i`` in its high half."""
+    L = VECTOR_BYTES // 4
+    c = j % (2 * L)
+    return j - c + (2 * c if c < L else 2 * (c - L) + 1)
 
 
 #: id(weights) -> (a weak reference to them, their tiles): :func:`fixed_tiles`' packs.

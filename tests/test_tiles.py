@@ -32,7 +32,8 @@ def test_tiles_product_matches_numpy(shape, rows, dtype, rng):
 def test_partial_tile_leaves_memory_past_the_row_alone(rng):
     # the last tile's masked stores: a row of 70 columns inside a larger buffer
     wt = rng.standard_normal((9, 70)).astype(np.float32)
-    p = np.empty((2, 9, 64), np.float32)
+    W = tile_width(np.dtype(np.float32))
+    p = np.empty((-(-70 // W), 9, W), np.float32)
     pack_tiles(wt, p)
     a = rng.standard_normal((1, 9)).astype(np.float32)
     buf = np.full(200, 7, np.float32)
@@ -48,7 +49,8 @@ def test_bfloat16_tiles_widen_each_weight_exactly(shape, rng):
     wt = rng.standard_normal(shape).astype(np.float32)
     bits = (wt.view(np.uint32) >> 16).astype(np.uint16)
     widened = (bits.astype(np.uint32) << 16).view(np.float32)
-    p = np.full((-(-shape[1] // 64), shape[0], 64), 0xFFFF, np.uint16)
+    W = tile_width(np.dtype(np.uint16))
+    p = np.full((-(-shape[1] // W), shape[0], W), 0xFFFF, np.uint16)
     pack_tiles(bits, p)
     a = rng.standard_normal((1, shape[0])).astype(np.float32)
     out = np.empty((1, shape[1]), np.float32)
@@ -63,7 +65,8 @@ def test_int8_tiles_scale_each_column(rng):
     K, N = 33, 70
     q = rng.integers(-127, 128, (K, N)).astype(np.int8)
     scale = rng.uniform(0.001, 0.02, N).astype(np.float32)
-    p = np.zeros((2, K, 64), np.int8)
+    W = tile_width(np.dtype(np.int8))
+    p = np.zeros((-(-N // W), K, W), np.int8)
     pack_tiles(q, p)
     a = rng.standard_normal((1, K)).astype(np.float32)
     out = np.full((1, N), np.nan, np.float32)
@@ -89,14 +92,18 @@ def test_fixed_tiles_pack_weights_that_never_change_once(rng):
 
 
 def test_bfloat16_tiles_are_packed_in_word_pairs():
-    # word i of each 16-column group: column i in its low half, column 8 + i in its high
-    bits = np.arange(64, dtype=np.uint16)[None, :]
-    p = np.empty((1, 1, 64), np.uint16)
+    # word i of each group of 2L columns (L float32 lanes of a tile's SIMD vector):
+    # column i in its low half, column L + i in its high
+    from fastrnn.tiles import VECTOR_BYTES
+
+    L, W = VECTOR_BYTES // 4, tile_width(np.dtype(np.uint16))
+    bits = np.arange(W, dtype=np.uint16)[None, :]
+    p = np.empty((1, 1, W), np.uint16)
     pack_tiles(bits, p)
     words = p[0, 0].view(np.uint32)
-    for g in range(4):
-        for i in range(8):
-            assert words[8 * g + i] == (16 * g + i) | ((16 * g + 8 + i) << 16)
+    for g in range(W // (2 * L)):
+        for i in range(L):
+            assert words[L * g + i] == (2 * L * g + i) | ((2 * L * g + L + i) << 16)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -178,3 +185,44 @@ def test_attention_panel_products_compute_the_part_a_causal_mask_leaves(
         keep = np.indices((M, N))[1] <= np.indices((M, N))[0]
         out, expected = out[keep], expected[keep]
     np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
+
+
+def test_panels_of_the_other_vector_width_match_numpy(tmp_path):
+    # the panels are laid out for the CPU's widest vectors (64 bytes with AVX-512, else
+    # 32): the width this machine does not pick, run in a fresh process
+    import os
+    import subprocess
+    import sys
+
+    from fastrnn._jit import VECTOR_BYTES
+
+    script = """
+import numpy as np
+from fastrnn import tile_gemm
+from fastrnn.tiles import pack_tiles
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    for M, K, N in ((13, 300, 70), (1, 5, 33), (9, 20, 64)):
+        a = rng.standard_normal((M, K)).astype(dtype)
+        wt = rng.standard_normal((K, N)).astype(dtype)
+        W = tile_gemm.panel_width(wt.dtype)
+        p = np.empty((-(-N // W), K, W), dtype)
+        pack_tiles(wt, p)
+        out = np.full((M, N), 2, dtype)
+        tile_gemm.tiles_gemm(a, p, out, True, M % 2 == 1)
+        rest = np.empty(tile_gemm.padded(M, W) * K + N * M, dtype)
+        rows = np.empty((M, N), dtype)
+        tile_gemm.rows_times_t(a, np.ascontiguousarray(wt.T), rows, rest, W)
+        expected = a.astype(np.float64) @ wt.astype(np.float64)
+        tol = 1e-4 if dtype == np.float32 else 1e-11
+        np.testing.assert_allclose(out, expected + 2, rtol=0, atol=tol * np.sqrt(K))
+        np.testing.assert_allclose(rows, expected, rtol=0, atol=tol * np.sqrt(K))
+print(tile_gemm.VECTOR_BYTES)
+"""
+    other = 96 - VECTOR_BYTES
+    env = dict(os.environ, FASTRNN_VECTOR_BYTES=str(other), NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(other)]
