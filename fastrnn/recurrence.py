@@ -48,8 +48,8 @@ GATES = TAPE_GATES = SEPARATE_DGH = CELL_STATE = None
 #: Rows from which a ``*Cell`` step's products (``_cell_forward_at``,
 #: ``_cell_backward_at``) run on register-blocked panels (``fastrnn.tile_gemm``) rather
 #: than row by row, and the width of those panels (a float32 panel's columns, 16 with
-#: AVX2 or 32 with AVX-512: a float64 panel is read as two). Panels of the step's few rows are packed per call,
-#: the weights read in place: nothing is kept from call to call.
+#: AVX2 or 32 with AVX-512: a float64 panel is read as two). Panels of the step's few
+#: rows are packed per call, the weights read in place: nothing is kept between calls.
 CELL_PANEL_ROWS = 16
 CELL_PANEL_WIDTH = 2 * VECTOR_BYTES // 4
 
