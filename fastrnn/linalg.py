@@ -7,6 +7,7 @@ batches go through NumPy's BLAS from the Python-level driver instead.
 """
 
 import contextvars
+import functools
 
 import numpy as np
 from llvmlite import ir
@@ -25,12 +26,35 @@ GEMM_MIN_ROWS = 32
 GEMM_MIN_WORK = 1 << 24
 
 
+#: Fewest rows of ``a``, and multiply-adds, from which :func:`numpy_gemm` makes a
+#: product on fastrnn's panels where those are its choice (:func:`panels_chosen`).
+PANEL_MIN_ROWS = 8
+PANEL_MIN_WORK = 1 << 18
+
+
+@functools.lru_cache(maxsize=1)
+def panels_chosen():
+    """Whether the models' large float products run on fastrnn's own panels
+    (:func:`fastrnn.tile_gemm.panel_matmul`) rather than NumPy's BLAS: on a CPU with
+    AVX-512 whose NumPy BLAS does not use it (OpenBLAS's AVX2 kernels on AMD's Zen 4 and
+    5), where the panels ran 1.3-1.8x faster (see ``panel_matmul``). Elsewhere BLAS:
+    on an AVX2 core OpenBLAS was the faster for products of up to 50 rows."""
+    from ._jit import VECTOR_BYTES
+
+    return VECTOR_BYTES == 64 and not threads.blas_core().startswith(AVX512_BLAS)
+
+
+#: OpenBLAS kernel families that use AVX-512 (:func:`fastrnn.threads.blas_core`).
+AVX512_BLAS = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
+
+
 def numpy_gemm(a, b, out=None):
-    """``a @ b`` through NumPy's BLAS (the default matrix product of the models), on
-    fastrnn's threads (:func:`fastrnn.set_num_threads`): the rows of ``a`` are split
-    between them, each piece a single-threaded BLAS call. BLAS's own thread pool is
-    never used: its threads spin after each call, on the cores fastrnn's other threads
-    are about to use."""
+    """``a @ b`` through NumPy's BLAS, or fastrnn's panels where they are faster
+    (:func:`panels_chosen`): the default matrix product of the models, on fastrnn's
+    threads (:func:`fastrnn.set_num_threads`): the rows of ``a`` are split between
+    them, each piece a single-threaded product. BLAS's own thread pool is never used:
+    its threads spin after each call, on the cores fastrnn's other threads are about to
+    use."""
     if a.ndim != 2 or b.ndim != 2:  # stacks of products (attention): one call
         with threads.single_blas():
             return np.matmul(a, b, out=out)
@@ -40,12 +64,25 @@ def numpy_gemm(a, b, out=None):
     pieces = threads.split(M, rows)
     if out is None:
         out = np.empty((M, N), np.result_type(a, b))
+    matmul = np.matmul
+    if (
+        M >= PANEL_MIN_ROWS
+        and M * K * N >= PANEL_MIN_WORK
+        and a.dtype == b.dtype == out.dtype
+        and a.dtype.kind == "f"
+        and out.flags.c_contiguous
+        and panels_chosen()
+    ):
+        from .tile_gemm import panel_matmul
+
+        matmul = panel_matmul
     if len(pieces) == 1:
         with threads.single_blas():
-            return np.matmul(a, b, out=out)
+            matmul(a, b, out=out)
+            return out
 
     def piece(r0, r1):
-        np.matmul(a[r0:r1], b, out=out[r0:r1])
+        matmul(a[r0:r1], b, out=out[r0:r1])
 
     threads.run(piece, pieces)
     return out

@@ -226,3 +226,26 @@ print(tile_gemm.VECTOR_BYTES)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(other)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", ["C", "transposed", "strided"])
+@pytest.mark.parametrize("M, K, N", [(70, 300, 45), (8, 50, 1024), (1, 3, 5)])
+def test_panel_matmul_matches_numpy(dtype, layout, M, K, N, rng):
+    # the models' large products where panels are chosen: a weight gradient's dGᵀ X
+    # reads dG in place (transposed), any other left operand is copied
+    from fastrnn.tile_gemm import panel_matmul
+
+    a = rng.standard_normal((M, K)).astype(dtype)
+    if layout == "transposed":
+        a = np.ascontiguousarray(a.T).T
+    elif layout == "strided":
+        a = np.repeat(a, 2, axis=1)[:, ::2]
+    b = rng.standard_normal((K, N)).astype(dtype)
+    out = np.full((M, N), np.nan, dtype)
+    panel_matmul(a, b, out)
+    panel_matmul(a, np.asfortranarray(b), out2 := np.full((M, N), np.nan, dtype))
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    atol = tolerance(dtype, magnitude=np.sqrt(K))
+    np.testing.assert_allclose(out, expected, rtol=0, atol=atol)
+    np.testing.assert_array_equal(out2, out)

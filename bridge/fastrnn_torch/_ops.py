@@ -24,7 +24,7 @@ import json
 import numpy as np
 import torch
 
-from fastrnn import engine, threads
+from fastrnn import engine, linalg, threads
 from fastrnn.linalg import numpy_gemm, use_gemm
 
 from . import _cuda, _twice
@@ -88,22 +88,22 @@ def torch_gemm(a, b, out=None):
     return out
 
 
-#: OpenBLAS kernel families that use AVX-512 (``fastrnn.threads.blas_core``).
-_AVX512_BLAS = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
-
-
 @functools.lru_cache(maxsize=1)
 def cpu_gemm():
-    """The product the bridge's recurrences use on the CPU: torch's oneDNN
-    (:func:`torch_gemm`) on a CPU with AVX-512 that NumPy's OpenBLAS does not use, else
-    the core's NumPy product (single-threaded OpenBLAS per piece on fastrnn's threads,
-    so no second pool spins beside torch's).
+    """The product the bridge's recurrences use on the CPU: the core's product
+    (:func:`fastrnn.linalg.numpy_gemm`: single-threaded pieces on fastrnn's threads, so
+    no second pool spins beside torch's) where it runs on fastrnn's own panels or on a
+    BLAS with the CPU's widest vectors; torch's oneDNN (:func:`torch_gemm`) on a CPU with
+    AVX-512 that neither does.
 
-    Measured: on an AMD Zen 4 oneDNN's AVX-512 GEMM was about 2x OpenBLAS's AVX2; on
+    Measured: on an AMD Zen 4 oneDNN's AVX-512 GEMM was about 2x OpenBLAS's AVX2; on a
+    Zen 5 fastrnn's AVX-512 panels were 1.1-1.4x oneDNN (``linalg.panels_chosen``); on
     this project's AVX2-only Zen 3 VM OpenBLAS is 1.2x faster than oneDNN, and a training
     step of a batch-32 GRU through the bridge went from 0.89x torch.nn's speed to 1.26x.
     """
-    if _has_avx512() and not threads.blas_core().startswith(_AVX512_BLAS):
+    if linalg.panels_chosen():
+        return numpy_gemm
+    if _has_avx512() and not threads.blas_core().startswith(linalg.AVX512_BLAS):
         return torch_gemm
     return numpy_gemm
 
