@@ -27,6 +27,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import _jit
 from ._jit import KERNEL_OPTIONS, kernel
 from .linalg import matmul_nn_acc, product_t
 
@@ -275,11 +276,16 @@ def tile_view(wt):
     multiple of the tile width, or rows a multiple of 2 KB apart (a tile's rows then
     fall in a few cache sets: a (256, 1024) float32 view, 4 KB rows, ran at 1.6x the time
     of packed tiles here, bfloat16 rows of 2 KB made an LSTM step 1.1x slower than
-    without tiles; (256, 768) float32, 3 KB rows, 1.07x packed)."""
+    without tiles; (256, 768) float32, 3 KB rows, 1.07x packed). None on a CPU with
+    AVX-512 (:data:`fastrnn._jit.VECTOR_BYTES` 64): on a Zen 5 core views ran slower
+    than the rows as stored (:func:`~fastrnn.linalg.matmul_t`): two (256, 768) float32
+    products 25.2 vs 18.2 us, (256, 256) 5.8 vs 5.8, (64, 256) 2.0 vs 1.8 (packed tiles
+    15.7, 3.9, 1.6: the weights of a float model are never packed for good, as they
+    may be edited in place)."""
     K, N = wt.shape
     W = tile_width(wt.dtype)
-    if wt.dtype == np.uint16:  # bfloat16 tiles are packed in pairs (:func:`pack_tiles`)
-        return None
+    if wt.dtype == np.uint16 or _jit.VECTOR_BYTES == 64:  # (bfloat16 tiles are packed in
+        return None  # pairs: :func:`pack_tiles`)
     if N % W or (N * wt.itemsize) % 2048 == 0 or not wt.flags.c_contiguous:
         return None
     step = wt.itemsize
