@@ -15,6 +15,7 @@ from .. import recurrence, team, threads
 from ..linalg import gate_columns, gemm, numpy_gemm, use_gemm
 from ..tile_gemm import panel_width
 from ..tiles import fixed_tiles, pack_tiles, tile_width
+from . import reuse
 from .tape import Steps
 
 #: Batch size from which the per-step product runs on packed panels however short the
@@ -89,7 +90,7 @@ class CPUBackend:
     # ------------------------------------------------------------------ arrays
     @staticmethod
     def empty(shape, dtype):
-        return np.empty(shape, dtype)
+        return reuse.empty(shape, dtype)  # (large ones in memory kept from call to call)
 
     @staticmethod
     def zeros(shape, dtype):
@@ -425,8 +426,8 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
 def _gate_gradients(spec, w_hh, w_hr, T, B, P, dtype):
     """Empty ``(dgx, dgh, dhp, mt)`` for :func:`backward_recurrence` (``dgh`` is ``dgx``
     unless the cell type distinguishes them; ``dhp``, ``mt`` None without projection)."""
-    dgx = np.empty((T, B, w_hh.shape[0]), dtype)
-    dgh = np.empty_like(dgx) if spec.kernels.SEPARATE_DGH else dgx
+    dgx = reuse.empty((T, B, w_hh.shape[0]), dtype)
+    dgh = reuse.empty(dgx.shape, dtype) if spec.kernels.SEPARATE_DGH else dgx
     if w_hr.shape[0] == 0:
         return dgx, dgh, None, None
     return dgx, dgh, np.empty((T, B, P), dtype), np.empty((T, B, spec.hidden_size), dtype)
