@@ -27,7 +27,7 @@ import torch
 from fastrnn import engine
 
 from . import _twice
-from ._ops import _batched, address, cpp_apply, spec_for
+from ._ops import _batched, address, cpp_apply, cpu_gemm, spec_for
 
 #: Weight elements (``G·H·max(I, H)``) up to which a step of any batch runs in one kernel
 #: call, its products on panels (``fastrnn.recurrence.CELL_PANEL_ROWS``); larger weights
@@ -84,9 +84,13 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
 #: vs 43.5 ms).
 LOOP_MAX_BATCH = 16
 #: Weight elements (``G·(I + H)``) above which a loop pays: below, a loop's own cost
-#: (its node, the steps' gate gradients kept and concatenated) exceeds what it saves
-#: (B=1 H=64: RNN 0.99 -> 0.79x, LSTM 1.67 -> 1.51x; H=128 LSTM even, 1.55x).
-LOOP_MIN_WEIGHTS = 1 << 17
+#: (its node, the steps' gate gradients kept and concatenated) is about what it saves.
+#: Cell loops T=20 at B=1, one core, us per step without -> with a loop: on a Zen 5
+#: (AVX-512) RNN H=64 (8192 elements) 43.7 -> 44.0, H=128 49.1 -> 46.2, H=256 75.6 ->
+#: 61.9, LSTM H=64 56.6 -> 52.1, GRU H=64 49.5 -> 49.4 (torch.nn: 49, 55, 83, 91, 90);
+#: on this project's earlier Zen 3 VM a loop lost below 2^17 (B=1 H=64 RNN 0.99 ->
+#: 0.79x, LSTM 1.67 -> 1.51x torch.nn's speed).
+LOOP_MIN_WEIGHTS = 1 << 14
 
 
 @functools.lru_cache(maxsize=64)
@@ -109,10 +113,10 @@ class Loop:
     weights, ``autograd.grad(..., inputs=[h0])``, leaves nothing).
     """
 
-    __slots__ = ("ids", "grads", "views", "node", "kept", "done", "__weakref__")
+    __slots__ = ("weights", "grads", "views", "node", "kept", "done", "__weakref__")
 
     def __init__(self, weights):
-        self.ids = tuple(map(id, weights))
+        self.weights = weights  # (the views below hold them alive anyway)
         self.grads = tuple(w is not None and w.requires_grad for w in weights)
         self.kept = {}  # graph task id -> [(dgx, dgh, x, h0), ...]
         self.done = False
@@ -123,11 +127,12 @@ class Loop:
 
     def fits(self, weights):
         """Whether steps on ``weights`` (the module's parameters now) can use it."""
-        return (
-            not self.done
-            and self.ids == tuple(map(id, weights))
-            and self.grads == tuple(w is not None and w.requires_grad for w in weights)
-        )
+        if self.done:
+            return False
+        for w, mine, grad in zip(weights, self.weights, self.grads):
+            if w is not mine or (w is not None and w.requires_grad is not grad):
+                return False
+        return True
 
     def keep(self, dgx, dgh, x, h0):
         """File a step's gate gradients and inputs for this backward pass, if it reaches
@@ -164,8 +169,8 @@ class LoopWeights(torch.autograd.Function):
             dgh = dgx if kept[0][1] is kept[0][0] else torch.cat([k[1] for k in kept])
             x, h0 = torch.cat([k[2] for k in kept]), torch.cat([k[3] for k in kept])
             made = (
-                lambda: torch.mm(dgx.t(), x),
-                lambda: torch.mm(dgh.t(), h0),
+                lambda: _outer_sum(dgx, x),
+                lambda: _outer_sum(dgh, h0),
                 lambda: dgx.sum(0),
                 lambda: dgh.sum(0),
             )
@@ -176,6 +181,17 @@ class LoopWeights(torch.autograd.Function):
 
 
 _loop_apply = cpp_apply(LoopWeights)
+
+
+def _outer_sum(dg, a):
+    """``dgᵀ a`` (a weight gradient over all a loop's steps): the core's product on
+    NumPy views (``cpu_gemm``: on an AVX-512 CPU fastrnn's panels, 12.5 us for (20,
+    256)ᵀ(20, 256) against 28 us for ``torch.mm`` on a Zen 5 core), torch's otherwise."""
+    if dg.dtype in (torch.float32, torch.float64) and not (dg.requires_grad or a.requires_grad):
+        out = dg.new_empty((dg.shape[1], a.shape[1]))
+        cpu_gemm()(dg.numpy().T, a.numpy(), out=out.numpy())
+        return out
+    return torch.mm(dg.t(), a)
 
 
 def loop_weights(owner, w_ih, w_hh, b_ih, b_hh):
