@@ -25,6 +25,7 @@ from .tiles import (
     _splat,
     _store_sums,
     _vector_functions,
+    fixed_tiles,
     pack_tiles,
     tiles_product,
 )
@@ -335,7 +336,8 @@ _SCRATCH = threading.local()  # each thread's buffer for :func:`panel_matmul`'s 
 def panel_matmul(a, b, out):
     """``out[:] = a @ b`` for float ``a`` (M, K), ``b`` (K, N) of one dtype and ``out``
     (M, N) C-contiguous: ``b`` packed in panels (in this thread's buffer, reused: fresh
-    memory costs a page fault per 4 KB) and :func:`product` over them; ``a`` read in
+    memory costs a page fault per 4 KB; once for good where ``b`` never changes, see
+    :func:`~fastrnn.tiles.fixed_tiles`) and :func:`product` over them; ``a`` read in
     place where it or its transpose is C-contiguous (a weight gradient's ``dGᵀ X``).
 
     Against the other products a Zen 5 core (AVX-512) has, one thread, float32, medians
@@ -344,12 +346,14 @@ def panel_matmul(a, b, out):
     ``dG W`` for W (1024, 256): 6.7, 3.7, 3.4; (50, 1024) rows: 0.22, 0.18, 0.13."""
     K, N = b.shape
     W = panel_width(b.dtype)
-    size = padded(N, W) * K
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.dtype != b.dtype or buf.size < size:
-        buf = _SCRATCH.buf = np.empty(size, b.dtype)
-    p = buf[:size].reshape((padded(N, W) // W, K, W))
-    pack_tiles(b, p)
+    p = fixed_tiles(b, W)  # (weights that never change: packed once)
+    if p is None:
+        size = padded(N, W) * K
+        buf = getattr(_SCRATCH, "buf", None)
+        if buf is None or buf.dtype != b.dtype or buf.size < size:
+            buf = _SCRATCH.buf = np.empty(size, b.dtype)
+        p = buf[:size].reshape((padded(N, W) // W, K, W))
+        pack_tiles(b, p)
     if a.flags.c_contiguous:
         product(a, p, out, FULL, False)
     elif a.T.flags.c_contiguous:

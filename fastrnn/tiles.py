@@ -43,6 +43,11 @@ VECTORS = 8
 #: medians of 200 calls alternating direction). The batch products of
 #: :mod:`fastrnn.tile_gemm` use the CPU's widest vectors (:data:`fastrnn._jit.VECTOR_BYTES`).
 VECTOR_BYTES = 32
+#: Bytes in one SIMD vector of a tile of narrow weights (bfloat16 bits, int8): the CPU's
+#: widest (:data:`fastrnn._jit.VECTOR_BYTES`). Widening each weight to float32 costs
+#: instructions that half-width vectors would double, and such tiles are half or a
+#: quarter of float32's bytes: their products are bound by the arithmetic.
+NARROW_VECTOR_BYTES = _jit.VECTOR_BYTES
 
 
 #: Narrow stored weights the tiles widen to float32: bfloat16 bits, int8.
@@ -52,8 +57,9 @@ _NARROW = (types.uint16, types.int8)
 def tile_width(dtype):
     """Columns per tile for weights of ``dtype`` (a NumPy dtype): 64 float32, bfloat16
     bits (uint16) and int8 (summed in float32), 32 float64."""
-    sums = 4 if dtype.kind in "ui" else dtype.itemsize
-    return VECTORS * VECTOR_BYTES // sums
+    if dtype.kind in "ui":
+        return VECTORS * NARROW_VECTOR_BYTES // 4
+    return VECTORS * VECTOR_BYTES // dtype.itemsize
 
 
 def _const(value, bits=64):
@@ -179,7 +185,8 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
         )
         _, r, _, t, _, n_valid, add_flag, scale_arg = args
         nbytes = dtype.bitwidth // 8
-        lanes, vec, functions = _vector_functions(context, builder, dtype)
+        width = NARROW_VECTOR_BYTES if bf16 or int8 else VECTOR_BYTES
+        lanes, vec, functions = _vector_functions(context, builder, dtype, width)
         ptr_type = vec.as_pointer()
         fma, masked_load, _ = functions
         K = builder.extract_value(xa.shape, 1)
@@ -364,33 +371,46 @@ def _paired_index(j):
     """Where column ``j`` of a tile goes in :func:`pack_tiles`' bfloat16 pairs: in each
     group of two float32 vectors' columns (``2L``, ``L`` lanes), word ``i`` holds column
     ``i`` in its low half and column ``L + i`` in its high half."""
-    L = VECTOR_BYTES // 4
+    L = NARROW_VECTOR_BYTES // 4
     c = j % (2 * L)
     return j - c + (2 * c if c < L else 2 * (c - L) + 1)
 
 
-#: id(weights) -> (a weak reference to them, their tiles): :func:`fixed_tiles`' packs.
+#: id(weights) -> (a weak reference to them, {view and width: tiles}): :func:`fixed_tiles`'
+#: packs.
 _FIXED = {}
 
 
-def fixed_tiles(wt):
-    """``wt`` (K, N) packed in tiles (:func:`pack_tiles`) once, the packed copy kept for
-    as long as ``wt`` lives, for weights that never change: read-only C-contiguous
-    arrays that own their memory (a quantized model's stored weights); None for any
-    other array (a float model's weights may be edited in place, so its batch-1 calls
-    pack their own copy)."""
-    if wt.ndim != 2 or wt.flags.writeable or not (wt.flags.owndata and wt.flags.c_contiguous):
+def fixed_tiles(wt, W=None):
+    """``wt`` (K, N) packed in tiles of ``W`` columns (:func:`pack_tiles`; default
+    :func:`tile_width`) once, the packed copy kept for as long as the weights live, for
+    weights that never change: a read-only array that owns its memory, or a C- or
+    F-contiguous view of one (a quantized model's stored weights, and the float32
+    weights they stand for); None for any other array (a float model's weights may be
+    edited in place, so its calls pack their own copy)."""
+    owner = wt if wt.base is None else wt.base
+    if (
+        wt.ndim != 2
+        or not isinstance(owner, np.ndarray)
+        or owner.flags.writeable
+        or not owner.flags.owndata
+        or not (wt.flags.c_contiguous or wt.flags.f_contiguous)
+    ):
         return None
-    key = id(wt)
-    found = _FIXED.get(key)
-    if found is not None and found[0]() is wt:
-        return found[1]
-    W = tile_width(wt.dtype)
+    W = tile_width(wt.dtype) if W is None else W
+    key = (wt.__array_interface__["data"][0], wt.shape, wt.strides, W)
+    found = _FIXED.get(id(owner))
+    if found is not None and found[0]() is owner and key in found[1]:
+        return found[1][key]
     p = np.empty((-(-wt.shape[1] // W), wt.shape[0], W), wt.dtype)
     pack_tiles(wt, p)
     p.flags.writeable = False
-    # (the callback runs as ``wt`` is freed, before another array can take its id)
-    _FIXED[key] = (weakref.ref(wt, lambda _, key=key: _FIXED.pop(key, None)), p)
+    if found is None or found[0]() is not owner:
+        # (the callback runs as ``owner`` is freed, before another array can take its id)
+        ident = id(owner)
+        ref = weakref.ref(owner, lambda _, ident=ident: _FIXED.pop(ident, None))
+        found = _FIXED[ident] = (ref, {})
+    found[1][key] = p
     return p
 
 

@@ -92,11 +92,11 @@ def test_fixed_tiles_pack_weights_that_never_change_once(rng):
 
 
 def test_bfloat16_tiles_are_packed_in_word_pairs():
-    # word i of each group of 2L columns (L float32 lanes of a tile's SIMD vector):
+    # word i of each group of 2L columns (L float32 lanes of a narrow tile's vector):
     # column i in its low half, column L + i in its high
-    from fastrnn.tiles import VECTOR_BYTES
+    from fastrnn.tiles import NARROW_VECTOR_BYTES
 
-    L, W = VECTOR_BYTES // 4, tile_width(np.dtype(np.uint16))
+    L, W = NARROW_VECTOR_BYTES // 4, tile_width(np.dtype(np.uint16))
     bits = np.arange(W, dtype=np.uint16)[None, :]
     p = np.empty((1, 1, W), np.uint16)
     pack_tiles(bits, p)
