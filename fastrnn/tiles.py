@@ -433,8 +433,10 @@ def tiles_product(a, p, scale, out, add, back):
 def recurrent_product(a, w, scale, out, s):
     """``out[:] = a @ w`` at step ``s`` of a loop (in kernels), alternating direction with
     ``s`` where ``w`` is packed (3-D): :func:`fastrnn.tile_gemm.tiles_gemm` for more than
-    one row over float panels, else :func:`tiles_product`; unpacked ``w`` through
-    :func:`~fastrnn.linalg.product_t` as stored (with its int8 ``scale``)."""
+    one row over float panels, else :func:`tiles_product`; bfloat16 weights in pair
+    panels (uint32, :mod:`fastrnn.pairs`) with ``scale`` the rows' pair scratch (M,
+    ceil(K / 2)) uint32; unpacked ``w`` through :func:`~fastrnn.linalg.product_t` as
+    stored (with its int8 ``scale``)."""
     raise NotImplementedError("recurrent_product is only for compiled kernels")
 
 
@@ -442,6 +444,14 @@ def _packed_product(w, add):
     """The product over packed ``w`` (3-D) at a loop step, ``product(a, w, scale, out,
     s)``, as :func:`recurrent_product` (``add`` False) and :func:`backward_product`
     (True, ``scale`` None) choose it."""
+    if w.dtype == types.uint32:  # bfloat16 pair panels
+        from .pairs import pairs_gemm, round_pairs  # (they build on this module)
+
+        def pairs_step(a, w, scale, out, s):
+            round_pairs(a, scale)
+            pairs_gemm(scale, w, out, add)
+
+        return pairs_step
     if not isinstance(w.dtype, types.Float):
         return lambda a, w, scale, out, s: tiles_product(a, w, scale, out, add, s % 2 == 1)
     from .tile_gemm import panel_gemm  # (it builds on this module)

@@ -17,9 +17,23 @@ MAX_ABS_ERROR = 3e-2
 FORMATS = ["int8", "bfloat16"]
 
 
+@pytest.fixture(params=["pairs", "widened"])
+def bfloat16_products(request, monkeypatch):
+    """bfloat16 models both ways: on bfloat16 pairs (``fastrnn.pairs``, rows rounded to
+    bfloat16, where the CPU has ``vdpbf16ps``) and on weights widened to float32."""
+    from fastrnn import pairs
+
+    if request.param == "pairs" and request.node.callspec.params.get("weights") == "int8":
+        pytest.skip("int8 weights take no pairs: the widened run covers them")
+    if request.param == "pairs" and not pairs.available():
+        pytest.skip("needs a CPU with AVX512_BF16 (vdpbf16ps)")
+    monkeypatch.setattr(pairs, "available", lambda: request.param == "pairs")
+    return request.param
+
+
 @pytest.mark.parametrize("weights", FORMATS)
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_quantized_matches_torch_within_bound(kind, weights, rng):
+def test_quantized_matches_torch_within_bound(kind, weights, rng, bfloat16_products):
     m, tm = make_pair(kind, 16, 32, "float32", num_layers=2)
     q = m.quantize(weights)
     x = rng.standard_normal((20, 3, 16)).astype(np.float32)
@@ -152,7 +166,7 @@ def test_bfloat16_tensors_only_where_bfloat16_weights_are_expected(tmp_path):
 
 @pytest.mark.parametrize("weights", ["bfloat16", "int8"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_batch1_sequence_and_step_on_tiles(kind, weights, rng):
+def test_batch1_sequence_and_step_on_tiles(kind, weights, rng, bfloat16_products):
     # one row over enough steps: the recurrent product reads the quantized weights packed
     # in tiles (sequence) or as tile views (step); both agree with the untiled path
     from fastrnn.engine import cpu

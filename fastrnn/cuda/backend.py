@@ -38,8 +38,9 @@ class CUDABackend:
         return out
 
     @staticmethod
-    def input_projection(X, w_ih, shape):
-        """A recurrence's ``X W_ih^T`` as ``shape`` (T, B, G·H) (computed now)."""
+    def input_projection(X, w_ih, shape, stored=None):
+        """A recurrence's ``X W_ih^T`` as ``shape`` (T, B, G·H) (computed now; ``stored``,
+        a quantized model's stored weights, is for the CPU)."""
         return CUDABackend.project(X, w_ih).reshape(shape)
 
     @staticmethod

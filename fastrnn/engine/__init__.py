@@ -15,9 +15,9 @@ import threading
 
 import numpy as np
 
-from .. import recurrence
+from .. import pairs, recurrence
 from ..tiles import fixed_tiles, tile_view
-from . import driver, pieces
+from . import cpu, driver, pieces
 from .cpu import BLAS_MIN_BATCH, CPU
 from .spec import Spec, suffix
 from .tape import Gradients, Steps, Tape
@@ -152,15 +152,25 @@ def step_weights(spec, params, int8=None, batch=None):
     one row (``batch`` 1) the weights are seen as column tiles where that pays
     (:func:`fastrnn.tiles.tile_view`: still views, so editing a model's weights in place
     still changes its steps); a quantized model's, which never change, are packed in
-    tiles once (:func:`fastrnn.tiles.fixed_tiles`)."""
+    tiles once (:func:`fastrnn.tiles.fixed_tiles`), or bfloat16 ones in pair panels
+    (:mod:`fastrnn.pairs`) where the CPU has ``vdpbf16ps``."""
     layers = []
     for layer in range(spec.num_layers):
         w_ih, w_hh, b_ih, b_hh, w_hr = driver.layer_params(spec, params, layer, 0, CPU)
         if int8:
             products = int8[f"weight_ih_l{layer}"] + int8[f"weight_hh_l{layer}"]
+            if batch is not None and cpu._pairs_pay(products[0]):  # bfloat16 pairs, each
+                # followed by its rows' pair scratch (as at every batch size)
+                products = (
+                    pairs.fixed_pairs(products[0]),
+                    pairs.scratch(batch, products[0].shape[0]),
+                    pairs.fixed_pairs(products[2]),
+                    pairs.scratch(batch, products[2].shape[0]),
+                )
         else:
             products = (np.ascontiguousarray(w_ih.T), None, np.ascontiguousarray(w_hh.T), None)
-        if batch == 1:  # weights (each followed by its scales) as tiles where they fit
+        if batch == 1 and products[0].ndim == 2:  # weights (each followed by its scales)
+            # as tiles where they fit
             products = tuple(_as_tiles(a) if i % 2 == 0 else a for i, a in enumerate(products))
         layers.append(products + (b_ih, b_hh, w_hr if spec.proj_size else None))
     return layers

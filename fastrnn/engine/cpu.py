@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import recurrence, team, threads
+from .. import pairs, recurrence, team, threads
 from ..linalg import gate_columns, gemm, numpy_gemm, use_gemm
 from ..tile_gemm import panel_width
 from ..tiles import fixed_tiles, pack_tiles, tile_width
@@ -62,14 +62,34 @@ def batch_pieces(B):
 
 class Projection(NamedTuple):
     """``X @ w_ih.T`` (``X`` (T·B, I), ``w_ih`` (G·H, I)) as ``shape`` (T, B, G·H), not
-    computed yet (:meth:`CPUBackend.input_projection`)."""
+    computed yet (:meth:`CPUBackend.input_projection`); ``stored`` is a quantized
+    model's ``(stored w_ih.T, scales)``, or None."""
 
     X: object
     w_ih: object
     shape: tuple
+    stored: object = None
 
     def compute(self):
-        return gemm(self.X, self.w_ih.T).reshape(self.shape)
+        X, stored = self.X, self.stored
+        if stored is not None and _pairs_pay(stored[0]) and X.dtype == np.float32:
+            out = reuse.empty((X.shape[0], stored[0].shape[1]), np.float32)
+            return pairs.pairs_product(np.ascontiguousarray(X), stored[0], out).reshape(self.shape)
+        return gemm(X, self.w_ih.T).reshape(self.shape)
+
+
+def _pairs_pay(stored):
+    """Whether products with a quantized model's ``stored`` weights run on bfloat16
+    pairs (:mod:`fastrnn.pairs`): bfloat16 bits that never change, on a CPU with
+    ``vdpbf16ps``. (Batch-1 steps read them as tiles: there bytes, not multiply-adds,
+    bound the time.)"""
+    return (
+        stored.dtype == np.uint16
+        and not stored.flags.writeable
+        and stored.flags.owndata
+        and stored.flags.c_contiguous
+        and pairs.available()
+    )
 
 
 def _rows(a, b0, b1):
@@ -101,11 +121,12 @@ class CPUBackend:
         return a * b
 
     @staticmethod
-    def input_projection(X, w_ih, shape):
+    def input_projection(X, w_ih, shape, stored=None):
         """A recurrence's ``X W_ih^T`` seen as ``shape`` (T, B, G·H), computed when the
         recurrence needs it: a thread team computes each member's gate columns of it on
-        the member's own core (:func:`_team_recurrence`)."""
-        return Projection(X, w_ih, shape)
+        the member's own core (:func:`_team_recurrence`). ``stored``: a quantized
+        model's ``(stored W_ih^T, scales)`` (bfloat16 ones may take :mod:`fastrnn.pairs`)."""
+        return Projection(X, w_ih, shape, stored)
 
     @staticmethod
     def product_tn(a, b, out):
@@ -264,15 +285,24 @@ def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
 
             stored, scales = (w_hh_t, None) if int8 is None else int8
             w_own = own(stored, "w_hh")
-            if B == 1:  # in tiles (``fastrnn.tiles``), from this member's core's cache
+            if _pairs_pay(stored):  # bfloat16 pairs, as at every batch size
+                shape = (-(-G * nu // pairs.PANEL), -(-H // 2), pairs.PANEL)
+                panels = _team_buffer(start, "w_pairs", shape, np.uint32)
+                pairs.pack_pairs(w_own, panels)
+                w_own, pair_rows = panels, pairs.scratch(B, H)
+            elif B == 1:  # in tiles (``fastrnn.tiles``), from this member's core's cache
                 W = tile_width(w_own.dtype)
                 shape = (-(-G * nu // W), H, W)
                 tiles = _team_buffer(start, "w_tiles", shape, w_own.dtype)
                 pack_tiles(w_own, tiles)
                 w_own = tiles
+            if w_own.dtype == np.uint32:
+                scales = pair_rows  # (the scale's place: the rows' pair scratch)
+            elif scales is not None:
+                scales = own(scales, "scales")
             weights = recurrence.RecurrentWeights(
                 w_own,
-                None if scales is None else own(scales, "scales"),
+                scales,
                 own(b_ih, "b_ih"),
                 own(b_hh, "b_hh"),
                 None,
@@ -282,7 +312,17 @@ def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse
             )
             if isinstance(gx, Projection):  # the member's columns of x W_ih^T, computed here
                 gx_own = _team_buffer(start, "gx", (T * B, G * nu), dtype)
-                np.matmul(gx.X, own(gx.w_ih.T, "w_ih"), out=gx_own)
+                stored_ih = None if gx.stored is None else gx.stored[0]
+                if stored_ih is not None and _pairs_pay(stored_ih):  # as Projection.compute
+                    ih = own(stored_ih, "w_ih_bits")
+                    shape = (-(-G * nu // pairs.PANEL), -(-ih.shape[0] // 2), pairs.PANEL)
+                    panels = _team_buffer(start, "w_ih_pairs", shape, np.uint32)
+                    pairs.pack_pairs(ih, panels)
+                    rows = pairs.scratch(T * B, ih.shape[0])
+                    pairs.round_pairs(np.ascontiguousarray(gx.X), rows)
+                    pairs.pairs_gemm(rows, panels, gx_own, False)
+                else:
+                    np.matmul(gx.X, own(gx.w_ih.T, "w_ih"), out=gx_own)
                 gx_own = gx_own.reshape(T, B, G * nu)
             else:
                 gx_own = own(gx, "gx")
@@ -381,7 +421,10 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
         tape_c = None
     if int8 is not None:  # (quantized: stored weights, their scales; tiles at batch 1)
         w_t, s_hh = int8
-        w_t = _tiles(w_t, T) if B == 1 else w_t
+        if _pairs_pay(w_t):  # bfloat16 rows in pairs (the scale's place: their scratch)
+            w_t, s_hh = pairs.fixed_pairs(w_t), pairs.scratch(B, w_t.shape[0])
+        elif B == 1:
+            w_t = _tiles(w_t, T)
     elif B == 1:
         # The per-step product reads W_hh as it is stored: the models' column-major
         # weights as rows of the transpose, a row-major one (a torch parameter's) by its

@@ -64,7 +64,8 @@ def _direction(spec, params, layer, d, X, h, c, out, lengths, steps, int8, backe
     P, H = spec.output_size, spec.hidden_size
     k = layer * spec.num_directions + d
     w_ih, w_hh, b_ih, b_hh, w_hr = layer_params(spec, params, layer, d, backend)
-    gx = backend.input_projection(X, w_ih, (T, B, spec.gates * H))
+    stored = None if int8 is None else int8.get(f"weight_ih{suffix(layer, d)}")
+    gx = backend.input_projection(X, w_ih, (T, B, spec.gates * H), stored)
     backend.recurrence(
         spec,
         gx=gx,

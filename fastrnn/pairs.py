@@ -1,0 +1,245 @@
+"""Products of bfloat16 weights with bfloat16-rounded rows, on AVX512_BF16.
+
+A quantized ``bfloat16`` model stores its weights in half of float32's bytes. At batch 1
+a step is bound by reading them, and the tiles of :mod:`fastrnn.tiles` widen each one to
+float32 in registers. A product of many rows (a batch's recurrent step, a sequence's
+input projection) is bound by its multiply-adds instead: there CPUs with AVX512_BF16
+(Intel from Cooper Lake, AMD from Zen 4) have ``vdpbf16ps``, which takes two vectors of
+32 bfloat16 values and adds 16 dot products of adjacent pairs to 16 float32 sums: twice
+the multiply-adds of a float32 fused multiply-add per instruction.
+
+The weights ``wt`` (K, N) are packed once (they never change) in panels of
+:data:`PANEL` columns (:func:`pack_pairs`): for each pair of rows ``k = 2q, 2q + 1`` a
+panel row holds, column by column, the two weights as one 32-bit word (low half row
+``2q``). The rows of the other operand are rounded to bfloat16 (to nearest, ties to
+even) and paired the same way (:func:`round_pairs`). The sums stay float32; the rounding
+of the rows (a relative 2^-9 at most) is what this product adds to the weights' own.
+"""
+
+import functools
+import os
+import threading
+import weakref
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import _jit, threads
+from ._jit import kernel
+from .tiles import _close_loop, _const, _lane_masks, _splat, _store_sums, _vector_functions
+
+#: Output columns per panel: two vectors of 16 float32 sums.
+PANEL = 32
+#: Rows of ``a`` per block (16 of the 32 vector registers hold sums), and pairs of ``k``
+#: per pass over a panel (its 128 rows of 128 bytes, 16 KB, stay in L1).
+PAIR_ROWS = 8
+PAIR_DEPTH = 128
+
+
+@functools.lru_cache(maxsize=1)
+def available():
+    """Whether this CPU has ``vdpbf16ps`` (AVX512_BF16) and fastrnn compiles for AVX-512
+    (:data:`fastrnn._jit.VECTOR_BYTES`); ``FASTRNN_BF16_PAIRS=0`` turns the pair products
+    off (the bfloat16 models then widen their weights to float32, as on other CPUs)."""
+    if os.environ.get("FASTRNN_BF16_PAIRS", "") == "0" or _jit.VECTOR_BYTES != 64:
+        return False
+    try:
+        from llvmlite import binding
+
+        return bool(binding.get_host_cpu_features().get("avx512bf16", False))
+    except Exception:  # a host whose features LLVM cannot read
+        return False
+
+
+@intrinsic
+def _pair_block(typingctx, aw, r0, rows, p, t, q0, q1, out, add):
+    """``out[r0 + i, t·PANEL + j] (+)= Σ_{q0 <= q < q1} a[r0 + i, 2q:2q+2] ·
+    wt[2q:2q+2, t·PANEL + j]`` for ``i < rows`` (a literal) and the panel's columns (masked
+    past ``out``'s last): ``aw`` (M, Q) uint32 rows in bfloat16 pairs
+    (:func:`round_pairs`), ``p`` (panels, Q, PANEL) uint32 weight pairs
+    (:func:`pack_pairs`), ``out`` (M, N) float32, all C-contiguous."""
+    if not (
+        isinstance(rows, types.IntegerLiteral)
+        and all(isinstance(v, types.Array) and v.layout == "C" for v in (aw, p, out))
+        and aw.dtype == p.dtype == types.uint32
+        and out.dtype == types.float32
+        and (aw.ndim, p.ndim, out.ndim) == (2, 3, 2)
+    ):
+        return None
+    R = rows.literal_value
+
+    def codegen(context, builder, signature, args):
+        aa, pa, oa = (
+            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 7)
+        )
+        _, r0, _, _, t, q0, q1, _, add_flag = args
+        lanes, vec, functions = _vector_functions(context, builder, types.float32, 64)
+        words = ir.VectorType(ir.IntType(32), lanes)
+        dot = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vec, [vec, words, words]),
+            "llvm.x86.avx512bf16.dpbf16ps.512",  # (the <16 x i32> form LLVM upgrades)
+        )
+        Q = builder.extract_value(aa.shape, 1)
+        N = builder.extract_value(oa.shape, 1)
+        a_rows = [
+            builder.gep(aa.data, [builder.mul(builder.add(r0, _const(i)), Q)]) for i in range(R)
+        ]
+        base = builder.gep(pa.data, [builder.mul(t, builder.mul(Q, _const(PANEL)))])
+        zero = ir.Constant(vec, [0.0] * lanes)
+
+        entry = builder.block
+        loop = builder.append_basic_block("pairs.loop")
+        done = builder.append_basic_block("pairs.done")
+        builder.cbranch(builder.icmp_signed("<", q0, q1), loop, done)
+        builder.position_at_end(loop)
+        q = builder.phi(ir.IntType(64))
+        q.add_incoming(q0, entry)
+        sums = [builder.phi(vec) for _ in range(2 * R)]
+        for s in sums:
+            s.add_incoming(zero, entry)
+        row = builder.gep(base, [builder.mul(q, _const(PANEL))])
+        weights = [
+            builder.load(
+                builder.bitcast(builder.gep(row, [_const(v * lanes)]), words.as_pointer()),
+                align=4,
+            )
+            for v in range(2)
+        ]
+        updated = []
+        for i in range(R):
+            x = _splat(builder, builder.load(builder.gep(a_rows[i], [q])), lanes)
+            updated += [builder.call(dot, [sums[2 * i + v], x, w]) for v, w in enumerate(weights)]
+        totals = _close_loop(builder, entry, loop, done, q, sums, updated, q1)
+        c0 = builder.mul(t, _const(PANEL))
+        n_valid = builder.sub(N, c0)
+        masks = _lane_masks(builder, n_valid, lanes, 2)
+        full = builder.icmp_signed(">=", n_valid, _const(2 * lanes))
+        for i in range(R):
+            o_row = builder.gep(
+                oa.data, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)]
+            )
+            ptrs = [
+                builder.bitcast(builder.gep(o_row, [_const(v * lanes)]), vec.as_pointer())
+                for v in range(2)
+            ]
+            _store_sums(
+                builder, functions, ptrs, totals[2 * i : 2 * i + 2], masks, full, add_flag, 4
+            )
+        return context.get_dummy_value()
+
+    sig = types.void(
+        aw, types.intp, rows, p, types.intp, types.intp, types.intp, out, types.boolean
+    )
+    return sig, codegen
+
+
+@kernel
+def pairs_gemm(aw, p, out, add):
+    """``out[:] (+)= a @ wt`` for ``a``'s rows in bfloat16 pairs ``aw`` (M, Q) and ``wt``
+    packed in pair panels ``p`` (:func:`pack_pairs`), ``out`` (M, N) float32."""
+    M, Q = aw.shape
+    for q0 in range(0, Q, PAIR_DEPTH):
+        q1 = min(Q, q0 + PAIR_DEPTH)
+        accumulate = add or q0 > 0
+        for t in range(p.shape[0]):
+            i = 0
+            while i + PAIR_ROWS <= M:
+                _pair_block(aw, i, PAIR_ROWS, p, t, q0, q1, out, accumulate)
+                i += PAIR_ROWS
+            while i + 4 <= M:
+                _pair_block(aw, i, 4, p, t, q0, q1, out, accumulate)
+                i += 4
+            while i < M:
+                _pair_block(aw, i, 1, p, t, q0, q1, out, accumulate)
+                i += 1
+
+
+@kernel
+def round_pairs(a, aw):
+    """``a`` (M, K) float32 rounded to bfloat16 (to nearest, ties to even) in pairs:
+    ``aw[m, q]`` (M, ceil(K / 2)) uint32 holds ``a[m, 2q]`` in its low half and ``a[m, 2q +
+    1]`` (0 past ``K``) in its high half."""
+    M, K = a.shape
+    bits = a.view(np.uint32)
+    for m in range(M):
+        src = bits[m]
+        dst = aw[m]
+        for q in range(K // 2):
+            lo = src[2 * q]
+            hi = src[2 * q + 1]
+            lo = (lo + 0x7FFF + ((lo >> 16) & 1)) >> 16
+            hi = (hi + 0x7FFF + ((hi >> 16) & 1)) & 0xFFFF0000
+            dst[q] = np.uint32(lo | hi)
+        if K % 2:
+            lo = src[K - 1]
+            dst[K // 2] = np.uint32((lo + 0x7FFF + ((lo >> 16) & 1)) >> 16)
+
+
+@kernel
+def pack_pairs(wt, p):
+    """``wt`` (K, N) bfloat16 bits (uint16), C-contiguous, into pair panels ``p``
+    (ceil(N / PANEL), ceil(K / 2), PANEL) uint32: ``p[t, q, j]`` holds ``wt[2q, t·PANEL +
+    j]`` in its low half and ``wt[2q + 1, ...]`` in its high half (0 past either edge)."""
+    K, N = wt.shape
+    for t in range(p.shape[0]):
+        for q in range(p.shape[1]):
+            dst = p[t, q]
+            for j in range(PANEL):
+                n = t * PANEL + j
+                lo = np.uint32(wt[2 * q, n]) if n < N else np.uint32(0)
+                hi = np.uint32(0)
+                if n < N and 2 * q + 1 < K:
+                    hi = np.uint32(wt[2 * q + 1, n])
+                dst[j] = lo | (hi << np.uint32(16))
+
+
+#: id(weights) -> (a weak reference to them, their pair panels): :func:`fixed_pairs`.
+_FIXED = {}
+_LOCK = threading.Lock()
+
+
+def fixed_pairs(wt):
+    """``wt`` (K, N) bfloat16 bits, read-only, C-contiguous and owning its memory (a
+    quantized model's stored weights, which never change), in pair panels, packed once
+    and kept while ``wt`` lives."""
+    ident = id(wt)
+    with _LOCK:
+        found = _FIXED.get(ident)
+        if found is not None and found[0]() is wt:
+            return found[1]
+        K, N = wt.shape
+        p = np.empty((-(-N // PANEL), -(-K // 2), PANEL), np.uint32)
+        pack_pairs(wt, p)
+        p.flags.writeable = False
+        ref = weakref.ref(wt, lambda _, ident=ident: _FIXED.pop(ident, None))
+        _FIXED[ident] = (ref, p)
+        return p
+
+
+def scratch(M, K):
+    """The pair scratch of ``M`` rows of ``K`` values (:func:`round_pairs`' ``aw``)."""
+    return np.empty((M, -(-K // 2)), np.uint32)
+
+
+def pairs_product(a, wt, out):
+    """``out[:] = a @ wt`` for ``a`` (M, K) float32 C-contiguous (rounded to bfloat16 in
+    pairs here), ``wt`` (K, N) stored bfloat16 bits (:func:`fixed_pairs`), ``out`` (M, N)
+    float32 C-contiguous; the rows split between fastrnn's threads."""
+    p = fixed_pairs(wt)
+    M, K = a.shape
+    aw = np.empty((M, -(-K // 2)), np.uint32)
+    pieces = threads.split(M, 64)
+
+    def piece(r0, r1):
+        round_pairs(a[r0:r1], aw[r0:r1])
+        pairs_gemm(aw[r0:r1], p, out[r0:r1], False)
+
+    if len(pieces) == 1:
+        piece(0, M)
+    else:
+        threads.run(piece, pieces)
+    return out
