@@ -221,35 +221,43 @@ def sequence_workload(mode, T, B, size, repeats, threads):
 
 def quantized_workload(mode, kind, size, repeats, threads, weights="int8"):
     """Opt-in quantized weights (``weights``: "int8", "bfloat16"): fastrnn quantized vs
-    fastrnn float32 and float32 onnxruntime.
-
-    The "torch" column holds fastrnn's own float32 time here; ``max_abs_diff`` is the
-    quantized model against float32 (the price of the speed).
-    """
+    the float32 peers, torch.nn (its ``*Cell`` for a step) and onnxruntime;
+    ``max_abs_diff`` is the quantized model against float32 torch.nn (the price of the
+    speed). ``kind``: "step", "seq" (T=100, B=1) or "seq64" (T=100, B=64)."""
     m, tm = _twins(mode, size)
     q = m.quantize(weights)
     rng = np.random.default_rng(0)
     if kind == "step":
         x = rng.standard_normal((1, size)).astype(np.float32)
-        sq, sf = q.initial_state(1), m.initial_state(1)
+        cell = TORCH_CELL[mode](size, size).eval()
+        cell.load_state_dict({k[: -len("_l0")]: v for k, v in tm.state_dict().items()})
+        xt = torch.from_numpy(x)
+        hx = (torch.zeros(1, size),) * 2 if mode == "LSTM" else torch.zeros(1, size)
         res = Result(mode, f"{weights} step H={size}")
-        fns = {"fastrnn": stream(q, x), "torch": stream(m, x)}
-        res.max_abs_diff["float32"] = float(np.abs(q.step(x, sq)[0] - m.step(x, sf)[0]).max())
+        fns = {"fastrnn": stream(q, x), "torch": lambda: cell(xt, hx)}
+        with torch.inference_mode():
+            ref = cell(xt, hx)
+            ref = (ref[0] if mode == "LSTM" else ref).numpy()
+        res.max_abs_diff["torch"] = float(np.abs(q.step(x, None)[0] - ref).max())
         h0 = torch.zeros(1, 1, size)
-        xt = torch.from_numpy(x)[None]
-        args = (xt, (h0, h0)) if mode == "LSTM" else (xt, h0)
+        args = (xt[None], (h0, h0)) if mode == "LSTM" else (xt[None], h0)
         names = ["x", "h0", "c0"] if mode == "LSTM" else ["x", "h0"]
         feed = {"x": x[None], "h0": h0.numpy(), **({"c0": h0.numpy()} if mode == "LSTM" else {})}
     else:
-        x = rng.standard_normal((100, 1, size)).astype(np.float32)
-        res = Result(mode, f"{weights} seq T=100 B=1 H={size}")
-        fns = {"fastrnn": lambda: q(x), "torch": lambda: m(x)}
-        res.max_abs_diff["float32"] = float(np.abs(q(x)[0] - m(x)[0]).max())
-        args, names, feed = (torch.from_numpy(x),), ["x"], {"x": x}
+        B = 64 if kind == "seq64" else 1
+        x = rng.standard_normal((100, B, size)).astype(np.float32)
+        xt = torch.from_numpy(x)
+        res = Result(mode, f"{weights} seq T=100 B={B} H={size}")
+        fns = {"fastrnn": lambda: q(x), "torch": lambda: tm(xt)}
+        with torch.inference_mode():
+            ref = tm(xt)[0].numpy()
+        res.max_abs_diff["torch"] = float(np.abs(q(x)[0] - ref).max())
+        args, names, feed = (xt,), ["x"], {"x": x}
     session = onnx_session(tm, args, names, threads)
     if session is not None:
         fns["onnxruntime"] = lambda: session.run(None, feed)
-    res.times.update(engine_times(fns, repeats))
+    with torch.inference_mode():
+        res.times.update(engine_times(fns, repeats))
     return res
 
 
@@ -339,7 +347,7 @@ def workloads(modes, hidden, full, repeats, threads):
         )
         for w in ("int8", "bfloat16")
         for mode in modes
-        for kind in ("step", "seq")
+        for kind in ("step", "seq", "seq64")
     ]
     return jobs, quantized
 
@@ -427,9 +435,9 @@ def main(quick=False, cores=0, full=False, modes=MODES, hidden=256, out="bench-r
     results = [job() for job in progress(jobs + int8_jobs, desc="fastrnn bench")]
     print_table(results[: len(jobs)])
     print(
-        "\nopt-in quantized weights (Model.quantize('int8'), quantize('bfloat16')): "
-        "'torch.nn' column = fastrnn float32, 'vs torch' = speed-up over it, max|diff| = "
-        "quantized vs float32"
+        "\nopt-in quantized weights (Model.quantize('int8'), quantize('bfloat16')) against "
+        "the float32 peers (torch.nn: its *Cell for a step); max|diff| = quantized vs "
+        "float32 torch.nn"
     )
     print_table(results[len(jobs) :])
     if out:

@@ -159,7 +159,7 @@ def step_weights(spec, params, int8=None, batch=None):
         w_ih, w_hh, b_ih, b_hh, w_hr = driver.layer_params(spec, params, layer, 0, CPU)
         if int8:
             products = int8[f"weight_ih_l{layer}"] + int8[f"weight_hh_l{layer}"]
-            if batch is not None and cpu._pairs_pay(products[0]):  # bfloat16 pairs, each
+            if batch is not None and cpu.pairs_pay(products[0]):  # bfloat16 pairs, each
                 # followed by its rows' pair scratch (as at every batch size)
                 products = (
                     pairs.fixed_pairs(products[0]),

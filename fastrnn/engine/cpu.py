@@ -7,16 +7,22 @@ batch of ``BLAS_MIN_BATCH`` rows or more calls BLAS per step from a Python loop.
 """
 
 import threading
-from typing import NamedTuple
 
 import numpy as np
 
-from .. import pairs, recurrence, team, threads
-from ..linalg import gate_columns, gemm, numpy_gemm, use_gemm
+from .. import pairs, recurrence, threads
+from ..linalg import gemm, numpy_gemm, use_gemm
 from ..tile_gemm import panel_width
 from ..tiles import fixed_tiles, pack_tiles, tile_width
 from . import reuse
+from .projection import Projection, pairs_pay
 from .tape import Steps
+from .team_recurrence import (  # noqa: F401 (the team's thresholds, read here too)
+    TEAM_MIN_SEQUENCE,
+    TEAM_MIN_UNITS,
+    TEAM_MIN_WORK,
+    team_recurrence,
+)
 
 #: Batch size from which the per-step product runs on packed panels however short the
 #: sequence (a quantized model's: BLAS per step), and from which the whole stack is
@@ -27,17 +33,6 @@ MIN_THREAD_ROWS = 4
 #: Fewest rows of a recurrence that projects its input step by step
 #: (``_step_projection``).
 BLAS_MIN_PIECE = 32
-#: Fewest hidden units a team member owns, fewest multiply-adds per step and row (of
-#: ``h W_hh^T``) for a small batch to go to a team, and fewest over the whole sequence:
-#: below, starting the team (waking a core, packing each member's weights and computing
-#: its input projection, 400-600 us here) costs more than the split saves. An H=256
-#: LSTM (262 k per step) or GRU (197 k) at T=100 ran 1.2x faster on two threads than
-#: on one in ``fastrnn bench``'s pattern (calls after idle gaps, torch and onnxruntime
-#: between) once the members were held on CPUs of their own (``fastrnn.team``); an
-#: H=256 RNN (66 k) is faster on one thread.
-TEAM_MIN_UNITS = 64
-TEAM_MIN_WORK = 1 << 17
-TEAM_MIN_SEQUENCE = 1 << 24
 #: Fewest steps of a batch-1 recurrence for which its ``W_hh`` is packed in tiles: the
 #: pack costs about three products (68 us for 1 MB here), each step saves a third.
 TILES_MIN_STEPS = 12
@@ -58,38 +53,6 @@ def batch_pieces(B):
     if B >= BLAS_MIN_BATCH:
         return [(0, B)]
     return threads.split(B, MIN_THREAD_ROWS)
-
-
-class Projection(NamedTuple):
-    """``X @ w_ih.T`` (``X`` (T·B, I), ``w_ih`` (G·H, I)) as ``shape`` (T, B, G·H), not
-    computed yet (:meth:`CPUBackend.input_projection`); ``stored`` is a quantized
-    model's ``(stored w_ih.T, scales)``, or None."""
-
-    X: object
-    w_ih: object
-    shape: tuple
-    stored: object = None
-
-    def compute(self):
-        X, stored = self.X, self.stored
-        if stored is not None and _pairs_pay(stored[0]) and X.dtype == np.float32:
-            out = reuse.empty((X.shape[0], stored[0].shape[1]), np.float32)
-            return pairs.pairs_product(np.ascontiguousarray(X), stored[0], out).reshape(self.shape)
-        return gemm(X, self.w_ih.T).reshape(self.shape)
-
-
-def _pairs_pay(stored):
-    """Whether products with a quantized model's ``stored`` weights run on bfloat16
-    pairs (:mod:`fastrnn.pairs`): bfloat16 bits that never change, on a CPU with
-    ``vdpbf16ps``. (Batch-1 steps read them as tiles: there bytes, not multiply-adds,
-    bound the time.)"""
-    return (
-        stored.dtype == np.uint16
-        and not stored.flags.writeable
-        and stored.flags.owndata
-        and stored.flags.c_contiguous
-        and pairs.available()
-    )
 
 
 def _rows(a, b0, b1):
@@ -124,8 +87,9 @@ class CPUBackend:
     def input_projection(X, w_ih, shape, stored=None):
         """A recurrence's ``X W_ih^T`` seen as ``shape`` (T, B, G·H), computed when the
         recurrence needs it: a thread team computes each member's gate columns of it on
-        the member's own core (:func:`_team_recurrence`). ``stored``: a quantized
-        model's ``(stored W_ih^T, scales)`` (bfloat16 ones may take :mod:`fastrnn.pairs`)."""
+        the member's own core (:mod:`fastrnn.engine.team_recurrence`). ``stored``: a
+        quantized model's ``(stored W_ih^T, scales)`` (bfloat16 ones may take
+        :mod:`fastrnn.pairs`)."""
         return Projection(X, w_ih, shape, stored)
 
     @staticmethod
@@ -172,7 +136,7 @@ class CPUBackend:
         pieces = batch_pieces(gx.shape[1])
         if len(pieces) == 1:
             out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
-            teamed = steps is None and _team_recurrence(
+            teamed = steps is None and team_recurrence(
                 spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, out, lengths, reverse, int8
             )
             if not teamed:  # (a deferred projection is computed in there)
@@ -228,117 +192,6 @@ class CPUBackend:
 
         threads.run(piece, pieces)
         return results
-
-
-#: (first unit, role) -> array: the team members' packed slices, reused from call to
-#: call (a page fault per 4 KB of fresh memory: 130-240 us for an H=256 LSTM's slice
-#: here). Only the running team (one at a time) touches them.
-_TEAM_BUFFERS = {}
-
-
-def _team_buffer(start, role, shape, dtype):
-    found = _TEAM_BUFFERS.get((start, role))
-    if found is None or found.shape != shape or found.dtype != dtype:
-        found = _TEAM_BUFFERS[start, role] = np.empty(shape, dtype)
-    return found
-
-
-def _team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, int8):
-    """An inference recurrence of a few rows on a team of threads split by hidden units
-    (:mod:`fastrnn.team`). False, having done nothing, where a team does not apply: one
-    thread, a batch for BLAS, projection, a shortened row, little work per step and row,
-    a busy team. Each member packs its own slice of the weights (in parallel; a
-    quantized model's stored ones with their scales, ``int8`` as in
-    :meth:`CPUBackend.recurrence`) and, given a :class:`Projection`, computes its own
-    gate columns of the input projection."""
-    T, B, GH = gx.shape
-    H = spec.hidden_size
-    G = GH // H
-    members = len(threads.split(H, TEAM_MIN_UNITS))
-    work = GH * h.shape[1]
-    if members < 2 or B >= BLAS_MIN_BATCH or w_hr.shape[0] or work < TEAM_MIN_WORK:
-        return False
-    if T * work < TEAM_MIN_SEQUENCE:
-        return False
-    if int(lengths.min()) != T:
-        return False
-    dtype = y.dtype
-    hbuf = np.empty((2, B, H), dtype)
-    hbuf[0] = h
-    bar = np.zeros(3, np.int64)
-    loop = recurrence.LOOPS[spec.kernels].team_sequence
-    ones = np.ones(B, lengths.dtype)
-    w_hh_t = w_hh.T  # (H, G·H)
-    tasks, owned = [], []
-    bounds = [H * i // members for i in range(members + 1)]
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        nu = stop - start
-        h_own = np.ascontiguousarray(h[:, start:stop])
-        c_own = np.ascontiguousarray(c[:, start:stop])
-
-        def member(start=start, stop=stop, nu=nu, h_own=h_own, c_own=c_own):
-            def own(a, role):  # the member's columns of every gate, side by side (a copy)
-                rows = a.reshape(-1, a.shape[-1])
-                out = _team_buffer(start, role, (rows.shape[0], G * nu), a.dtype)
-                gate_columns(rows, start, stop, G, H, out)
-                return out.reshape(*a.shape[:-1], G * nu)
-
-            stored, scales = (w_hh_t, None) if int8 is None else int8
-            w_own = own(stored, "w_hh")
-            if _pairs_pay(stored):  # bfloat16 pairs, as at every batch size
-                shape = (-(-G * nu // pairs.PANEL), -(-H // 2), pairs.PANEL)
-                panels = _team_buffer(start, "w_pairs", shape, np.uint32)
-                pairs.pack_pairs(w_own, panels)
-                w_own, pair_rows = panels, pairs.scratch(B, H)
-            elif B == 1:  # in tiles (``fastrnn.tiles``), from this member's core's cache
-                W = tile_width(w_own.dtype)
-                shape = (-(-G * nu // W), H, W)
-                tiles = _team_buffer(start, "w_tiles", shape, w_own.dtype)
-                pack_tiles(w_own, tiles)
-                w_own = tiles
-            if w_own.dtype == np.uint32:
-                scales = pair_rows  # (the scale's place: the rows' pair scratch)
-            elif scales is not None:
-                scales = own(scales, "scales")
-            weights = recurrence.RecurrentWeights(
-                w_own,
-                scales,
-                own(b_ih, "b_ih"),
-                own(b_hh, "b_hh"),
-                None,
-            )
-            scratch = recurrence.Scratch(
-                np.empty((B, G * nu), dtype), np.empty((B, nu), dtype), np.empty((B, nu), dtype)
-            )
-            if isinstance(gx, Projection):  # the member's columns of x W_ih^T, computed here
-                gx_own = _team_buffer(start, "gx", (T * B, G * nu), dtype)
-                stored_ih = None if gx.stored is None else gx.stored[0]
-                if stored_ih is not None and _pairs_pay(stored_ih):  # as Projection.compute
-                    ih = own(stored_ih, "w_ih_bits")
-                    shape = (-(-G * nu // pairs.PANEL), -(-ih.shape[0] // 2), pairs.PANEL)
-                    panels = _team_buffer(start, "w_ih_pairs", shape, np.uint32)
-                    pairs.pack_pairs(ih, panels)
-                    rows = pairs.scratch(T * B, ih.shape[0])
-                    pairs.round_pairs(np.ascontiguousarray(gx.X), rows)
-                    pairs.pairs_gemm(rows, panels, gx_own, False)
-                else:
-                    np.matmul(gx.X, own(gx.w_ih.T, "w_ih"), out=gx_own)
-                gx_own = gx_own.reshape(T, B, G * nu)
-            else:
-                gx_own = own(gx, "gx")
-            loop(
-                gx_own, weights, hbuf, h_own, c_own, y, start, reverse, spec.activation,
-                scratch, ones, bar, members,
-            )  # fmt: skip
-
-        tasks.append(member)
-        owned.append((start, stop, h_own, c_own))
-    if not team.run(tasks, bar):
-        return False
-    for start, stop, h_own, c_own in owned:
-        h[:, start:stop] = h_own
-        c[:, start:stop] = c_own
-    return True
 
 
 _TILES = threading.local()
@@ -421,7 +274,7 @@ def _recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse, ste
         tape_c = None
     if int8 is not None:  # (quantized: stored weights, their scales; tiles at batch 1)
         w_t, s_hh = int8
-        if _pairs_pay(w_t):  # bfloat16 rows in pairs (the scale's place: their scratch)
+        if pairs_pay(w_t):  # bfloat16 rows in pairs (the scale's place: their scratch)
             w_t, s_hh = pairs.fixed_pairs(w_t), pairs.scratch(B, w_t.shape[0])
         elif B == 1:
             w_t = _tiles(w_t, T)
