@@ -55,27 +55,31 @@ def available():
 
 
 @intrinsic
-def _pair_block(typingctx, aw, r0, rows, p, t, q0, q1, out, add):
-    """``out[r0 + i, t·PANEL + j] (+)= Σ_{q0 <= q < q1} a[r0 + i, 2q:2q+2] ·
-    wt[2q:2q+2, t·PANEL + j]`` for ``i < rows`` (a literal) and the panel's columns (masked
-    past ``out``'s last): ``aw`` (M, Q) uint32 rows in bfloat16 pairs
-    (:func:`round_pairs`), ``p`` (panels, Q, PANEL) uint32 weight pairs
-    (:func:`pack_pairs`), ``out`` (M, N) float32, all C-contiguous."""
+def _pair_block(typingctx, aw, r0, rows, p, t, panels, q0, q1, out, add):
+    """``out[r0 + i, (t + u)·PANEL + j] (+)= Σ_{q0 <= q < q1} a[r0 + i, 2q:2q+2] ·
+    wt[2q:2q+2, (t + u)·PANEL + j]`` for ``i < rows`` and ``u < panels`` (literals) and
+    each panel's columns (masked past ``out``'s last): ``aw`` (M, Q) uint32 rows in
+    bfloat16 pairs (:func:`round_pairs`), ``p`` (panels, Q, PANEL) uint32 weight pairs
+    (:func:`pack_pairs`), ``out`` (M, N) float32, all C-contiguous. A column's sum runs
+    over ``q`` in order whatever the block's shape: a row gets the same bits alone as in
+    a block. Fewer rows take more panels, so that eight sums or more are in flight (a
+    ``vdpbf16ps`` waits for the last one on its sum)."""
     if not (
         isinstance(rows, types.IntegerLiteral)
+        and isinstance(panels, types.IntegerLiteral)
         and all(isinstance(v, types.Array) and v.layout == "C" for v in (aw, p, out))
         and aw.dtype == p.dtype == types.uint32
         and out.dtype == types.float32
         and (aw.ndim, p.ndim, out.ndim) == (2, 3, 2)
     ):
         return None
-    R = rows.literal_value
+    R, U = rows.literal_value, panels.literal_value
 
     def codegen(context, builder, signature, args):
         aa, pa, oa = (
-            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 7)
+            context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 8)
         )
-        _, r0, _, _, t, q0, q1, _, add_flag = args
+        _, r0, _, _, t, _, q0, q1, _, add_flag = args
         lanes, vec, functions = _vector_functions(context, builder, types.float32, 64)
         words = ir.VectorType(ir.IntType(32), lanes)
         dot = cgutils.get_or_insert_function(
@@ -88,7 +92,9 @@ def _pair_block(typingctx, aw, r0, rows, p, t, q0, q1, out, add):
         a_rows = [
             builder.gep(aa.data, [builder.mul(builder.add(r0, _const(i)), Q)]) for i in range(R)
         ]
-        base = builder.gep(pa.data, [builder.mul(t, builder.mul(Q, _const(PANEL)))])
+        panel_words = builder.mul(Q, _const(PANEL))
+        bases = [builder.gep(pa.data, [builder.mul(builder.add(t, _const(u)), panel_words)])
+                 for u in range(U)]  # fmt: skip
         zero = ir.Constant(vec, [0.0] * lanes)
 
         entry = builder.block
@@ -98,64 +104,84 @@ def _pair_block(typingctx, aw, r0, rows, p, t, q0, q1, out, add):
         builder.position_at_end(loop)
         q = builder.phi(ir.IntType(64))
         q.add_incoming(q0, entry)
-        sums = [builder.phi(vec) for _ in range(2 * R)]
+        sums = [builder.phi(vec) for _ in range(2 * R * U)]  # [row][panel][vector]
         for s in sums:
             s.add_incoming(zero, entry)
-        row = builder.gep(base, [builder.mul(q, _const(PANEL))])
-        weights = [
-            builder.load(
-                builder.bitcast(builder.gep(row, [_const(v * lanes)]), words.as_pointer()),
-                align=4,
-            )
-            for v in range(2)
-        ]
+        weights = []
+        for base in bases:
+            row = builder.gep(base, [builder.mul(q, _const(PANEL))])
+            weights += [
+                builder.load(
+                    builder.bitcast(builder.gep(row, [_const(v * lanes)]), words.as_pointer()),
+                    align=4,
+                )
+                for v in range(2)
+            ]
         updated = []
         for i in range(R):
             x = _splat(builder, builder.load(builder.gep(a_rows[i], [q])), lanes)
-            updated += [builder.call(dot, [sums[2 * i + v], x, w]) for v, w in enumerate(weights)]
-        totals = _close_loop(builder, entry, loop, done, q, sums, updated, q1)
-        c0 = builder.mul(t, _const(PANEL))
-        n_valid = builder.sub(N, c0)
-        masks = _lane_masks(builder, n_valid, lanes, 2)
-        full = builder.icmp_signed(">=", n_valid, _const(2 * lanes))
-        for i in range(R):
-            o_row = builder.gep(
-                oa.data, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)]
-            )
-            ptrs = [
-                builder.bitcast(builder.gep(o_row, [_const(v * lanes)]), vec.as_pointer())
-                for v in range(2)
+            updated += [
+                builder.call(dot, [sums[2 * U * i + v], x, w]) for v, w in enumerate(weights)
             ]
-            _store_sums(
-                builder, functions, ptrs, totals[2 * i : 2 * i + 2], masks, full, add_flag, 4
-            )
+        totals = _close_loop(builder, entry, loop, done, q, sums, updated, q1)
+        for u in range(U):
+            c0 = builder.mul(builder.add(t, _const(u)), _const(PANEL))
+            n_valid = builder.sub(N, c0)
+            masks = _lane_masks(builder, n_valid, lanes, 2)
+            full = builder.icmp_signed(">=", n_valid, _const(2 * lanes))
+            for i in range(R):
+                o_row = builder.gep(
+                    oa.data, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)]
+                )
+                ptrs = [
+                    builder.bitcast(builder.gep(o_row, [_const(v * lanes)]), vec.as_pointer())
+                    for v in range(2)
+                ]
+                first = 2 * U * i + 2 * u
+                _store_sums(
+                    builder, functions, ptrs, totals[first : first + 2], masks, full, add_flag, 4
+                )
         return context.get_dummy_value()
 
     sig = types.void(
-        aw, types.intp, rows, p, types.intp, types.intp, types.intp, out, types.boolean
+        aw, types.intp, rows, p, types.intp, panels, types.intp, types.intp, out, types.boolean
     )
     return sig, codegen
 
 
 @kernel
-def pairs_gemm(aw, p, out, add):
+def pairs_gemm(aw, p, out, add, back):
     """``out[:] (+)= a @ wt`` for ``a``'s rows in bfloat16 pairs ``aw`` (M, Q) and ``wt``
-    packed in pair panels ``p`` (:func:`pack_pairs`), ``out`` (M, N) float32."""
+    packed in pair panels ``p`` (:func:`pack_pairs`), ``out`` (M, N) float32: blocks of
+    :data:`PAIR_ROWS` rows by one panel, the rows left over in blocks of 4 rows by 2
+    panels and of 1 row by 4 panels; the panels walked last to first with ``back``
+    (alternate it between a loop's steps, as the tiles do: each step starts with what
+    the last one read last, still in L2)."""
     M, Q = aw.shape
+    P = p.shape[0]
+    full = M - M % PAIR_ROWS
     for q0 in range(0, Q, PAIR_DEPTH):
         q1 = min(Q, q0 + PAIR_DEPTH)
-        accumulate = add or q0 > 0
-        for t in range(p.shape[0]):
-            i = 0
-            while i + PAIR_ROWS <= M:
-                _pair_block(aw, i, PAIR_ROWS, p, t, q0, q1, out, accumulate)
-                i += PAIR_ROWS
-            while i + 4 <= M:
-                _pair_block(aw, i, 4, p, t, q0, q1, out, accumulate)
-                i += 4
-            while i < M:
-                _pair_block(aw, i, 1, p, t, q0, q1, out, accumulate)
-                i += 1
+        acc = add or q0 > 0
+        for n in range(P):
+            t = P - 1 - n if back else n
+            for i in range(0, full, PAIR_ROWS):
+                _pair_block(aw, i, PAIR_ROWS, p, t, 1, q0, q1, out, acc)
+        i = full
+        while i + 4 <= M:
+            for n in range(0, P - P % 2, 2):
+                t = P - P % 2 - 2 - n if back else n
+                _pair_block(aw, i, 4, p, t, 2, q0, q1, out, acc)
+            if P % 2:
+                _pair_block(aw, i, 4, p, P - 1, 1, q0, q1, out, acc)
+            i += 4
+        while i < M:
+            for n in range(0, P - P % 4, 4):
+                t = P - P % 4 - 4 - n if back else n
+                _pair_block(aw, i, 1, p, t, 4, q0, q1, out, acc)
+            for t in range(P - P % 4, P):
+                _pair_block(aw, i, 1, p, t, 1, q0, q1, out, acc)
+            i += 1
 
 
 @kernel
@@ -236,7 +262,7 @@ def pairs_product(a, wt, out):
 
     def piece(r0, r1):
         round_pairs(a[r0:r1], aw[r0:r1])
-        pairs_gemm(aw[r0:r1], p, out[r0:r1], False)
+        pairs_gemm(aw[r0:r1], p, out[r0:r1], False, False)
 
     if len(pieces) == 1:
         piece(0, M)

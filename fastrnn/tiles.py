@@ -449,7 +449,7 @@ def _packed_product(w, add):
 
         def pairs_step(a, w, scale, out, s):
             round_pairs(a, scale)
-            pairs_gemm(scale, w, out, add)
+            pairs_gemm(scale, w, out, add, s % 2 == 1)
 
         return pairs_step
     if not isinstance(w.dtype, types.Float):

@@ -110,7 +110,7 @@ def team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse,
                     pairs.pack_pairs(ih, panels)
                     rows = pairs.scratch(T * B, ih.shape[0])
                     pairs.round_pairs(np.ascontiguousarray(gx.X), rows)
-                    pairs.pairs_gemm(rows, panels, gx_own, False)
+                    pairs.pairs_gemm(rows, panels, gx_own, False, False)
                 else:
                     np.matmul(gx.X, own(gx.w_ih.T, "w_ih"), out=gx_own)
                 gx_own = gx_own.reshape(T, B, G * nu)
