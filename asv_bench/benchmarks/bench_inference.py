@@ -83,6 +83,24 @@ class QuantizedStep:
         self.step()
 
 
+class QuantizedSequence:
+    """fastrnn's whole sequence (T=100, hidden 256) with its weights stored as float32,
+    int8 or bfloat16, at batch 1 and 64: the float32 peers are ``Sequence``'s rows (on a
+    CPU with AVX512_BF16 bfloat16 runs on ``vdpbf16ps``, ``fastrnn.pairs``)."""
+
+    params = (["LSTM", "GRU", "RNN"], ["float32", "int8", "bfloat16"], [1, 64])
+    param_names = ["mode", "weights", "batch"]
+
+    def setup(self, mode, weights, batch):
+        m, _ = model_pair(mode, 256)
+        self.model = m if weights == "float32" else m.quantize(weights)
+        self.x = inputs(100, batch, 256)
+        self.model(self.x)
+
+    def time_sequence(self, mode, weights, batch):
+        self.model(self.x)
+
+
 def _sequence_callable(mode, batch, engine, T=100, hidden=256, threads=1):
     use_threads(threads)
     m, tm = model_pair(mode, hidden)
