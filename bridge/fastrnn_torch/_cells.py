@@ -27,7 +27,7 @@ import torch
 from fastrnn import engine
 
 from . import _twice
-from ._ops import _batched, address, cpp_apply, cpu_gemm, spec_for
+from ._ops import _batched, address, cpp_apply, mm, spec_for
 
 #: Weight elements (``G·H·max(I, H)``) up to which a step of any batch runs in one kernel
 #: call, its products on panels (``fastrnn.recurrence.CELL_PANEL_ROWS``); larger weights
@@ -67,7 +67,7 @@ def _forward(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, keep_gates):
     gates = h0.new_empty(B * at.tape_width) if keep_gates else None  # (flat: cheaper)
     gx = gh = None
     if not _at(spec, B):  # (in a Function's forward or without grad: no graph recorded)
-        gx, gh = torch.mm(x, w_ih.t()), torch.mm(h0, w_hh.t())
+        gx, gh = mm(x, w_ih.t()), mm(h0, w_hh.t())
     at.forward(
         B, x.data_ptr(), h0.data_ptr(), address(c0), w_ih.data_ptr(), w_hh.data_ptr(),
         address(b_ih), address(b_hh), h1.data_ptr(), address(c1), address(gates),
@@ -184,14 +184,10 @@ _loop_apply = cpp_apply(LoopWeights)
 
 
 def _outer_sum(dg, a):
-    """``dgᵀ a`` (a weight gradient over all a loop's steps): the core's product on
-    NumPy views (``cpu_gemm``: on an AVX-512 CPU fastrnn's panels, 12.5 us for (20,
-    256)ᵀ(20, 256) against 28 us for ``torch.mm`` on a Zen 5 core), torch's otherwise."""
-    if dg.dtype in (torch.float32, torch.float64) and not (dg.requires_grad or a.requires_grad):
-        out = dg.new_empty((dg.shape[1], a.shape[1]))
-        cpu_gemm()(dg.numpy().T, a.numpy(), out=out.numpy())
-        return out
-    return torch.mm(dg.t(), a)
+    """``dgᵀ a`` (a weight gradient over all a loop's steps, :func:`~._ops.mm`: on an
+    AVX-512 CPU fastrnn's panels, 12.5 us for (20, 256)ᵀ(20, 256) against 28 us for
+    ``torch.mm`` on a Zen 5 core)."""
+    return mm(dg.t(), a)
 
 
 def loop_weights(owner, w_ih, w_hh, b_ih, b_hh):
@@ -271,14 +267,14 @@ def _backward_at(
     # kept in names until the kernel returns: a temporary's memory may be reused at once
     grad_h1, grad_c1 = _contiguous(grad_h1), _contiguous(grad_c1)
     mine = loop is None  # (the weight gradients made here)
-    dx = torch.empty_like(x) if needs[3] else None
+    products = _at(spec, B)  # (in the kernel; else ``mm`` from the gate gradients)
+    dx = torch.empty_like(x) if needs[3] and products else None
     dh0 = torch.empty_like(h0) if needs[4] else None
     dc0 = torch.empty_like(h0) if needs[5] and spec.has_cell_state else None
-    dw_ih = torch.empty_like(w_ih) if mine and needs[6] else None
-    dw_hh = torch.empty_like(w_hh) if mine and needs[7] else None
+    dw_ih = torch.empty_like(w_ih) if mine and needs[6] and products else None
+    dw_hh = torch.empty_like(w_hh) if mine and needs[7] and products else None
     db_ih = torch.empty_like(b_ih) if mine and b_ih is not None and needs[8] else None
     db_hh = torch.empty_like(b_hh) if mine and b_hh is not None and needs[9] else None
-    products = _at(spec, B)  # (in the kernel; else torch's BLAS from the gate gradients)
     dgx = dgh = None
     if not (mine and products):  # the gate gradients wanted out of the kernel
         dgx = h0.new_empty((B, spec.gates * h0.shape[1]))
@@ -291,14 +287,14 @@ def _backward_at(
         address(db_hh), address(dgx), address(dgh),
     )  # fmt: skip
     if not products:
-        if dx is not None:
-            torch.mm(dgx, w_ih, out=dx)
+        if needs[3]:
+            dx = mm(dgx, w_ih)
         if dh0 is not None:
-            dh0.addmm_(dgh, w_hh)
-        if dw_ih is not None:
-            torch.mm(dgx.t(), x, out=dw_ih)
-        if dw_hh is not None:
-            torch.mm(dgh.t(), h0, out=dw_hh)
+            dh0 += mm(dgh, w_hh)
+        if mine and needs[6]:
+            dw_ih = mm(dgx.t(), x)
+        if mine and needs[7]:
+            dw_hh = mm(dgh.t(), h0)
     if loop is not None:
         loop.keep(dgx, dgh, x, h0)
     return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh

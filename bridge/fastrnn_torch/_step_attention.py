@@ -14,7 +14,7 @@ from fastrnn.attention import sdpa_panels, step_at
 from fastrnn.tile_gemm import panel_width
 
 from . import _cuda
-from ._ops import address, cpp_apply, needs_grad
+from ._ops import address, cpp_apply, mm, needs_grad
 
 _LIKE = {torch.float32: np.float32(0), torch.float64: np.float64(0)}
 
@@ -110,15 +110,15 @@ class _ProjectedAdditive(torch.autograd.Function):
         )  # fmt: skip
         wq, wk = (W_q, W_k) if W is None else (W[:, :H], W[:, H:])
         dkp, k2 = dkp.view(B * L, A), k.view(B * L, k.shape[2])
-        dq = dqp @ wq if needs[0] else None
-        dk = (dkp @ wk).view(k.shape) if needs[1] else None
-        dW_q = dqp.t() @ q if needs[5] else None
-        dW_k = dkp.t() @ k2 if needs[6] else None
+        dq = mm(dqp, wq) if needs[0] else None
+        dk = mm(dkp, wk).view(k.shape) if needs[1] else None
+        dW_q = mm(dqp.t(), q) if needs[5] else None
+        dW_k = mm(dkp.t(), k2) if needs[6] else None
         dW = None
         if needs[7]:
             dW = W.new_empty(W.shape)
-            dW[:, :H] = dqp.t() @ q
-            dW[:, H:] = dkp.t() @ k2
+            dW[:, :H] = mm(dqp.t(), q)
+            dW[:, H:] = mm(dkp.t(), k2)
         db = dqp.sum(0) if ctx.has_bias and needs[8] else None
         return dq, dk, dv, du if needs[3] else None, None, dW_q, dW_k, dW, db
 
@@ -127,10 +127,12 @@ def _additive_projections(q, k, W_q, W_k, W, b):
     B, L, K = k.shape
     k2 = k.view(B * L, K)
     if W is None:
-        return q @ W_q.t(), (k2 @ W_k.t()).view(B, L, W_k.shape[0])
+        return mm(q, W_q.t()), mm(k2, W_k.t()).view(B, L, W_k.shape[0])
     H = q.shape[1]
-    qp = torch.addmm(b, q, W[:, :H].t()) if b is not None else q @ W[:, :H].t()
-    return qp, (k2 @ W[:, H:].t()).view(B, L, W.shape[0])
+    qp = mm(q, W[:, :H].t())
+    if b is not None:
+        qp += b
+    return qp, mm(k2, W[:, H:].t()).view(B, L, W.shape[0])
 
 
 def _additive_forward(qp, kp, u, v, mask):
