@@ -29,7 +29,7 @@ from numba.extending import intrinsic
 
 from . import _jit, threads
 from ._jit import kernel
-from .tiles import _close_loop, _const, _lane_masks, _splat, _store_sums, _vector_functions
+from .tiles import _close_loop, _const, _open_loop, _splat, _store_rows, _vector_functions
 
 #: Output columns per panel: two vectors of 16 float32 sums.
 PANEL = 32
@@ -95,18 +95,8 @@ def _pair_block(typingctx, aw, r0, rows, p, t, panels, q0, q1, out, add):
         panel_words = builder.mul(Q, _const(PANEL))
         bases = [builder.gep(pa.data, [builder.mul(builder.add(t, _const(u)), panel_words)])
                  for u in range(U)]  # fmt: skip
-        zero = ir.Constant(vec, [0.0] * lanes)
-
-        entry = builder.block
-        loop = builder.append_basic_block("pairs.loop")
-        done = builder.append_basic_block("pairs.done")
-        builder.cbranch(builder.icmp_signed("<", q0, q1), loop, done)
-        builder.position_at_end(loop)
-        q = builder.phi(ir.IntType(64))
-        q.add_incoming(q0, entry)
-        sums = [builder.phi(vec) for _ in range(2 * R * U)]  # [row][panel][vector]
-        for s in sums:
-            s.add_incoming(zero, entry)
+        # sums [row][panel][vector]
+        entry, loop, done, q, sums = _open_loop(builder, q0, q1, vec, 2 * R * U, "pairs")
         weights = []
         for base in bases:
             row = builder.gep(base, [builder.mul(q, _const(PANEL))])
@@ -126,21 +116,8 @@ def _pair_block(typingctx, aw, r0, rows, p, t, panels, q0, q1, out, add):
         totals = _close_loop(builder, entry, loop, done, q, sums, updated, q1)
         for u in range(U):
             c0 = builder.mul(builder.add(t, _const(u)), _const(PANEL))
-            n_valid = builder.sub(N, c0)
-            masks = _lane_masks(builder, n_valid, lanes, 2)
-            full = builder.icmp_signed(">=", n_valid, _const(2 * lanes))
-            for i in range(R):
-                o_row = builder.gep(
-                    oa.data, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)]
-                )
-                ptrs = [
-                    builder.bitcast(builder.gep(o_row, [_const(v * lanes)]), vec.as_pointer())
-                    for v in range(2)
-                ]
-                first = 2 * U * i + 2 * u
-                _store_sums(
-                    builder, functions, ptrs, totals[first : first + 2], masks, full, add_flag, 4
-                )
+            rows = [totals[2 * U * i + 2 * u : 2 * U * i + 2 * u + 2] for i in range(R)]
+            _store_rows(builder, functions, oa.data, r0, N, c0, rows, add_flag, 4)
         return context.get_dummy_value()
 
     sig = types.void(

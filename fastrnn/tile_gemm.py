@@ -19,11 +19,11 @@ from ._jit import VECTOR_BYTES, kernel
 from .tiles import (
     _close_loop,
     _const,
-    _lane_masks,
+    _open_loop,
     _pack_columns,
     _pack_tiles,
     _splat,
-    _store_sums,
+    _store_rows,
     _vector_functions,
     fixed_tiles,
     pack_tiles,
@@ -96,18 +96,7 @@ def _block_typing(a, rows, p, out, transposed):
             [builder.mul(t, builder.extract_value(pa.strides, 0))],
         )
         base = builder.gep(builder.bitcast(base, pa.data.type), [c])
-        zero = ir.Constant(vec, [0.0] * lanes)
-
-        entry = builder.block
-        loop = builder.append_basic_block("block.loop")
-        done = builder.append_basic_block("block.done")
-        builder.cbranch(builder.icmp_signed("<", k0, k1), loop, done)
-        builder.position_at_end(loop)
-        k = builder.phi(ir.IntType(64))
-        k.add_incoming(k0, entry)
-        sums = [builder.phi(vec) for _ in range(2 * R)]
-        for v in sums:
-            v.add_incoming(zero, entry)
+        entry, loop, done, k, sums = _open_loop(builder, k0, k1, vec, 2 * R, "block")
         p_row = builder.bitcast(
             builder.gep(
                 builder.bitcast(base, ir.IntType(8).as_pointer()), [builder.mul(k, row_stride)]
@@ -127,19 +116,8 @@ def _block_typing(a, rows, p, out, transposed):
             updated += [builder.call(fma, [x, w, sums[2 * i + v]]) for v, w in enumerate(weights)]
         totals = _close_loop(builder, entry, loop, done, k, sums, updated, k1)
         c0 = builder.add(builder.mul(t, W), c)
-        n_valid = builder.sub(N, c0)
-        masks = _lane_masks(builder, n_valid, lanes, 2)
-        full = builder.icmp_signed(">=", n_valid, _const(2 * lanes))
-        for i in range(R):
-            o_row = builder.gep(
-                oa.data, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)]
-            )
-            ptrs = [
-                builder.bitcast(builder.gep(o_row, [_const(v * lanes)]), ptr_type) for v in range(2)
-            ]
-            _store_sums(
-                builder, functions, ptrs, totals[2 * i : 2 * i + 2], masks, full, add_flag, nbytes
-            )
+        rows = [totals[2 * i : 2 * i + 2] for i in range(R)]
+        _store_rows(builder, functions, oa.data, r0, N, c0, rows, add_flag, nbytes)
         return context.get_dummy_value()
 
     sig = types.void(

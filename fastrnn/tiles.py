@@ -98,6 +98,38 @@ def _vector_functions(context, builder, dtype, vector_bytes=VECTOR_BYTES):
     return lanes, vec, functions
 
 
+def _open_loop(builder, k0, k1, vec, count, name):
+    """Open a loop over ``k`` from ``k0`` while ``k < k1`` (not entered where ``k0 >=
+    k1``) carrying ``count`` sums of type ``vec`` from zero: ``(entry, loop, done, k,
+    sums)``, for :func:`_close_loop`."""
+    entry = builder.block
+    loop = builder.append_basic_block(f"{name}.loop")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed("<", k0, k1), loop, done)
+    builder.position_at_end(loop)
+    k = builder.phi(ir.IntType(64))
+    k.add_incoming(k0, entry)
+    sums = [builder.phi(vec) for _ in range(count)]
+    for s in sums:
+        s.add_incoming(ir.Constant(vec, [0.0] * vec.count), entry)
+    return entry, loop, done, k, sums
+
+
+def _store_rows(builder, functions, out, r0, N, c0, pairs, add_flag, nbytes):
+    """Store (or add) ``pairs[i]``, two vectors of sums, at row ``r0 + i`` of ``out`` (a
+    pointer to (·, N) C-contiguous elements) from column ``c0``, the lanes past column
+    ``N`` left alone."""
+    lanes = pairs[0][0].type.count
+    ptr_type = pairs[0][0].type.as_pointer()
+    n_valid = builder.sub(N, c0)
+    masks = _lane_masks(builder, n_valid, lanes, 2)
+    full = builder.icmp_signed(">=", n_valid, _const(2 * lanes))
+    for i, totals in enumerate(pairs):
+        row = builder.gep(out, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)])
+        ptrs = [builder.bitcast(builder.gep(row, [_const(v * lanes)]), ptr_type) for v in range(2)]
+        _store_sums(builder, functions, ptrs, totals, masks, full, add_flag, nbytes)
+
+
 def _close_loop(builder, entry, loop, done, k, sums, updated, k_end):
     """Close a loop over ``k`` whose ``sums`` (phis) become ``updated`` each pass, and
     continue after it: returns the sums as they leave the loop (zero where it never ran,
