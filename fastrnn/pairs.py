@@ -29,7 +29,7 @@ from numba.extending import intrinsic
 
 from . import _jit, threads
 from ._jit import kernel
-from .tiles import _close_loop, _const, _open_loop, _splat, _store_rows, _vector_functions
+from .vector_ir import close_loop, const, open_loop, splat, store_rows, vector_functions
 
 #: Output columns per panel: two vectors of 16 float32 sums.
 PANEL = 32
@@ -80,7 +80,7 @@ def _pair_block(typingctx, aw, r0, rows, p, t, panels, q0, q1, out, add):
             context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 8)
         )
         _, r0, _, _, t, _, q0, q1, _, add_flag = args
-        lanes, vec, functions = _vector_functions(context, builder, types.float32, 64)
+        lanes, vec, functions = vector_functions(context, builder, types.float32, 64)
         words = ir.VectorType(ir.IntType(32), lanes)
         dot = cgutils.get_or_insert_function(
             builder.module,
@@ -90,34 +90,34 @@ def _pair_block(typingctx, aw, r0, rows, p, t, panels, q0, q1, out, add):
         Q = builder.extract_value(aa.shape, 1)
         N = builder.extract_value(oa.shape, 1)
         a_rows = [
-            builder.gep(aa.data, [builder.mul(builder.add(r0, _const(i)), Q)]) for i in range(R)
+            builder.gep(aa.data, [builder.mul(builder.add(r0, const(i)), Q)]) for i in range(R)
         ]
-        panel_words = builder.mul(Q, _const(PANEL))
-        bases = [builder.gep(pa.data, [builder.mul(builder.add(t, _const(u)), panel_words)])
+        panel_words = builder.mul(Q, const(PANEL))
+        bases = [builder.gep(pa.data, [builder.mul(builder.add(t, const(u)), panel_words)])
                  for u in range(U)]  # fmt: skip
         # sums [row][panel][vector]
-        entry, loop, done, q, sums = _open_loop(builder, q0, q1, vec, 2 * R * U, "pairs")
+        entry, loop, done, q, sums = open_loop(builder, q0, q1, vec, 2 * R * U, "pairs")
         weights = []
         for base in bases:
-            row = builder.gep(base, [builder.mul(q, _const(PANEL))])
+            row = builder.gep(base, [builder.mul(q, const(PANEL))])
             weights += [
                 builder.load(
-                    builder.bitcast(builder.gep(row, [_const(v * lanes)]), words.as_pointer()),
+                    builder.bitcast(builder.gep(row, [const(v * lanes)]), words.as_pointer()),
                     align=4,
                 )
                 for v in range(2)
             ]
         updated = []
         for i in range(R):
-            x = _splat(builder, builder.load(builder.gep(a_rows[i], [q])), lanes)
+            x = splat(builder, builder.load(builder.gep(a_rows[i], [q])), lanes)
             updated += [
                 builder.call(dot, [sums[2 * U * i + v], x, w]) for v, w in enumerate(weights)
             ]
-        totals = _close_loop(builder, entry, loop, done, q, sums, updated, q1)
+        totals = close_loop(builder, entry, loop, done, q, sums, updated, q1)
         for u in range(U):
-            c0 = builder.mul(builder.add(t, _const(u)), _const(PANEL))
+            c0 = builder.mul(builder.add(t, const(u)), const(PANEL))
             rows = [totals[2 * U * i + 2 * u : 2 * U * i + 2 * u + 2] for i in range(R)]
-            _store_rows(builder, functions, oa.data, r0, N, c0, rows, add_flag, 4)
+            store_rows(builder, functions, oa.data, r0, N, c0, rows, add_flag, 4)
         return context.get_dummy_value()
 
     sig = types.void(

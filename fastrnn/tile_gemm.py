@@ -17,18 +17,13 @@ from numba.extending import intrinsic
 
 from ._jit import VECTOR_BYTES, kernel
 from .tiles import (
-    _close_loop,
-    _const,
-    _open_loop,
     _pack_columns,
     _pack_tiles,
-    _splat,
-    _store_rows,
-    _vector_functions,
     fixed_tiles,
     pack_tiles,
     tiles_product,
 )
+from .vector_ir import close_loop, const, open_loop, splat, store_rows, vector_functions
 
 #: Rows of ``a`` per block of :func:`tiles_gemm`: 6 rows by 2 vectors with AVX2 (12 of
 #: its 16 registers hold sums, as in BLIS's Haswell kernel), 8 with AVX-512 (16 of 32; on
@@ -78,17 +73,17 @@ def _block_typing(a, rows, p, out, transposed):
         )
         _, r0, _, _, t, c, k0, k1, _, add_flag = args
         nbytes = dtype.bitwidth // 8
-        lanes, vec, functions = _vector_functions(context, builder, dtype, VECTOR_BYTES)
+        lanes, vec, functions = vector_functions(context, builder, dtype, VECTOR_BYTES)
         ptr_type = vec.as_pointer()
         fma = functions[0]
         K = builder.extract_value(aa.shape, 1)
         N = builder.extract_value(oa.shape, 1)
         W = builder.extract_value(pa.shape, 2)
         if transposed:  # a[r0 + i, k] is at (r0 + i) + k * K
-            a_rows = [builder.gep(aa.data, [builder.add(r0, _const(i))]) for i in range(R)]
+            a_rows = [builder.gep(aa.data, [builder.add(r0, const(i))]) for i in range(R)]
         else:
             a_rows = [
-                builder.gep(aa.data, [builder.mul(builder.add(r0, _const(i)), K)]) for i in range(R)
+                builder.gep(aa.data, [builder.mul(builder.add(r0, const(i)), K)]) for i in range(R)
             ]
         row_stride = builder.extract_value(pa.strides, 1)
         base = builder.gep(
@@ -96,7 +91,7 @@ def _block_typing(a, rows, p, out, transposed):
             [builder.mul(t, builder.extract_value(pa.strides, 0))],
         )
         base = builder.gep(builder.bitcast(base, pa.data.type), [c])
-        entry, loop, done, k, sums = _open_loop(builder, k0, k1, vec, 2 * R, "block")
+        entry, loop, done, k, sums = open_loop(builder, k0, k1, vec, 2 * R, "block")
         p_row = builder.bitcast(
             builder.gep(
                 builder.bitcast(base, ir.IntType(8).as_pointer()), [builder.mul(k, row_stride)]
@@ -105,19 +100,19 @@ def _block_typing(a, rows, p, out, transposed):
         )
         weights = [
             builder.load(
-                builder.bitcast(builder.gep(p_row, [_const(v * lanes)]), ptr_type), align=nbytes
+                builder.bitcast(builder.gep(p_row, [const(v * lanes)]), ptr_type), align=nbytes
             )
             for v in range(2)
         ]
         a_k = builder.mul(k, K) if transposed else k
         updated = []
         for i in range(R):
-            x = _splat(builder, builder.load(builder.gep(a_rows[i], [a_k])), lanes)
+            x = splat(builder, builder.load(builder.gep(a_rows[i], [a_k])), lanes)
             updated += [builder.call(fma, [x, w, sums[2 * i + v]]) for v, w in enumerate(weights)]
-        totals = _close_loop(builder, entry, loop, done, k, sums, updated, k1)
+        totals = close_loop(builder, entry, loop, done, k, sums, updated, k1)
         c0 = builder.add(builder.mul(t, W), c)
         rows = [totals[2 * i : 2 * i + 2] for i in range(R)]
-        _store_rows(builder, functions, oa.data, r0, N, c0, rows, add_flag, nbytes)
+        store_rows(builder, functions, oa.data, r0, N, c0, rows, add_flag, nbytes)
         return context.get_dummy_value()
 
     sig = types.void(

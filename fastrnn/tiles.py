@@ -24,10 +24,9 @@ import weakref
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from . import _jit
+from . import _jit, vector_ir
 from ._jit import KERNEL_OPTIONS, kernel
 from .linalg import matmul_nn_acc, product_t
 
@@ -60,124 +59,6 @@ def tile_width(dtype):
     if dtype.kind in "ui":
         return VECTORS * NARROW_VECTOR_BYTES // 4
     return VECTORS * VECTOR_BYTES // dtype.itemsize
-
-
-def _const(value, bits=64):
-    return ir.Constant(ir.IntType(bits), value)
-
-
-def _splat(builder, value, lanes):
-    """A vector with ``value`` in each of its ``lanes``."""
-    vec = ir.VectorType(value.type, lanes)
-    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, _const(0, 32))
-    return builder.shuffle_vector(
-        one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-    )
-
-
-def _vector_functions(context, builder, dtype, vector_bytes=VECTOR_BYTES):
-    """``(lanes, vec, functions)`` for sums of ``dtype`` (a Numba float type) in SIMD
-    vectors of ``vector_bytes``: lanes per vector, the LLVM vector type, and LLVM's fused
-    multiply-add, masked load and masked store of such vectors."""
-    lanes = vector_bytes // (dtype.bitwidth // 8)
-    vec = ir.VectorType(context.get_data_type(dtype), lanes)
-    name = f"v{lanes}f{dtype.bitwidth}"
-    mask_type = ir.VectorType(ir.IntType(1), lanes)
-    i32, ptr_type = ir.IntType(32), vec.as_pointer()
-    functions = tuple(
-        cgutils.get_or_insert_function(builder.module, ir.FunctionType(*sig), llvm_name)
-        for llvm_name, sig in (
-            (f"llvm.fma.{name}", (vec, [vec, vec, vec])),
-            (f"llvm.masked.load.{name}.p0{name}", (vec, [ptr_type, i32, mask_type, vec])),
-            (
-                f"llvm.masked.store.{name}.p0{name}",
-                (ir.VoidType(), [vec, ptr_type, i32, mask_type]),
-            ),
-        )
-    )
-    return lanes, vec, functions
-
-
-def _open_loop(builder, k0, k1, vec, count, name):
-    """Open a loop over ``k`` from ``k0`` while ``k < k1`` (not entered where ``k0 >=
-    k1``) carrying ``count`` sums of type ``vec`` from zero: ``(entry, loop, done, k,
-    sums)``, for :func:`_close_loop`."""
-    entry = builder.block
-    loop = builder.append_basic_block(f"{name}.loop")
-    done = builder.append_basic_block(f"{name}.done")
-    builder.cbranch(builder.icmp_signed("<", k0, k1), loop, done)
-    builder.position_at_end(loop)
-    k = builder.phi(ir.IntType(64))
-    k.add_incoming(k0, entry)
-    sums = [builder.phi(vec) for _ in range(count)]
-    for s in sums:
-        s.add_incoming(ir.Constant(vec, [0.0] * vec.count), entry)
-    return entry, loop, done, k, sums
-
-
-def _store_rows(builder, functions, out, r0, N, c0, pairs, add_flag, nbytes):
-    """Store (or add) ``pairs[i]``, two vectors of sums, at row ``r0 + i`` of ``out`` (a
-    pointer to (·, N) C-contiguous elements) from column ``c0``, the lanes past column
-    ``N`` left alone."""
-    lanes = pairs[0][0].type.count
-    ptr_type = pairs[0][0].type.as_pointer()
-    n_valid = builder.sub(N, c0)
-    masks = _lane_masks(builder, n_valid, lanes, 2)
-    full = builder.icmp_signed(">=", n_valid, _const(2 * lanes))
-    for i, totals in enumerate(pairs):
-        row = builder.gep(out, [builder.add(builder.mul(builder.add(r0, _const(i)), N), c0)])
-        ptrs = [builder.bitcast(builder.gep(row, [_const(v * lanes)]), ptr_type) for v in range(2)]
-        _store_sums(builder, functions, ptrs, totals, masks, full, add_flag, nbytes)
-
-
-def _close_loop(builder, entry, loop, done, k, sums, updated, k_end):
-    """Close a loop over ``k`` whose ``sums`` (phis) become ``updated`` each pass, and
-    continue after it: returns the sums as they leave the loop (zero where it never ran,
-    ``k`` starting at or past ``k_end``)."""
-    k_next = builder.add(k, _const(1))
-    last = builder.block
-    k.add_incoming(k_next, last)
-    for s, u in zip(sums, updated):
-        s.add_incoming(u, last)
-    builder.cbranch(builder.icmp_signed("<", k_next, k_end), loop, done)
-    builder.position_at_end(done)
-    totals = []
-    for u in updated:
-        total = builder.phi(u.type)
-        total.add_incoming(ir.Constant(u.type, [0.0] * u.type.count), entry)
-        total.add_incoming(u, last)
-        totals.append(total)
-    return totals
-
-
-def _lane_masks(builder, n_valid, lanes, vectors):
-    """Per vector of ``lanes``, which of its lanes are among the first ``n_valid``."""
-    lane_ids = ir.Constant(ir.VectorType(ir.IntType(64), lanes), list(range(lanes)))
-    limit = _splat(builder, n_valid, lanes)
-    return [
-        builder.icmp_signed(
-            "<", builder.add(lane_ids, _splat(builder, _const(v * lanes), lanes)), limit
-        )
-        for v in range(vectors)
-    ]
-
-
-def _store_sums(builder, functions, ptrs, totals, masks, full, add_flag, nbytes):
-    """Store (or, with ``add_flag``, add) each of ``totals`` at its pointer: a plain vector
-    store where ``full``, else only the lanes of its mask (a partial last tile)."""
-    _, masked_load, masked_store = functions
-    align = _const(nbytes, 32)
-    for ptr, total, mask in zip(ptrs, totals, masks):
-        zero = ir.Constant(total.type, [0.0] * total.type.count)
-        with builder.if_else(full) as (whole, part):
-            with whole:
-                old = builder.load(ptr, align=nbytes)
-                value = builder.select(add_flag, builder.fadd(total, old), total)
-                builder.store(value, ptr, align=nbytes)
-            with part:
-                old = builder.call(masked_load, [ptr, align, mask, zero])
-                value = builder.select(add_flag, builder.fadd(total, old), total)
-                builder.call(masked_store, [value, ptr, align, mask])
 
 
 @intrinsic
@@ -218,7 +99,7 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
         _, r, _, t, _, n_valid, add_flag, scale_arg = args
         nbytes = dtype.bitwidth // 8
         width = NARROW_VECTOR_BYTES if bf16 or int8 else VECTOR_BYTES
-        lanes, vec, functions = _vector_functions(context, builder, dtype, width)
+        lanes, vec, functions = vector_ir.vector_functions(context, builder, dtype, width)
         ptr_type = vec.as_pointer()
         fma, masked_load, _ = functions
         K = builder.extract_value(xa.shape, 1)
@@ -238,10 +119,10 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
         entry = builder.block
         loop = builder.append_basic_block("tile.loop")
         done = builder.append_basic_block("tile.done")
-        builder.cbranch(builder.icmp_signed(">", K, _const(0)), loop, done)
+        builder.cbranch(builder.icmp_signed(">", K, vector_ir.const(0)), loop, done)
         builder.position_at_end(loop)
         k = builder.phi(ir.IntType(64))
-        k.add_incoming(_const(0), entry)
+        k.add_incoming(vector_ir.const(0), entry)
         sums = [builder.phi(vec) for _ in range(VECTORS)]
         for s in sums:
             s.add_incoming(zero, entry)
@@ -251,7 +132,9 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
             wide = ir.VectorType(ir.IntType(32), lanes)
             words = [
                 builder.load(
-                    builder.bitcast(builder.gep(p_row, [_const(2 * v * lanes)]), wide.as_pointer()),
+                    builder.bitcast(
+                        builder.gep(p_row, [vector_ir.const(2 * v * lanes)]), wide.as_pointer()
+                    ),
                     align=p_bytes,
                 )
                 for v in range(VECTORS // 2)
@@ -266,20 +149,24 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
             stored = ir.VectorType(ir.IntType(8 * p_bytes), lanes) if int8 else vec
             weights = [
                 builder.load(
-                    builder.bitcast(builder.gep(p_row, [_const(v * lanes)]), stored.as_pointer()),
+                    builder.bitcast(
+                        builder.gep(p_row, [vector_ir.const(v * lanes)]), stored.as_pointer()
+                    ),
                     align=p_bytes,
                 )
                 for v in range(VECTORS)
             ]
         if int8:
             weights = [builder.sitofp(w, vec) for w in weights]
-        xs = _splat(builder, builder.load(builder.gep(x_row, [k])), lanes)
+        xs = vector_ir.splat(builder, builder.load(builder.gep(x_row, [k])), lanes)
         updated = [builder.call(fma, [xs, w, s]) for w, s in zip(weights, sums)]
-        totals = _close_loop(builder, entry, loop, done, k, sums, updated, K)
+        totals = vector_ir.close_loop(builder, entry, loop, done, k, sums, updated, K)
         c0 = builder.mul(t, W)
-        masks = _lane_masks(builder, n_valid, lanes, VECTORS)  # the lanes of ``out``'s columns
+        masks = vector_ir.lane_masks(
+            builder, n_valid, lanes, VECTORS
+        )  # the lanes of ``out``'s columns
         if scaled:  # the columns' factors, loaded like the output's lanes
-            align = _const(nbytes, 32)
+            align = vector_ir.const(nbytes, 32)
             sa = context.make_array(signature.args[7])(context, builder, scale_arg)
             s_base = builder.gep(sa.data, [c0])
             totals = [
@@ -288,7 +175,9 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
                     builder.call(
                         masked_load,
                         [
-                            builder.bitcast(builder.gep(s_base, [_const(v * lanes)]), ptr_type),
+                            builder.bitcast(
+                                builder.gep(s_base, [vector_ir.const(v * lanes)]), ptr_type
+                            ),
                             align,
                             mask,
                             zero,
@@ -298,12 +187,12 @@ def _tile_product(typingctx, x, r, p, t, out, count, add, scale):
                 for v, (total, mask) in enumerate(zip(totals, masks))
             ]
         o_base = builder.gep(oa.data, [builder.add(builder.mul(r, N), c0)])
-        full = builder.icmp_signed(">=", n_valid, _const(VECTORS * lanes))
+        full = builder.icmp_signed(">=", n_valid, vector_ir.const(VECTORS * lanes))
         ptrs = [
-            builder.bitcast(builder.gep(o_base, [_const(v * lanes)]), ptr_type)
+            builder.bitcast(builder.gep(o_base, [vector_ir.const(v * lanes)]), ptr_type)
             for v in range(VECTORS)
         ]
-        _store_sums(builder, functions, ptrs, totals, masks, full, add_flag, nbytes)
+        vector_ir.store_sums(builder, functions, ptrs, totals, masks, full, add_flag, nbytes)
         return context.get_dummy_value()
 
     return types.void(x, types.intp, p, types.intp, out, types.intp, types.boolean, scale), codegen
