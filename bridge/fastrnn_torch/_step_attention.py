@@ -129,9 +129,7 @@ def _additive_projections(q, k, W_q, W_k, W, b):
     if W is None:
         return mm(q, W_q.t()), mm(k2, W_k.t()).view(B, L, W_k.shape[0])
     H = q.shape[1]
-    qp = mm(q, W[:, :H].t())
-    if b is not None:
-        qp += b
+    qp = mm(q, W[:, :H].t(), b)
     return qp, mm(k2, W[:, H:].t()).view(B, L, W.shape[0])
 
 
