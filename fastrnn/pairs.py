@@ -228,18 +228,31 @@ def scratch(M, K):
     return np.empty((M, -(-K // 2)), np.uint32)
 
 
+_ROWS = threading.local()  # each thread's pair scratch for :func:`pairs_product`
+
+
+def _rows_scratch(M, K):
+    """:func:`scratch` in this thread's buffer, reused from call to call (a projection's
+    rows are megabytes: fresh memory costs a page fault per 4 KB)."""
+    size = M * -(-K // 2)
+    buf = getattr(_ROWS, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _ROWS.buf = np.empty(size, np.uint32)
+    return buf[:size].reshape((M, -(-K // 2)))
+
+
 def pairs_product(a, wt, out):
     """``out[:] = a @ wt`` for ``a`` (M, K) float32 C-contiguous (rounded to bfloat16 in
     pairs here), ``wt`` (K, N) stored bfloat16 bits (:func:`fixed_pairs`), ``out`` (M, N)
     float32 C-contiguous; the rows split between fastrnn's threads."""
     p = fixed_pairs(wt)
     M, K = a.shape
-    aw = np.empty((M, -(-K // 2)), np.uint32)
     pieces = threads.split(M, 64)
 
     def piece(r0, r1):
-        round_pairs(a[r0:r1], aw[r0:r1])
-        pairs_gemm(aw[r0:r1], p, out[r0:r1], False, False)
+        aw = _rows_scratch(r1 - r0, K)
+        round_pairs(a[r0:r1], aw)
+        pairs_gemm(aw, p, out[r0:r1], False, False)
 
     if len(pieces) == 1:
         piece(0, M)
