@@ -20,10 +20,16 @@ make a warm start fast and safe:
   needs no runtime does not use; a kernel compiled later gets that refresh from Numba's
   compiler itself;
 - its index keys carry :data:`CACHE_TAG`, so machine code cached by a fastrnn whose
-  kernels needed the runtime (or anything else this tag versions) is never loaded, and
-  :data:`VECTOR_BYTES`, which the kernels' code is generated for.
+  kernels needed the runtime (or anything else this tag versions) is never loaded,
+  :data:`VECTOR_BYTES`, which the kernels' code is generated for, and a stamp of every
+  module of the package (:func:`package_stamp`): Numba checks only the file a kernel is
+  defined in, and a kernel compiles in the code of the kernels it calls from other
+  modules (an edit of ``tiles.py`` left the loops of ``recurrence.py`` running the old
+  tile layout from the cache).
 """
 
+import functools
+import hashlib
 import os
 
 import numba
@@ -60,6 +66,22 @@ def _vector_bytes():
 #: under it (part of every cache key).
 VECTOR_BYTES = _vector_bytes()
 
+
+@functools.lru_cache(maxsize=4)
+def package_stamp(root):
+    """A hash of the size and modification time of every ``.py`` file below ``root``
+    (the package; ``__pycache__`` skipped): it changes whenever a module is edited or
+    replaced, taken once per process."""
+    digest = hashlib.sha1()
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+        for name in sorted(n for n in names if n.endswith(".py")):
+            info = os.stat(os.path.join(folder, name))
+            relative = os.path.relpath(os.path.join(folder, name), root)
+            digest.update(f"{relative}:{info.st_size}:{info.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
 # The Numba internals KernelCache builds on; without any of them it is Numba's own cache.
 _INTERNALS = ("_load_overload", "_guard_against_spurious_io_errors", "_index_key")
 _LIGHT_LOAD = all(hasattr(caching.FunctionCache, name) for name in _INTERNALS)
@@ -80,7 +102,8 @@ class KernelCache(caching.FunctionCache):
         return getattr(self, name)
 
     def _index_key(self, sig, codegen):
-        return (*super()._index_key(sig, codegen), CACHE_TAG, VECTOR_BYTES)
+        stamp = package_stamp(os.path.dirname(os.path.abspath(__file__)))
+        return (*super()._index_key(sig, codegen), CACHE_TAG, VECTOR_BYTES, stamp)
 
     def load_overload(self, sig, target_context):
         if not _LIGHT_LOAD:

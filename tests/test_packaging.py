@@ -124,3 +124,20 @@ def test_import_leaves_numbas_compiler_modules_unimported():
         "assert not new, new\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_kernel_cache_key_changes_with_any_module_of_the_package(tmp_path):
+    # Numba checks only the file a kernel is defined in; a kernel compiles in the code of
+    # the kernels it calls from other modules, so every module's stamp is in the key
+    from fastrnn import _jit
+
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "b.py").write_text("y = 2\n")
+    (package / "__pycache__").mkdir()
+    before = _jit.package_stamp.__wrapped__(str(package))
+    (package / "__pycache__" / "a.nbi").write_bytes(b"cache")  # caches do not count
+    assert _jit.package_stamp.__wrapped__(str(package)) == before
+    (package / "sub" / "b.py").write_text("y = 3  # edited\n")
+    assert _jit.package_stamp.__wrapped__(str(package)) != before
