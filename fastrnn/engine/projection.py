@@ -30,8 +30,8 @@ class Projection(NamedTuple):
 def pairs_pay(stored):
     """Whether products with a quantized model's ``stored`` weights run on bfloat16
     pairs (:mod:`fastrnn.pairs`): bfloat16 bits that never change, on a CPU with
-    ``vdpbf16ps``. (Batch-1 steps read them as tiles: there bytes, not multiply-adds,
-    bound the time.)"""
+    ``vdpbf16ps``; then at every batch size, so that a row's result does not depend on
+    the rows beside it."""
     return (
         stored.dtype == np.uint16
         and not stored.flags.writeable
