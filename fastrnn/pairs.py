@@ -19,7 +19,6 @@ of the rows (a relative 2^-9 at most) is what this product adds to the weights' 
 import functools
 import os
 import threading
-import weakref
 
 import numpy as np
 from llvmlite import ir
@@ -29,6 +28,7 @@ from numba.extending import intrinsic
 
 from . import _jit, threads
 from ._jit import kernel
+from .tiles import kept_pack
 from .vector_ir import close_loop, const, open_loop, splat, store_rows, vector_functions
 
 #: Output columns per panel: two vectors of 16 float32 sums.
@@ -200,27 +200,22 @@ def pack_pairs(wt, p):
                 dst[j] = lo | (hi << np.uint32(16))
 
 
-#: id(weights) -> (a weak reference to them, their pair panels): :func:`fixed_pairs`.
-_FIXED = {}
-_LOCK = threading.Lock()
+def panel_shape(K, N):
+    """The shape of ``wt`` (K, N) in pair panels (:func:`pack_pairs`)."""
+    return (-(-N // PANEL), -(-K // 2), PANEL)
 
 
 def fixed_pairs(wt):
     """``wt`` (K, N) bfloat16 bits, read-only, C-contiguous and owning its memory (a
     quantized model's stored weights, which never change), in pair panels, packed once
-    and kept while ``wt`` lives."""
-    ident = id(wt)
-    with _LOCK:
-        found = _FIXED.get(ident)
-        if found is not None and found[0]() is wt:
-            return found[1]
-        K, N = wt.shape
-        p = np.empty((-(-N // PANEL), -(-K // 2), PANEL), np.uint32)
+    and kept while ``wt`` lives (:func:`fastrnn.tiles.kept_pack`)."""
+
+    def make():
+        p = np.empty(panel_shape(*wt.shape), np.uint32)
         pack_pairs(wt, p)
-        p.flags.writeable = False
-        ref = weakref.ref(wt, lambda _, ident=ident: _FIXED.pop(ident, None))
-        _FIXED[ident] = (ref, p)
         return p
+
+    return kept_pack(wt, "pairs", make)
 
 
 def scratch(M, K):
@@ -228,17 +223,23 @@ def scratch(M, K):
     return np.empty((M, -(-K // 2)), np.uint32)
 
 
-_ROWS = threading.local()  # each thread's pair scratch for :func:`pairs_product`
+_ROWS = threading.local()  # each thread's pair scratch for :func:`rows_product`
 
 
-def _rows_scratch(M, K):
-    """:func:`scratch` in this thread's buffer, reused from call to call (a projection's
-    rows are megabytes: fresh memory costs a page fault per 4 KB)."""
+def rows_product(a, p, out):
+    """``out[:] = a @ wt`` on this thread for ``a`` (M, K) float32 C-contiguous, rounded
+    to bfloat16 in pairs in this thread's buffer (reused from call to call: a
+    projection's rows are megabytes, and fresh memory costs a page fault per 4 KB), and
+    ``wt`` in pair panels ``p``."""
+    M, K = a.shape
     size = M * -(-K // 2)
     buf = getattr(_ROWS, "buf", None)
     if buf is None or buf.size < size:
         buf = _ROWS.buf = np.empty(size, np.uint32)
-    return buf[:size].reshape((M, -(-K // 2)))
+    aw = buf[:size].reshape((M, -(-K // 2)))
+    round_pairs(a, aw)
+    pairs_gemm(aw, p, out, False, False)
+    return out
 
 
 def pairs_product(a, wt, out):
@@ -246,13 +247,11 @@ def pairs_product(a, wt, out):
     pairs here), ``wt`` (K, N) stored bfloat16 bits (:func:`fixed_pairs`), ``out`` (M, N)
     float32 C-contiguous; the rows split between fastrnn's threads."""
     p = fixed_pairs(wt)
-    M, K = a.shape
+    M = a.shape[0]
     pieces = threads.split(M, 64)
 
     def piece(r0, r1):
-        aw = _rows_scratch(r1 - r0, K)
-        round_pairs(a[r0:r1], aw)
-        pairs_gemm(aw, p, out[r0:r1], False, False)
+        rows_product(a[r0:r1], p, out[r0:r1])
 
     if len(pieces) == 1:
         piece(0, M)

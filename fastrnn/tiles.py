@@ -19,6 +19,7 @@ interleaved runs of 100 products: (256, 1024) 24.7 us with :func:`matmul_t`, 16.
 packed in alternating order; (256, 256) 6.2 -> 3.3 us; (64, 256) 1.5 -> 1.0 us.
 """
 
+import threading
 import weakref
 
 import numpy as np
@@ -297,9 +298,27 @@ def _paired_index(j):
     return j - c + (2 * c if c < L else 2 * (c - L) + 1)
 
 
-#: id(weights) -> (a weak reference to them, {view and width: tiles}): :func:`fixed_tiles`'
-#: packs.
+#: id(weights) -> (a weak reference to them, {key: packed copy}): :func:`kept_pack`'s.
 _FIXED = {}
+_FIXED_LOCK = threading.Lock()
+
+
+def kept_pack(owner, key, make):
+    """``make()`` (a packed copy of weights of ``owner``, which never change), made once
+    per ``key`` and kept, read-only, for as long as ``owner`` lives."""
+    with _FIXED_LOCK:
+        found = _FIXED.get(id(owner))
+        if found is not None and found[0]() is owner and key in found[1]:
+            return found[1][key]
+        p = make()
+        p.flags.writeable = False
+        if found is None or found[0]() is not owner:
+            # (the callback runs as ``owner`` is freed, before another array takes its id)
+            ident = id(owner)
+            ref = weakref.ref(owner, lambda _, ident=ident: _FIXED.pop(ident, None))
+            found = _FIXED[ident] = (ref, {})
+        found[1][key] = p
+        return p
 
 
 def fixed_tiles(wt, W=None):
@@ -319,20 +338,13 @@ def fixed_tiles(wt, W=None):
     ):
         return None
     W = tile_width(wt.dtype) if W is None else W
-    key = (wt.__array_interface__["data"][0], wt.shape, wt.strides, W)
-    found = _FIXED.get(id(owner))
-    if found is not None and found[0]() is owner and key in found[1]:
-        return found[1][key]
-    p = np.empty((-(-wt.shape[1] // W), wt.shape[0], W), wt.dtype)
-    pack_tiles(wt, p)
-    p.flags.writeable = False
-    if found is None or found[0]() is not owner:
-        # (the callback runs as ``owner`` is freed, before another array can take its id)
-        ident = id(owner)
-        ref = weakref.ref(owner, lambda _, ident=ident: _FIXED.pop(ident, None))
-        found = _FIXED[ident] = (ref, {})
-    found[1][key] = p
-    return p
+
+    def make():
+        p = np.empty((-(-wt.shape[1] // W), wt.shape[0], W), wt.dtype)
+        pack_tiles(wt, p)
+        return p
+
+    return kept_pack(owner, (wt.__array_interface__["data"][0], wt.shape, wt.strides, W), make)
 
 
 @kernel

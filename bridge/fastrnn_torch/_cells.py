@@ -169,8 +169,8 @@ class LoopWeights(torch.autograd.Function):
             dgh = dgx if kept[0][1] is kept[0][0] else torch.cat([k[1] for k in kept])
             x, h0 = torch.cat([k[2] for k in kept]), torch.cat([k[3] for k in kept])
             made = (
-                lambda: _outer_sum(dgx, x),
-                lambda: _outer_sum(dgh, h0),
+                lambda: mm(dgx.t(), x),
+                lambda: mm(dgh.t(), h0),
                 lambda: dgx.sum(0),
                 lambda: dgh.sum(0),
             )
@@ -181,13 +181,6 @@ class LoopWeights(torch.autograd.Function):
 
 
 _loop_apply = cpp_apply(LoopWeights)
-
-
-def _outer_sum(dg, a):
-    """``dgᵀ a`` (a weight gradient over all a loop's steps, :func:`~._ops.mm`: on an
-    AVX-512 CPU fastrnn's panels, 12.5 us for (20, 256)ᵀ(20, 256) against 28 us for
-    ``torch.mm`` on a Zen 5 core)."""
-    return mm(dg.t(), a)
 
 
 def loop_weights(owner, w_ih, w_hh, b_ih, b_hh):
@@ -261,7 +254,7 @@ def _backward_at(
 ):
     """:meth:`CellFunction.backward`: one kernel call; for weights past
     :data:`CELL_PANEL_WEIGHTS` (or torch on more threads) the kernel writes the gate
-    gradients and torch's BLAS makes the products. With a :class:`Loop` the gate
+    gradients and :func:`~._ops.mm` makes the products. With a :class:`Loop` the gate
     gradients go to the loop, which makes the weight gradients (none returned here)."""
     B = h0.shape[0]
     # kept in names until the kernel returns: a temporary's memory may be reused at once

@@ -130,7 +130,7 @@ def mm(a, b, bias=None):
         and a.dim() == b.dim() == 2
         and a.device.type == b.device.type == "cpu"
         and linalg.panels_chosen()
-        and not (_wrapped(a) or _wrapped(b))
+        and not _under_transform((a, b))
     ):
         out = a.new_empty((a.shape[0], b.shape[1]))
         with threads.following(1):
@@ -139,10 +139,6 @@ def mm(a, b, bias=None):
             out += bias
         return out
     return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
-
-
-def _wrapped(t):
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def _has_avx512():

@@ -73,23 +73,25 @@ def team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse,
                 gate_columns(rows, start, stop, G, H, out)
                 return out.reshape(*a.shape[:-1], G * nu)
 
+            def pair_panels(bits, role):  # the member's bfloat16 columns in pair panels
+                panels = team_buffer(start, role, pairs.panel_shape(*bits.shape), np.uint32)
+                pairs.pack_pairs(bits, panels)
+                return panels
+
             stored, scales = (w_hh_t, None) if int8 is None else int8
             w_own = own(stored, "w_hh")
-            if pairs_pay(stored):  # bfloat16 pairs, as at every batch size
-                shape = (-(-G * nu // pairs.PANEL), -(-H // 2), pairs.PANEL)
-                panels = team_buffer(start, "w_pairs", shape, np.uint32)
-                pairs.pack_pairs(w_own, panels)
-                w_own, pair_rows = panels, pairs.scratch(B, H)
-            elif B == 1:  # in tiles (``fastrnn.tiles``), from this member's core's cache
-                W = tile_width(w_own.dtype)
-                shape = (-(-G * nu // W), H, W)
-                tiles = team_buffer(start, "w_tiles", shape, w_own.dtype)
-                pack_tiles(w_own, tiles)
-                w_own = tiles
-            if w_own.dtype == np.uint32:
-                scales = pair_rows  # (the scale's place: the rows' pair scratch)
-            elif scales is not None:
-                scales = own(scales, "scales")
+            if pairs_pay(stored):  # bfloat16 pairs, as at every batch size; the scales'
+                # place takes the rows' pair scratch
+                w_own, scales = pair_panels(w_own, "w_pairs"), pairs.scratch(B, H)
+            else:
+                if B == 1:  # in tiles (``fastrnn.tiles``), from this member's core's cache
+                    W = tile_width(w_own.dtype)
+                    shape = (-(-G * nu // W), H, W)
+                    tiles = team_buffer(start, "w_tiles", shape, w_own.dtype)
+                    pack_tiles(w_own, tiles)
+                    w_own = tiles
+                if scales is not None:
+                    scales = own(scales, "scales")
             weights = recurrence.RecurrentWeights(
                 w_own,
                 scales,
@@ -104,13 +106,8 @@ def team_recurrence(spec, gx, w_hh, b_ih, b_hh, w_hr, h, c, y, lengths, reverse,
                 gx_own = team_buffer(start, "gx", (T * B, G * nu), dtype)
                 stored_ih = None if gx.stored is None else gx.stored[0]
                 if stored_ih is not None and pairs_pay(stored_ih):  # as Projection.compute
-                    ih = own(stored_ih, "w_ih_bits")
-                    shape = (-(-G * nu // pairs.PANEL), -(-ih.shape[0] // 2), pairs.PANEL)
-                    panels = team_buffer(start, "w_ih_pairs", shape, np.uint32)
-                    pairs.pack_pairs(ih, panels)
-                    rows = pairs.scratch(T * B, ih.shape[0])
-                    pairs.round_pairs(np.ascontiguousarray(gx.X), rows)
-                    pairs.pairs_gemm(rows, panels, gx_own, False, False)
+                    panels = pair_panels(own(stored_ih, "w_ih_bits"), "w_ih_pairs")
+                    pairs.rows_product(np.ascontiguousarray(gx.X), panels, gx_own)
                 else:
                     np.matmul(gx.X, own(gx.w_ih.T, "w_ih"), out=gx_own)
                 gx_own = gx_own.reshape(T, B, G * nu)
